@@ -1,0 +1,209 @@
+//! The wire contract between the filter and the control plane (`/internal/v1/*`).
+//! Both sides compile these types, so they cannot drift apart.
+
+use crate::error::{ApiError, ErrorKind};
+use crate::plan::{PowerLevel, TaskType};
+use crate::pricing::{RateCard, Usage};
+use serde::{Deserialize, Serialize};
+
+pub const SNAPSHOT_PATH: &str = "/internal/v1/snapshot";
+pub const AUTHORIZE_PATH: &str = "/internal/v1/authorize";
+pub const SETTLE_PATH: &str = "/internal/v1/settle";
+
+/// What the filter keeps locally and refreshes on its tick.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Snapshot {
+    /// Changes whenever the content changes (a digest of it).
+    pub version: String,
+    /// Service keys, as SHA-256 digests; never the keys themselves.
+    pub service_keys: Vec<ServiceKeyEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceKeyEntry {
+    pub digest: String,
+    /// The service user the key is bound to.
+    pub user_id: String,
+}
+
+/// Who is calling, as established by the filter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Principal {
+    /// A service key the filter verified against the snapshot.
+    Service { user_id: String },
+    /// A user API key; the control plane looks its digest up.
+    ApiKey { digest: String },
+    /// A browser session; the control plane looks its digest up.
+    Session { digest: String },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Endpoint {
+    ChatCompletions,
+    ImageGenerations,
+}
+
+/// One metered call, before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthorizeRequest {
+    pub principal: Principal,
+    pub endpoint: Endpoint,
+    /// `None` when the client sent no model or `auto`.
+    pub model: Option<String>,
+    pub power_level: PowerLevel,
+    pub task_type: TaskType,
+    pub privacy_required: bool,
+    pub stream: bool,
+    /// Size of the request body: an upper bound of the prompt's tokens.
+    pub prompt_bytes: u64,
+    /// The client's completion bound, if any.
+    pub max_tokens: Option<u64>,
+    /// Images asked for (image generation).
+    pub images: u64,
+}
+
+/// Where and how to forward an authorized call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    /// The Envoy cluster that reaches the provider.
+    pub cluster: String,
+    /// `:authority` to send.
+    pub authority: String,
+    /// `:path` to send (e.g. `/v1/chat/completions`).
+    pub path: String,
+    /// The provider's own model id.
+    pub model: String,
+    /// The key that goes upstream (platform or the caller's own). Never logged.
+    pub api_key: String,
+}
+
+/// A call window as the rate-limit headers report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WindowLimit {
+    pub limit: u64,
+    /// Calls left after this one.
+    pub remaining: u64,
+    /// Unix time the window resets.
+    pub reset: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub hold_id: String,
+    pub user_id: String,
+    /// Catalogue id of the model that will serve the call.
+    pub model: String,
+    pub provider: String,
+    pub upstream: Upstream,
+    /// The completion bound to write into the forwarded request (what the hold covers).
+    pub max_tokens: Option<u64>,
+    pub rate: RateCard,
+    pub hold_mc: i64,
+    /// What the caller can still spend with this hold placed.
+    pub balance_mc: i64,
+    /// The period window (monthly, or the trial's 7 days); `None` when unlimited.
+    pub period: Option<WindowLimit>,
+    /// The daily window; `None` when unlimited.
+    pub daily: Option<WindowLimit>,
+    /// The caller's own provider key is used: no credits are charged.
+    pub byok: bool,
+}
+
+/// A refusal, rendered by the filter as the client's error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Denial {
+    pub kind: ErrorKind,
+    pub message: String,
+    #[serde(default)]
+    pub param: Option<String>,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+}
+
+impl From<ApiError> for Denial {
+    fn from(e: ApiError) -> Self {
+        Denial {
+            kind: e.kind,
+            message: e.message,
+            param: e.param,
+            retry_after: e.retry_after,
+        }
+    }
+}
+
+impl From<Denial> for ApiError {
+    fn from(d: Denial) -> Self {
+        ApiError {
+            kind: d.kind,
+            message: d.message,
+            param: d.param,
+            retry_after: d.retry_after,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum AuthorizeResponse {
+    Allow(Grant),
+    Deny(Denial),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The provider answered successfully: charge, consume the quota slot.
+    Success,
+    /// The call failed or was rejected: release everything.
+    Failed,
+    /// The client went away mid-stream: charge what was used, consume the slot.
+    Partial,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settlement {
+    pub hold_id: String,
+    pub outcome: Outcome,
+    pub usage: Usage,
+    /// The provider's HTTP status (0 when none arrived).
+    pub upstream_status: u16,
+    pub latency_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleBatch {
+    pub settlements: Vec<Settlement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleResult {
+    pub hold_id: String,
+    pub charged_mc: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettleResponse {
+    pub results: Vec<SettleResult>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_are_tagged() {
+        let d = AuthorizeResponse::Deny(Denial::from(ApiError::invalid_api_key("nope")));
+        let s = serde_json::to_string(&d).unwrap();
+        assert!(s.contains(r#""decision":"deny""#), "{s}");
+        assert!(s.contains(r#""kind":"invalid_api_key""#), "{s}");
+        let back: AuthorizeResponse = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, d);
+        let p = serde_json::to_string(&Principal::Service {
+            user_id: "loopnet-service".into(),
+        })
+        .unwrap();
+        assert_eq!(p, r#"{"kind":"service","user_id":"loopnet-service"}"#);
+    }
+}

@@ -1,0 +1,236 @@
+//! Recognising the four credentials of the integration guide, and the digests they are
+//! stored and compared as. Secrets never leave this module except as digests.
+
+use sha2::{Digest, Sha256};
+
+/// Where a request's credential came from and what shape it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// `Bearer sk-<service>-service-key-<year>`.
+    ServiceKey(&'a str),
+    /// `Bearer uc_<64 hex>`.
+    UserKey(&'a str),
+    /// `Bearer <header>.<payload>.<signature>`.
+    Jwt(&'a str),
+    /// Cookie `session_token=<opaque>`.
+    Session(&'a str),
+}
+
+impl Credential<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::ServiceKey(_) => "service_key",
+            Credential::UserKey(_) => "api_key",
+            Credential::Jwt(_) => "jwt",
+            Credential::Session(_) => "session",
+        }
+    }
+}
+
+/// Why no usable credential was found. The message is safe to show: it never repeats the
+/// credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialError {
+    Missing,
+    Malformed,
+}
+
+impl CredentialError {
+    pub fn message(self) -> &'static str {
+        match self {
+            CredentialError::Missing => {
+                "Missing credentials. Send 'Authorization: Bearer <key>' with a service key, an API key (uc_...) or a JWT."
+            }
+            CredentialError::Malformed => {
+                "Invalid API key. Expected a service key (sk-<service>-service-key-<year>), an API key (uc_ + 64 hex characters) or a JWT."
+            }
+        }
+    }
+}
+
+/// Is `s` a service key of the form `sk-<service>-service-key-<year>`?
+pub fn is_service_key(s: &str) -> bool {
+    let Some(rest) = s.strip_prefix("sk-") else {
+        return false;
+    };
+    let Some(idx) = rest.rfind("-service-key-") else {
+        return false;
+    };
+    let (service, year) = (&rest[..idx], &rest[idx + "-service-key-".len()..]);
+    !service.is_empty()
+        && service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && year.len() == 4
+        && year.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Is `s` a user API key: `uc_` followed by 64 lowercase hex characters?
+pub fn is_user_key(s: &str) -> bool {
+    s.strip_prefix("uc_")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
+/// Does `s` look like a compact JWS (three base64url segments)?
+pub fn looks_like_jwt(s: &str) -> bool {
+    let mut parts = 0;
+    for part in s.split('.') {
+        parts += 1;
+        if part.is_empty()
+            || !part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return false;
+        }
+    }
+    parts == 3
+}
+
+/// Finds the credential in an `Authorization` header value and a `Cookie` header value,
+/// in the DESIGN order: bearer tokens first, then the `session_token` cookie.
+pub fn extract<'a>(
+    authorization: Option<&'a str>,
+    cookie: Option<&'a str>,
+) -> Result<Credential<'a>, CredentialError> {
+    if let Some(auth) = authorization {
+        let auth = auth.trim();
+        let token = match auth.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(CredentialError::Malformed),
+        };
+        return if is_service_key(token) {
+            Ok(Credential::ServiceKey(token))
+        } else if is_user_key(token) {
+            Ok(Credential::UserKey(token))
+        } else if looks_like_jwt(token) {
+            Ok(Credential::Jwt(token))
+        } else {
+            Err(CredentialError::Malformed)
+        };
+    }
+    if let Some(cookie) = cookie.and_then(|c| cookie_value(c, "session_token")) {
+        if !cookie.is_empty() {
+            return Ok(Credential::Session(cookie));
+        }
+    }
+    Err(CredentialError::Missing)
+}
+
+/// The value of cookie `name` in a `Cookie` header.
+pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
+    header.split(';').find_map(|pair| {
+        let (k, v) = pair.trim().split_once('=')?;
+        (k == name).then_some(v.trim_matches('"'))
+    })
+}
+
+/// Lower-case hex SHA-256 of a secret: how keys and sessions are stored and shipped.
+pub fn digest(secret: &str) -> String {
+    hex(&Sha256::digest(secret.as_bytes()))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    s
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Masks a secret for display: `sk-or-v1-ab…yz`. Short secrets are fully masked.
+pub fn mask(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    if chars.len() < 16 {
+        return "…".to_string();
+    }
+    let head_len = secret
+        .rfind('-')
+        .map(|i| secret[..=i].chars().count())
+        .filter(|n| *n < chars.len() / 2)
+        .unwrap_or(0)
+        + 2;
+    let head: String = chars[..head_len].iter().collect();
+    let tail: String = chars[chars.len() - 2..].iter().collect();
+    format!("{head}…{tail}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UC: &str = "uc_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn service_keys() {
+        assert!(is_service_key("sk-loopnet-service-key-2025"));
+        assert!(is_service_key("sk-bolt-diy-service-key-2025"));
+        assert!(!is_service_key("sk-loopnet-service-key-25"));
+        assert!(!is_service_key("sk--service-key-2025"));
+        assert!(!is_service_key("sk-proj-abcdef"));
+    }
+
+    #[test]
+    fn user_keys() {
+        assert!(is_user_key(UC));
+        assert!(!is_user_key(&UC[..60]));
+        assert!(!is_user_key(&UC.to_uppercase()));
+    }
+
+    #[test]
+    fn extraction_order_and_errors() {
+        assert_eq!(
+            extract(Some("Bearer sk-loopnet-service-key-2025"), Some("session_token=abc")),
+            Ok(Credential::ServiceKey("sk-loopnet-service-key-2025"))
+        );
+        assert_eq!(extract(Some(&format!("bearer {UC}")), None), Ok(Credential::UserKey(UC)));
+        assert_eq!(extract(Some("Bearer aaa.bbb.ccc"), None), Ok(Credential::Jwt("aaa.bbb.ccc")));
+        assert_eq!(
+            extract(None, Some("theme=dark; session_token=s3ss10n")),
+            Ok(Credential::Session("s3ss10n"))
+        );
+        assert_eq!(extract(None, None), Err(CredentialError::Missing));
+        assert_eq!(extract(Some("Basic Zm9vOmJhcg=="), None), Err(CredentialError::Malformed));
+        assert_eq!(extract(Some("Bearer nonsense"), None), Err(CredentialError::Malformed));
+    }
+
+    #[test]
+    fn error_messages_never_echo_the_key() {
+        for e in [CredentialError::Missing, CredentialError::Malformed] {
+            assert!(!e.message().contains("nonsense"));
+        }
+    }
+
+    #[test]
+    fn digests_and_comparison() {
+        assert_eq!(
+            digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+
+    #[test]
+    fn masking_keeps_only_a_hint() {
+        assert_eq!(mask("sk-or-v1-abcdef0123456789xyz"), "sk-or-v1-ab…yz");
+        assert_eq!(mask("short"), "…");
+        let m = mask("AIzaSyA-1234567890abcdefghijklmnop");
+        assert!(!m.contains("1234567890"));
+    }
+}

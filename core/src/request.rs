@@ -1,0 +1,329 @@
+//! Reading and rewriting client request bodies: the OpenAI schema plus opsgate's
+//! extensions (`power_level`, `task_type`, `privacy_required`), which are validated here and
+//! removed before a provider sees the request.
+
+use crate::error::ApiError;
+use crate::plan::{PowerLevel, TaskType};
+use serde_json::{Map, Value};
+
+/// Fields opsgate understands and providers must never see.
+pub const EXTENSION_FIELDS: [&str; 3] = ["power_level", "task_type", "privacy_required"];
+
+/// The metering-relevant facts of a chat completion request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChatRequest {
+    pub model: Option<String>,
+    pub power_level: PowerLevel,
+    pub task_type: TaskType,
+    pub privacy_required: bool,
+    pub stream: bool,
+    pub max_tokens: Option<u64>,
+    pub prompt_bytes: u64,
+}
+
+/// The metering-relevant facts of an image generation request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub model: Option<String>,
+    pub power_level: PowerLevel,
+    pub images: u64,
+    pub prompt_bytes: u64,
+}
+
+fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "Request body is empty: send a JSON object with 'model' and 'messages'.",
+        ));
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::bad_request("Request body must be a JSON object.")),
+        Err(e) => Err(ApiError::bad_request(format!(
+            "Request body is not valid JSON: {e}."
+        ))),
+    }
+}
+
+fn model_of(map: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match map.get("model") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() || s == "auto" => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::invalid_param(
+            "model",
+            "'model' must be a string (a model id, or \"auto\").",
+        )),
+    }
+}
+
+/// The effective power level: the body field wins over the `X-Power-Level` header.
+fn power_level_of(
+    map: &Map<String, Value>,
+    header: Option<&str>,
+) -> Result<PowerLevel, ApiError> {
+    let invalid = |param: &str| {
+        ApiError::invalid_param(
+            param,
+            format!("Invalid {param}: expected one of eco, balanced, precision."),
+        )
+    };
+    match map.get("power_level") {
+        Some(Value::String(s)) => PowerLevel::parse(s).ok_or_else(|| invalid("power_level")),
+        Some(Value::Null) | None => match header {
+            Some(h) => PowerLevel::parse(h).ok_or_else(|| invalid("X-Power-Level")),
+            None => Ok(PowerLevel::default()),
+        },
+        Some(_) => Err(invalid("power_level")),
+    }
+}
+
+fn positive_int(map: &Map<String, Value>, field: &str) -> Result<Option<u64>, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) if n > 0 => Ok(Some(n)),
+            _ => Err(ApiError::invalid_param(
+                field,
+                format!("'{field}' must be a positive integer."),
+            )),
+        },
+    }
+}
+
+fn bool_field(map: &Map<String, Value>, field: &str) -> Result<bool, ApiError> {
+    match map.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::invalid_param(
+            field,
+            format!("'{field}' must be true or false."),
+        )),
+    }
+}
+
+/// Validates a chat completion body. Returns the parsed JSON (to rewrite later) and the facts.
+pub fn parse_chat(
+    body: &[u8],
+    power_header: Option<&str>,
+) -> Result<(Map<String, Value>, ChatRequest), ApiError> {
+    let map = parse_object(body)?;
+    match map.get("messages") {
+        Some(Value::Array(msgs)) if !msgs.is_empty() => {
+            for m in msgs {
+                if !m.get("role").is_some_and(Value::is_string) {
+                    return Err(ApiError::invalid_param(
+                        "messages",
+                        "Every message needs a string 'role'.",
+                    ));
+                }
+            }
+        }
+        _ => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "'messages' is required: a non-empty array of {role, content}.",
+            ))
+        }
+    }
+    if let Some(t) = map.get("temperature") {
+        if !t.is_null() && !t.as_f64().is_some_and(|t| (0.0..=2.0).contains(&t)) {
+            return Err(ApiError::invalid_param(
+                "temperature",
+                "'temperature' must be a number from 0.0 to 2.0.",
+            ));
+        }
+    }
+    let task_type = match map.get("task_type") {
+        None | Some(Value::Null) => TaskType::default(),
+        Some(Value::String(s)) => TaskType::parse(s).ok_or_else(|| {
+            ApiError::invalid_param(
+                "task_type",
+                "Invalid task_type: expected one of code, chat, rag, creative.",
+            )
+        })?,
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "task_type",
+                "Invalid task_type: expected one of code, chat, rag, creative.",
+            ))
+        }
+    };
+    let max_tokens = match positive_int(&map, "max_completion_tokens")? {
+        Some(n) => Some(n),
+        None => positive_int(&map, "max_tokens")?,
+    };
+    let req = ChatRequest {
+        model: model_of(&map)?,
+        power_level: power_level_of(&map, power_header)?,
+        task_type,
+        privacy_required: bool_field(&map, "privacy_required")?,
+        stream: bool_field(&map, "stream")?,
+        max_tokens,
+        prompt_bytes: body.len() as u64,
+    };
+    Ok((map, req))
+}
+
+/// Validates an image generation body.
+pub fn parse_image(
+    body: &[u8],
+    power_header: Option<&str>,
+) -> Result<(Map<String, Value>, ImageRequest), ApiError> {
+    let map = parse_object(body)?;
+    if !map
+        .get("prompt")
+        .and_then(Value::as_str)
+        .is_some_and(|p| !p.trim().is_empty())
+    {
+        return Err(ApiError::invalid_param(
+            "prompt",
+            "'prompt' is required: a non-empty string.",
+        ));
+    }
+    let images = positive_int(&map, "n")?.unwrap_or(1);
+    if images > 10 {
+        return Err(ApiError::invalid_param("n", "'n' must be from 1 to 10."));
+    }
+    let req = ImageRequest {
+        model: model_of(&map)?,
+        power_level: power_level_of(&map, power_header)?,
+        images,
+        prompt_bytes: body.len() as u64,
+    };
+    Ok((map, req))
+}
+
+/// The body a provider receives: extension fields removed, the provider's model id, the
+/// completion bound the hold covers, and (for streams) a request for a final usage chunk.
+pub fn rewrite_for_provider(
+    mut map: Map<String, Value>,
+    provider_model: &str,
+    max_tokens: Option<u64>,
+    stream: bool,
+) -> Vec<u8> {
+    for f in EXTENSION_FIELDS {
+        map.remove(f);
+    }
+    map.insert("model".into(), Value::String(provider_model.to_string()));
+    if let Some(n) = max_tokens {
+        let field = if map.contains_key("max_completion_tokens") {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        map.insert(field.into(), Value::from(n));
+    }
+    if stream {
+        let opts = map
+            .entry("stream_options")
+            .or_insert_with(|| Value::Object(Map::new()));
+        if let Value::Object(o) = opts {
+            o.insert("include_usage".into(), Value::Bool(true));
+        } else {
+            *opts = serde_json::json!({"include_usage": true});
+        }
+    }
+    serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(body: &str) -> Result<ChatRequest, ApiError> {
+        parse_chat(body.as_bytes(), None).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn guide_quick_start_parses_with_defaults() {
+        let r = chat(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, world!"}]}"#)
+            .unwrap();
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
+        assert_eq!(r.power_level, PowerLevel::Balanced);
+        assert_eq!(r.task_type, TaskType::Chat);
+        assert!(!r.stream && !r.privacy_required);
+        assert_eq!(r.max_tokens, None);
+    }
+
+    #[test]
+    fn auto_and_missing_models_are_left_to_the_gateway() {
+        assert_eq!(chat(r#"{"model":"auto","messages":[{"role":"user"}]}"#).unwrap().model, None);
+        assert_eq!(chat(r#"{"messages":[{"role":"user"}]}"#).unwrap().model, None);
+    }
+
+    #[test]
+    fn body_power_level_wins_over_header() {
+        let (_, r) = parse_chat(
+            br#"{"messages":[{"role":"user"}],"power_level":"precision"}"#,
+            Some("eco"),
+        )
+        .unwrap();
+        assert_eq!(r.power_level, PowerLevel::Precision);
+        let (_, r) = parse_chat(br#"{"messages":[{"role":"user"}]}"#, Some("eco")).unwrap();
+        assert_eq!(r.power_level, PowerLevel::Eco);
+    }
+
+    #[test]
+    fn invalid_values_are_400_naming_the_field() {
+        let cases = [
+            (r#"{"messages":[{"role":"user"}],"power_level":"turbo"}"#, "power_level"),
+            (r#"{"messages":[{"role":"user"}],"task_type":"dance"}"#, "task_type"),
+            (r#"{"messages":[{"role":"user"}],"privacy_required":"yes"}"#, "privacy_required"),
+            (r#"{"messages":[{"role":"user"}],"max_tokens":0}"#, "max_tokens"),
+            (r#"{"messages":[{"role":"user"}],"temperature":3}"#, "temperature"),
+            (r#"{"messages":[]}"#, "messages"),
+            (r#"{"model":"x"}"#, "messages"),
+            (r#"{"model":7,"messages":[{"role":"user"}]}"#, "model"),
+        ];
+        for (body, param) in cases {
+            let e = chat(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        assert_eq!(chat("not json").unwrap_err().status(), 400);
+        assert_eq!(chat("[1]").unwrap_err().status(), 400);
+        let e = parse_chat(br#"{"messages":[{"role":"user"}]}"#, Some("ultra")).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("X-Power-Level"));
+    }
+
+    #[test]
+    fn rewrite_strips_extensions_and_sets_provider_fields() {
+        let (map, _) = parse_chat(
+            br#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"hi"}],"power_level":"eco","task_type":"code","privacy_required":false,"stream":true,"temperature":0.2}"#,
+            None,
+        )
+        .unwrap();
+        let out: Value = serde_json::from_slice(&rewrite_for_provider(map, "openai/gpt-4o-mini", Some(77), true)).unwrap();
+        for f in EXTENSION_FIELDS {
+            assert!(out.get(f).is_none(), "{f} leaked");
+        }
+        assert_eq!(out["model"], "openai/gpt-4o-mini");
+        assert_eq!(out["max_tokens"], 77);
+        assert_eq!(out["stream_options"]["include_usage"], true);
+        assert_eq!(out["temperature"], 0.2);
+        assert_eq!(out["messages"][0]["content"], "hi");
+    }
+
+    #[test]
+    fn rewrite_keeps_max_completion_tokens_naming() {
+        let (map, r) = parse_chat(
+            br#"{"messages":[{"role":"user"}],"max_completion_tokens":500}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.max_tokens, Some(500));
+        let out: Value = serde_json::from_slice(&rewrite_for_provider(map, "o3-mini", Some(100), false)).unwrap();
+        assert_eq!(out["max_completion_tokens"], 100);
+        assert!(out.get("max_tokens").is_none());
+        assert!(out.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn images() {
+        let (_, r) = parse_image(br#"{"prompt":"a unicorn","n":3}"#, None).unwrap();
+        assert_eq!(r.images, 3);
+        assert_eq!(parse_image(br#"{"prompt":"a","n":11}"#, None).unwrap_err().status(), 400);
+        assert_eq!(parse_image(br#"{"n":1}"#, None).unwrap_err().param.as_deref(), Some("prompt"));
+    }
+}

@@ -1,0 +1,173 @@
+//! Reading what a call consumed from provider responses: plain JSON bodies, and SSE streams
+//! scanned chunk by chunk (with a hook to add the gateway's own event before `[DONE]`).
+
+use crate::pricing::Usage;
+use serde_json::Value;
+
+fn usage_of(v: &Value) -> Option<Usage> {
+    let u = v.get("usage")?;
+    if !u.is_object() {
+        return None;
+    }
+    Some(Usage {
+        prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64).unwrap_or(0),
+        completion_tokens: u
+            .get("completion_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
+        images: 0,
+    })
+}
+
+/// Usage of a non-streamed chat completion body.
+pub fn chat_usage(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<Value>(body).ok().as_ref().and_then(usage_of)
+}
+
+/// Images actually returned by an image generation body.
+pub fn images_returned(body: &[u8]) -> Option<u64> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    Some(v.get("data")?.as_array()?.len() as u64)
+}
+
+/// Scans an SSE stream as it passes. Complete lines are released for forwarding; an
+/// incomplete trailing line is held back until its end arrives, so the gateway can insert
+/// an event of its own right before `data: [DONE]`.
+#[derive(Debug, Default)]
+pub struct SseMeter {
+    carry: Vec<u8>,
+    /// The usage from the provider's final chunk, once seen.
+    pub usage: Option<Usage>,
+    /// `data: [DONE]` has been seen.
+    pub done: bool,
+    /// Bytes of `delta.content` seen: a bound for completion tokens of a cut-off stream.
+    pub content_bytes: u64,
+    /// Content chunks seen.
+    pub content_chunks: u64,
+}
+
+impl SseMeter {
+    /// Feeds one chunk of the stream; returns the bytes to forward now. `before_done` is
+    /// called once, when the `[DONE]` line is reached, and its bytes are forwarded before it.
+    /// At `end_of_stream` everything held back is released.
+    pub fn process(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
+        mut before_done: impl FnMut(&SseMeter) -> Vec<u8>,
+    ) -> Vec<u8> {
+        self.carry.extend_from_slice(chunk);
+        let cut = if end_of_stream {
+            self.carry.len()
+        } else {
+            match self.carry.iter().rposition(|b| *b == b'\n') {
+                Some(i) => i + 1,
+                None => return Vec::new(),
+            }
+        };
+        let ready: Vec<u8> = self.carry.drain(..cut).collect();
+        let mut out = Vec::with_capacity(ready.len() + 64);
+        for line in ready.split_inclusive(|b| *b == b'\n') {
+            let text = trim_line(line);
+            if let Some(data) = text.strip_prefix(b"data:") {
+                let data = trim_ascii(data);
+                if data == b"[DONE]" {
+                    if !self.done {
+                        self.done = true;
+                        out.extend_from_slice(&before_done(self));
+                    }
+                } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                    if let Some(u) = usage_of(&v) {
+                        self.usage = Some(u);
+                    }
+                    if let Some(content) = v
+                        .pointer("/choices/0/delta/content")
+                        .and_then(Value::as_str)
+                    {
+                        self.content_bytes += content.len() as u64;
+                        self.content_chunks += 1;
+                    }
+                }
+            }
+            out.extend_from_slice(line);
+        }
+        out
+    }
+
+    /// What to charge when the stream ended without a usage chunk (client gone, provider
+    /// cut off): the prompt bound and the content seen, each byte counted as a token at most.
+    pub fn partial_usage(&self, prompt_bytes: u64) -> Usage {
+        self.usage.unwrap_or(Usage {
+            prompt_tokens: prompt_bytes,
+            completion_tokens: self.content_bytes.max(self.content_chunks),
+            images: 0,
+        })
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut l = line;
+    while let Some((last, rest)) = l.split_last() {
+        if *last == b'\n' || *last == b'\r' {
+            l = rest;
+        } else {
+            break;
+        }
+    }
+    l
+}
+
+fn trim_ascii(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
+    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    &s[start..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_usage() {
+        let u = chat_usage(br#"{"usage":{"prompt_tokens":45,"completion_tokens":23,"total_tokens":68}}"#).unwrap();
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (45, 23));
+        assert_eq!(chat_usage(b"{}"), None);
+        assert_eq!(chat_usage(b"garbage"), None);
+        assert_eq!(images_returned(br#"{"data":[{},{}]}"#), Some(2));
+    }
+
+    const STREAM: &str = "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":\"Hi\"}}]}\n\n\
+data: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\n\n\
+data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n\
+data: [DONE]\n\n";
+
+    #[test]
+    fn stream_usage_and_injection_before_done_across_any_split() {
+        for split in 1..STREAM.len() {
+            let mut m = SseMeter::default();
+            let (a, b) = STREAM.as_bytes().split_at(split);
+            let mut out = m.process(a, false, |_| b"data: {\"opsgate\":1}\n\n".to_vec());
+            out.extend(m.process(b, true, |s| {
+                assert!(s.usage.is_some());
+                b"data: {\"opsgate\":1}\n\n".to_vec()
+            }));
+            let text = String::from_utf8(out).unwrap();
+            let expected = STREAM.replace("data: [DONE]", "data: {\"opsgate\":1}\n\ndata: [DONE]");
+            assert_eq!(text, expected, "split at {split}");
+            assert_eq!(m.usage.map(|u| u.completion_tokens), Some(2));
+            assert!(m.done);
+            assert_eq!(m.content_bytes, 8);
+        }
+    }
+
+    #[test]
+    fn cut_off_stream_is_bounded_by_content_seen() {
+        let mut m = SseMeter::default();
+        let first = STREAM.split("\n\n").next().unwrap();
+        m.process(format!("{first}\n\n").as_bytes(), false, |_| Vec::new());
+        let u = m.partial_usage(120);
+        assert_eq!(u.prompt_tokens, 120);
+        assert_eq!(u.completion_tokens, 2);
+        assert!(!m.done);
+    }
+}

@@ -194,18 +194,33 @@ mod tests {
     #[test]
     fn extraction_order_and_errors() {
         assert_eq!(
-            extract(Some("Bearer sk-loopnet-service-key-2025"), Some("session_token=abc")),
+            extract(
+                Some("Bearer sk-loopnet-service-key-2025"),
+                Some("session_token=abc")
+            ),
             Ok(Credential::ServiceKey("sk-loopnet-service-key-2025"))
         );
-        assert_eq!(extract(Some(&format!("bearer {UC}")), None), Ok(Credential::UserKey(UC)));
-        assert_eq!(extract(Some("Bearer aaa.bbb.ccc"), None), Ok(Credential::Jwt("aaa.bbb.ccc")));
+        assert_eq!(
+            extract(Some(&format!("bearer {UC}")), None),
+            Ok(Credential::UserKey(UC))
+        );
+        assert_eq!(
+            extract(Some("Bearer aaa.bbb.ccc"), None),
+            Ok(Credential::Jwt("aaa.bbb.ccc"))
+        );
         assert_eq!(
             extract(None, Some("theme=dark; session_token=s3ss10n")),
             Ok(Credential::Session("s3ss10n"))
         );
         assert_eq!(extract(None, None), Err(CredentialError::Missing));
-        assert_eq!(extract(Some("Basic Zm9vOmJhcg=="), None), Err(CredentialError::Malformed));
-        assert_eq!(extract(Some("Bearer nonsense"), None), Err(CredentialError::Malformed));
+        assert_eq!(
+            extract(Some("Basic Zm9vOmJhcg=="), None),
+            Err(CredentialError::Malformed)
+        );
+        assert_eq!(
+            extract(Some("Bearer nonsense"), None),
+            Err(CredentialError::Malformed)
+        );
     }
 
     #[test]

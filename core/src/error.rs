@@ -139,7 +139,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.kind.status(), self.kind.code(), self.message)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.kind.status(),
+            self.kind.code(),
+            self.message
+        )
     }
 }
 
@@ -177,7 +183,10 @@ mod tests {
     #[test]
     fn statuses_follow_the_guide() {
         assert_eq!(ErrorKind::InsufficientCredits.status(), 402);
-        assert_eq!(ErrorKind::InsufficientCredits.error_type(), "insufficient_credits");
+        assert_eq!(
+            ErrorKind::InsufficientCredits.error_type(),
+            "insufficient_credits"
+        );
         assert_eq!(ErrorKind::InsufficientCredits.code(), "payment_required");
         assert_eq!(ErrorKind::QuotaExceeded.status(), 429);
         assert_eq!(ErrorKind::QuotaExceeded.error_type(), "rate_limit_error");

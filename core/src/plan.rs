@@ -127,7 +127,10 @@ mod tests {
     #[test]
     fn power_levels_parse_case_insensitively() {
         assert_eq!(PowerLevel::parse("ECO"), Some(PowerLevel::Eco));
-        assert_eq!(PowerLevel::parse(" precision "), Some(PowerLevel::Precision));
+        assert_eq!(
+            PowerLevel::parse(" precision "),
+            Some(PowerLevel::Precision)
+        );
         assert_eq!(PowerLevel::parse("turbo"), None);
         assert_eq!(PowerLevel::default(), PowerLevel::Balanced);
         assert_eq!(PowerLevel::Eco.multiplier(), (1, 2));

@@ -133,11 +133,17 @@ mod tests {
             images: 0,
         };
         // 45*150000 + 23*600000 = 20_550_000 -> /1e6 = 20.55 mc; x1.1 = 22.605 -> 23
-        assert_eq!(card(150_000, 600_000, PowerLevel::Balanced, 10).cost(&u), 23);
+        assert_eq!(
+            card(150_000, 600_000, PowerLevel::Balanced, 10).cost(&u),
+            23
+        );
         // eco: 20.55 * 0.5 * 1.1 = 11.3025 -> 12
         assert_eq!(card(150_000, 600_000, PowerLevel::Eco, 10).cost(&u), 12);
         // precision, starter: 20.55 * 2 * 1.2 = 49.32 -> 50
-        assert_eq!(card(150_000, 600_000, PowerLevel::Precision, 20).cost(&u), 50);
+        assert_eq!(
+            card(150_000, 600_000, PowerLevel::Precision, 20).cost(&u),
+            50
+        );
     }
 
     #[test]

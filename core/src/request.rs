@@ -58,10 +58,7 @@ fn model_of(map: &Map<String, Value>) -> Result<Option<String>, ApiError> {
 }
 
 /// The effective power level: the body field wins over the `X-Power-Level` header.
-fn power_level_of(
-    map: &Map<String, Value>,
-    header: Option<&str>,
-) -> Result<PowerLevel, ApiError> {
+fn power_level_of(map: &Map<String, Value>, header: Option<&str>) -> Result<PowerLevel, ApiError> {
     let invalid = |param: &str| {
         ApiError::invalid_param(
             param,
@@ -237,8 +234,10 @@ mod tests {
 
     #[test]
     fn guide_quick_start_parses_with_defaults() {
-        let r = chat(r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, world!"}]}"#)
-            .unwrap();
+        let r = chat(
+            r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Hello, world!"}]}"#,
+        )
+        .unwrap();
         assert_eq!(r.model.as_deref(), Some("gpt-4o-mini"));
         assert_eq!(r.power_level, PowerLevel::Balanced);
         assert_eq!(r.task_type, TaskType::Chat);
@@ -248,8 +247,16 @@ mod tests {
 
     #[test]
     fn auto_and_missing_models_are_left_to_the_gateway() {
-        assert_eq!(chat(r#"{"model":"auto","messages":[{"role":"user"}]}"#).unwrap().model, None);
-        assert_eq!(chat(r#"{"messages":[{"role":"user"}]}"#).unwrap().model, None);
+        assert_eq!(
+            chat(r#"{"model":"auto","messages":[{"role":"user"}]}"#)
+                .unwrap()
+                .model,
+            None
+        );
+        assert_eq!(
+            chat(r#"{"messages":[{"role":"user"}]}"#).unwrap().model,
+            None
+        );
     }
 
     #[test]
@@ -267,11 +274,26 @@ mod tests {
     #[test]
     fn invalid_values_are_400_naming_the_field() {
         let cases = [
-            (r#"{"messages":[{"role":"user"}],"power_level":"turbo"}"#, "power_level"),
-            (r#"{"messages":[{"role":"user"}],"task_type":"dance"}"#, "task_type"),
-            (r#"{"messages":[{"role":"user"}],"privacy_required":"yes"}"#, "privacy_required"),
-            (r#"{"messages":[{"role":"user"}],"max_tokens":0}"#, "max_tokens"),
-            (r#"{"messages":[{"role":"user"}],"temperature":3}"#, "temperature"),
+            (
+                r#"{"messages":[{"role":"user"}],"power_level":"turbo"}"#,
+                "power_level",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}],"task_type":"dance"}"#,
+                "task_type",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}],"privacy_required":"yes"}"#,
+                "privacy_required",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (
+                r#"{"messages":[{"role":"user"}],"temperature":3}"#,
+                "temperature",
+            ),
             (r#"{"messages":[]}"#, "messages"),
             (r#"{"model":"x"}"#, "messages"),
             (r#"{"model":7,"messages":[{"role":"user"}]}"#, "model"),
@@ -294,7 +316,13 @@ mod tests {
             None,
         )
         .unwrap();
-        let out: Value = serde_json::from_slice(&rewrite_for_provider(map, "openai/gpt-4o-mini", Some(77), true)).unwrap();
+        let out: Value = serde_json::from_slice(&rewrite_for_provider(
+            map,
+            "openai/gpt-4o-mini",
+            Some(77),
+            true,
+        ))
+        .unwrap();
         for f in EXTENSION_FIELDS {
             assert!(out.get(f).is_none(), "{f} leaked");
         }
@@ -313,7 +341,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.max_tokens, Some(500));
-        let out: Value = serde_json::from_slice(&rewrite_for_provider(map, "o3-mini", Some(100), false)).unwrap();
+        let out: Value =
+            serde_json::from_slice(&rewrite_for_provider(map, "o3-mini", Some(100), false))
+                .unwrap();
         assert_eq!(out["max_completion_tokens"], 100);
         assert!(out.get("max_tokens").is_none());
         assert!(out.get("stream_options").is_none());
@@ -323,7 +353,18 @@ mod tests {
     fn images() {
         let (_, r) = parse_image(br#"{"prompt":"a unicorn","n":3}"#, None).unwrap();
         assert_eq!(r.images, 3);
-        assert_eq!(parse_image(br#"{"prompt":"a","n":11}"#, None).unwrap_err().status(), 400);
-        assert_eq!(parse_image(br#"{"n":1}"#, None).unwrap_err().param.as_deref(), Some("prompt"));
+        assert_eq!(
+            parse_image(br#"{"prompt":"a","n":11}"#, None)
+                .unwrap_err()
+                .status(),
+            400
+        );
+        assert_eq!(
+            parse_image(br#"{"n":1}"#, None)
+                .unwrap_err()
+                .param
+                .as_deref(),
+            Some("prompt")
+        );
     }
 }

@@ -21,7 +21,10 @@ fn usage_of(v: &Value) -> Option<Usage> {
 
 /// Usage of a non-streamed chat completion body.
 pub fn chat_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<Value>(body).ok().as_ref().and_then(usage_of)
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .as_ref()
+        .and_then(usage_of)
 }
 
 /// Images actually returned by an image generation body.
@@ -118,8 +121,14 @@ fn trim_line(line: &[u8]) -> &[u8] {
 }
 
 fn trim_ascii(s: &[u8]) -> &[u8] {
-    let start = s.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(s.len());
-    let end = s.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = s
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    let end = s
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &s[start..end]
 }
 
@@ -129,7 +138,10 @@ mod tests {
 
     #[test]
     fn plain_usage() {
-        let u = chat_usage(br#"{"usage":{"prompt_tokens":45,"completion_tokens":23,"total_tokens":68}}"#).unwrap();
+        let u = chat_usage(
+            br#"{"usage":{"prompt_tokens":45,"completion_tokens":23,"total_tokens":68}}"#,
+        )
+        .unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (45, 23));
         assert_eq!(chat_usage(b"{}"), None);
         assert_eq!(chat_usage(b"garbage"), None);

@@ -1,0 +1,622 @@
+//! The HTTP surface: `fn app(state) -> Router`. Internal routes serve the filter, public
+//! routes serve clients in the integration guide's shapes, admin routes manage the state.
+
+use crate::accounts::{self, User};
+use crate::catalogue::{Catalogue, ModelKind};
+use crate::clock::Clock;
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use crate::ledger::{self, Routing};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use opsgate_core::contract::{
+    AuthorizeRequest, AuthorizeResponse, Denial, Principal, ServiceKeyEntry, SettleBatch,
+    SettleResponse, SettleResult, Snapshot,
+};
+use opsgate_core::credentials::{self, Credential};
+use opsgate_core::money::MilliCredits;
+use opsgate_core::plan::Plan;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+pub struct Settings {
+    /// Shared secret the filter presents on `/internal/*`.
+    pub internal_token: String,
+    /// Bearer token for `/admin/*`; admin routes are closed when unset.
+    pub admin_token: Option<String>,
+    /// Platform provider keys, by provider name.
+    pub platform_keys: BTreeMap<String, String>,
+    pub hold_ttl_secs: i64,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub authorize_allowed: AtomicU64,
+    pub authorize_denied: AtomicU64,
+    pub settled: AtomicU64,
+    pub charged_mc: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub catalogue: Arc<Catalogue>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route(opsgate_core::contract::SNAPSHOT_PATH, get(snapshot))
+        .route(opsgate_core::contract::AUTHORIZE_PATH, post(authorize))
+        .route(opsgate_core::contract::SETTLE_PATH, post(settle))
+        .route("/api/v1/llm/models", get(models))
+        .route("/api/v1/llm/models/categorized", get(models_categorized))
+        .route("/api/v1/llm/credits", get(credits))
+        .route("/api/v1/llm/usage", get(usage))
+        .route(
+            "/admin/v1/orgs",
+            post(admin_create_org).get(admin_list_orgs),
+        )
+        .route("/admin/v1/orgs/{id}", get(admin_get_org))
+        .route("/admin/v1/orgs/{id}/grants", post(admin_grant))
+        .route(
+            "/admin/v1/users",
+            post(admin_create_user).get(admin_list_users),
+        )
+        .route("/admin/v1/users/{id}/allocation", put(admin_set_allocation))
+        .route("/admin/v1/users/{id}/api-keys", post(admin_issue_key))
+        .route("/admin/v1/api-keys", get(admin_list_keys))
+        .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
+        .route("/admin/v1/service-keys", post(admin_add_service_key))
+        .route("/admin/v1/audit", get(admin_audit))
+        .fallback(|| async {
+            AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
+        })
+        .with_state(state)
+}
+
+/// Parses a JSON body strictly (unknown fields refused), answering in the error envelope.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> AppResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| AppError::bad_request(format!("Invalid request body: {e}")))
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn require_internal(state: &AppState, headers: &HeaderMap) -> AppResult<()> {
+    match bearer(headers) {
+        Some(t)
+            if credentials::constant_time_eq(
+                t.as_bytes(),
+                state.settings.internal_token.as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
+        _ => Err(AppError::unauthorized(
+            "Internal endpoint: a valid internal token is required.",
+        )),
+    }
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
+    let Some(expected) = &state.settings.admin_token else {
+        return Err(AppError::forbidden(
+            "The admin API is disabled: start the control plane with an admin token.",
+        ));
+    };
+    match bearer(headers) {
+        Some(t) if credentials::constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
+            Ok("admin-token".to_string())
+        }
+        Some(_) => Err(AppError::forbidden("Admin routes need the admin token.")),
+        None => Err(AppError::unauthorized(
+            "Admin routes need 'Authorization: Bearer <admin token>'.",
+        )),
+    }
+}
+
+/// The caller of a public route, from the same credentials the filter accepts.
+async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    let cookie = headers.get("cookie").and_then(|v| v.to_str().ok());
+    let cred =
+        credentials::extract(auth, cookie).map_err(|e| AppError::unauthorized(e.message()))?;
+    let user = match cred {
+        Credential::ServiceKey(k) => {
+            accounts::user_by_service_key_digest(&state.db, &credentials::digest(k)).await?
+        }
+        Credential::UserKey(k) => {
+            accounts::user_by_api_key_digest(&state.db, &credentials::digest(k), state.clock.now())
+                .await?
+        }
+        Credential::Jwt(_) | Credential::Session(_) => {
+            return Err(AppError::unauthorized(
+                "JWT and session authentication are not enabled on this gateway.",
+            ))
+        }
+    };
+    user.ok_or_else(|| AppError::unauthorized(invalid_key_message(&cred)))
+}
+
+fn invalid_key_message(cred: &Credential<'_>) -> &'static str {
+    match cred {
+        Credential::ServiceKey(_) => "Invalid service key",
+        Credential::UserKey(_) => "Invalid or revoked API key",
+        _ => "Invalid credentials",
+    }
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.db.ping().await {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        AppError::new(opsgate_core::ErrorKind::Unavailable, "database unreachable").into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    let m = &state.metrics;
+    format!(
+        "# TYPE opsgate_authorize_total counter\n\
+         opsgate_authorize_total{{decision=\"allow\"}} {}\n\
+         opsgate_authorize_total{{decision=\"deny\"}} {}\n\
+         # TYPE opsgate_settled_total counter\n\
+         opsgate_settled_total {}\n\
+         # TYPE opsgate_charged_millicredits_total counter\n\
+         opsgate_charged_millicredits_total {}\n",
+        m.authorize_allowed.load(Ordering::Relaxed),
+        m.authorize_denied.load(Ordering::Relaxed),
+        m.settled.load(Ordering::Relaxed),
+        m.charged_mc.load(Ordering::Relaxed),
+    )
+}
+
+// ---- internal ---------------------------------------------------------------------------
+
+pub async fn build_snapshot(db: &Db) -> AppResult<Snapshot> {
+    let service_keys: Vec<ServiceKeyEntry> = accounts::service_key_digests(db)
+        .await?
+        .into_iter()
+        .map(|(digest, user_id)| ServiceKeyEntry { digest, user_id })
+        .collect();
+    let mut snap = Snapshot {
+        version: String::new(),
+        service_keys,
+    };
+    let body = serde_json::to_string(&snap).map_err(AppError::internal)?;
+    snap.version = credentials::digest(&body)[..16].to_string();
+    Ok(snap)
+}
+
+async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Snapshot>> {
+    require_internal(&state, &headers)?;
+    Ok(Json(build_snapshot(&state.db).await?))
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Json<AuthorizeResponse>> {
+    require_internal(&state, &headers)?;
+    let req: AuthorizeRequest = parse(&body)?;
+    let result = authorize_inner(&state, &req).await;
+    Ok(Json(match result {
+        Ok(grant) => {
+            state
+                .metrics
+                .authorize_allowed
+                .fetch_add(1, Ordering::Relaxed);
+            AuthorizeResponse::Allow(grant)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .authorize_denied
+                .fetch_add(1, Ordering::Relaxed);
+            AuthorizeResponse::Deny(Denial::from(e.0))
+        }
+    }))
+}
+
+async fn authorize_inner(
+    state: &AppState,
+    req: &AuthorizeRequest,
+) -> AppResult<opsgate_core::contract::Grant> {
+    let now = state.clock.now();
+    let user = match &req.principal {
+        Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await?,
+        Principal::ApiKey { digest } => {
+            accounts::user_by_api_key_digest(&state.db, digest, now).await?
+        }
+        Principal::Session { .. } => None,
+    }
+    .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
+    let routing = Routing {
+        catalogue: &state.catalogue,
+        platform_keys: &state.settings.platform_keys,
+        hold_ttl_secs: state.settings.hold_ttl_secs,
+    };
+    ledger::authorize(&state.db, &routing, &user, req, now).await
+}
+
+async fn settle(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Json<SettleResponse>> {
+    require_internal(&state, &headers)?;
+    let batch: SettleBatch = parse(&body)?;
+    let now = state.clock.now();
+    let mut results = Vec::with_capacity(batch.settlements.len());
+    for s in &batch.settlements {
+        match ledger::settle(&state.db, s, now).await {
+            Ok(charged) => {
+                state.metrics.settled.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .charged_mc
+                    .fetch_add(charged.max(0) as u64, Ordering::Relaxed);
+                results.push(SettleResult {
+                    hold_id: s.hold_id.clone(),
+                    charged_mc: charged,
+                });
+            }
+            // An unknown hold cannot be retried into existence: report and move on.
+            Err(e) if e.0.kind == opsgate_core::ErrorKind::NotFound => {
+                eprintln!("opsgate: settle for unknown hold {}", s.hold_id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(SettleResponse { results }))
+}
+
+// ---- public -------------------------------------------------------------------------------
+
+fn model_json(m: &crate::catalogue::Model) -> Value {
+    json!({
+        "id": m.id,
+        "object": "model",
+        "created": 0,
+        "owned_by": m.provider,
+        "tier": m.tier,
+        "local": m.local,
+        "kind": match m.kind { ModelKind::Chat => "chat", ModelKind::Image => "image" },
+    })
+}
+
+async fn models(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let data: Vec<Value> = state.catalogue.allowed(user.plan).map(model_json).collect();
+    Ok(Json(json!({"object": "list", "data": data})))
+}
+
+async fn models_categorized(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let platform: Vec<Value> = state.catalogue.allowed(user.plan).map(model_json).collect();
+    Ok(Json(json!({
+        "byok": [],
+        "platform": platform,
+        "summary": {"byok_models": 0, "platform_models": platform.len(), "byok_providers": []},
+    })))
+}
+
+async fn credits(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let remaining = ledger::spendable(&state.db, &user).await?;
+    Ok(Json(json!({
+        "user_id": user.id,
+        "credits_remaining": MilliCredits(remaining).to_credits_f64(),
+        "tier": user.plan.as_str(),
+        "monthly_cap": ledger::monthly_cap(&state.catalogue, user.plan),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UsageQuery {
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+    let start = q.start.unwrap_or(0);
+    let end = q.end.unwrap_or(i64::MAX);
+    let rows = crate::analytics::usage_by_provider(&state.db, &user.id, start, end).await?;
+    let (mut requests, mut tokens, mut cost) = (0i64, 0i64, 0i64);
+    let providers: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            requests += r.requests;
+            tokens += r.tokens;
+            cost += r.cost_mc;
+            json!({"provider": r.provider, "requests": r.requests, "tokens": r.tokens, "cost": MilliCredits(r.cost_mc).to_credits_f64()})
+        })
+        .collect();
+    let avg = if requests > 0 {
+        MilliCredits(cost).to_credits_f64() / requests as f64
+    } else {
+        0.0
+    };
+    Ok(Json(json!({
+        "total_requests": requests,
+        "total_tokens": tokens,
+        "total_cost": MilliCredits(cost).to_credits_f64(),
+        "avg_cost_per_request": (avg * 10_000.0).round() / 10_000.0,
+        "providers": providers,
+    })))
+}
+
+// ---- admin --------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrg {
+    id: String,
+    name: String,
+    plan: Plan,
+}
+
+async fn admin_create_org(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Response> {
+    let actor = require_admin(&state, &headers)?;
+    let req: NewOrg = parse(&body)?;
+    let org = accounts::create_org(
+        &state.db,
+        &actor,
+        &req.id,
+        &req.name,
+        req.plan,
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(org)).into_response())
+}
+
+async fn admin_list_orgs(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    Ok(Json(json!({"data": accounts::list_orgs(&state.db).await?})))
+}
+
+async fn admin_get_org(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let org = accounts::get_org(&state.db, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("organization '{id}' not found")))?;
+    Ok(Json(json!(org)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantReq {
+    /// Credits (not milli-credits); may carry up to three decimals.
+    credits: f64,
+}
+
+fn credits_to_mc(credits: f64) -> AppResult<i64> {
+    let mc = (credits * 1000.0).round();
+    if !mc.is_finite()
+        || mc.abs() > 9.0e15
+        || (mc / 1000.0 - credits).abs() > 1e-9 * credits.abs().max(1.0)
+    {
+        return Err(AppError::bad_request(
+            "'credits' must be a number with at most three decimals",
+        ));
+    }
+    Ok(mc as i64)
+}
+
+async fn admin_grant(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let actor = require_admin(&state, &headers)?;
+    let req: GrantReq = parse(&body)?;
+    let org = accounts::grant(
+        &state.db,
+        &actor,
+        &id,
+        credits_to_mc(req.credits)?,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(json!(org)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    id: String,
+    org_id: String,
+    plan: Plan,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+fn default_kind() -> String {
+    "user".into()
+}
+fn default_role() -> String {
+    "member".into()
+}
+
+async fn admin_create_user(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Response> {
+    let actor = require_admin(&state, &headers)?;
+    let r: NewUser = parse(&body)?;
+    let u = accounts::create_user(
+        &state.db,
+        &actor,
+        &r.id,
+        &r.org_id,
+        r.plan,
+        &r.kind,
+        &r.role,
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(u)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgFilter {
+    org_id: Option<String>,
+}
+
+async fn admin_list_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<OrgFilter>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+    Ok(Json(
+        json!({"data": accounts::list_users(&state.db, q.org_id.as_deref()).await?}),
+    ))
+}
+
+async fn admin_set_allocation(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let actor = require_admin(&state, &headers)?;
+    let req: GrantReq = parse(&body)?;
+    let a = accounts::set_allocation(
+        &state.db,
+        &actor,
+        &id,
+        credits_to_mc(req.credits)?,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(json!(a)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: Option<String>,
+}
+
+async fn admin_issue_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AppResult<Response> {
+    let actor = require_admin(&state, &headers)?;
+    let req: NewKey = if body.is_empty() {
+        NewKey::default()
+    } else {
+        parse(&body)?
+    };
+    let (key, info) = accounts::issue_api_key(
+        &state.db,
+        &actor,
+        &id,
+        req.name.as_deref(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({"api_key": key, "key": info, "note": "Store this key now: it is not shown again."}))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFilter {
+    user_id: Option<String>,
+}
+
+async fn admin_list_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<UserFilter>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+    Ok(Json(
+        json!({"data": accounts::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
+    ))
+}
+
+async fn admin_revoke_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> AppResult<StatusCode> {
+    let actor = require_admin(&state, &headers)?;
+    accounts::revoke_api_key(&state.db, &actor, &id, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServiceKey {
+    key: String,
+    user_id: String,
+}
+
+async fn admin_add_service_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<StatusCode> {
+    let actor = require_admin(&state, &headers)?;
+    let r: NewServiceKey = parse(&body)?;
+    accounts::add_service_key(&state.db, &actor, &r.key, &r.user_id, state.clock.now()).await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn admin_audit(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    Ok(Json(
+        json!({"data": crate::analytics::audit_log(&state.db, 500).await?}),
+    ))
+}

@@ -1,0 +1,420 @@
+//! The model catalogue, providers and plan table, loaded from TOML (the integration guide's
+//! values are the built-in default) and compiled into a validated runtime object.
+
+use opsgate_core::plan::{Plan, PowerLevel, TaskType};
+use opsgate_core::pricing::Price;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+pub const DEFAULT_CATALOGUE: &str = include_str!("../config/catalogue.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalogue {
+    providers: BTreeMap<String, RawProvider>,
+    models: Vec<RawModel>,
+    plans: BTreeMap<String, RawPlan>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    cluster: String,
+    authority: String,
+    base_path: String,
+    #[serde(default)]
+    key_env: Option<String>,
+    #[serde(default)]
+    local: bool,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelKind {
+    Chat,
+    Image,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    id: String,
+    provider: String,
+    provider_model: String,
+    tier: String,
+    #[serde(default = "chat_kind")]
+    kind: ModelKind,
+    #[serde(default)]
+    input_per_million: i64,
+    #[serde(default)]
+    output_per_million: i64,
+    #[serde(default)]
+    per_image: i64,
+    #[serde(default = "default_max_output")]
+    max_output_tokens: u64,
+    #[serde(default = "default_quality")]
+    quality: u32,
+    #[serde(default)]
+    tasks: Vec<TaskType>,
+}
+
+fn chat_kind() -> ModelKind {
+    ModelKind::Chat
+}
+fn default_max_output() -> u64 {
+    16_384
+}
+fn default_quality() -> u32 {
+    5
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PeriodKind {
+    #[default]
+    Month,
+    Trial,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlan {
+    #[serde(default)]
+    daily_calls: Option<u64>,
+    #[serde(default)]
+    period_calls: Option<u64>,
+    #[serde(default)]
+    period: PeriodKind,
+    #[serde(default)]
+    markup_percent: i64,
+    tiers: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Provider {
+    pub name: String,
+    pub cluster: String,
+    pub authority: String,
+    pub base_path: String,
+    pub key_env: Option<String>,
+    pub local: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Model {
+    pub id: String,
+    pub provider: String,
+    pub provider_model: String,
+    pub tier: String,
+    pub kind: ModelKind,
+    pub price: Price,
+    pub max_output_tokens: u64,
+    pub quality: u32,
+    pub tasks: Vec<TaskType>,
+    pub local: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanLimits {
+    pub daily_calls: Option<u64>,
+    pub period_calls: Option<u64>,
+    pub period: PeriodKind,
+    pub markup_percent: i64,
+    pub tiers: Vec<String>,
+}
+
+/// The validated catalogue.
+#[derive(Debug, Clone)]
+pub struct Catalogue {
+    pub providers: BTreeMap<String, Provider>,
+    pub models: Vec<Model>,
+    pub plans: BTreeMap<Plan, PlanLimits>,
+}
+
+impl Catalogue {
+    /// Parses and validates; errors name the source and the offending field.
+    pub fn from_toml(source: &str, text: &str) -> Result<Catalogue, String> {
+        let raw: RawCatalogue = toml::from_str(text).map_err(|e| format!("{source}: {e}"))?;
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            if p.cluster.trim().is_empty() {
+                return Err(format!(
+                    "{source}: providers.{name}.cluster must not be empty"
+                ));
+            }
+            if !p.base_path.starts_with('/') {
+                return Err(format!(
+                    "{source}: providers.{name}.base_path must start with '/'"
+                ));
+            }
+            providers.insert(
+                name.clone(),
+                Provider {
+                    name,
+                    cluster: p.cluster,
+                    authority: p.authority,
+                    base_path: p.base_path.trim_end_matches('/').to_string(),
+                    key_env: p.key_env,
+                    local: p.local,
+                },
+            );
+        }
+        let mut tiers_seen = std::collections::BTreeSet::new();
+        let mut models: Vec<Model> = Vec::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let at = format!("{source}: models[{i}] ({})", m.id);
+            if m.id.trim().is_empty() {
+                return Err(format!("{source}: models[{i}].id must not be empty"));
+            }
+            if models.iter().any(|x| x.id == m.id) {
+                return Err(format!("{at}.id is defined twice"));
+            }
+            let Some(provider) = providers.get(&m.provider) else {
+                return Err(format!(
+                    "{at}.provider '{}' is not a configured provider",
+                    m.provider
+                ));
+            };
+            for (field, v) in [
+                ("input_per_million", m.input_per_million),
+                ("output_per_million", m.output_per_million),
+                ("per_image", m.per_image),
+            ] {
+                if v < 0 {
+                    return Err(format!("{at}.{field} must not be negative"));
+                }
+            }
+            if m.max_output_tokens == 0 {
+                return Err(format!("{at}.max_output_tokens must be positive"));
+            }
+            tiers_seen.insert(m.tier.clone());
+            models.push(Model {
+                local: provider.local,
+                id: m.id,
+                provider: m.provider,
+                provider_model: m.provider_model,
+                tier: m.tier,
+                kind: m.kind,
+                price: Price {
+                    input_per_million: m.input_per_million,
+                    output_per_million: m.output_per_million,
+                    per_image: m.per_image,
+                },
+                max_output_tokens: m.max_output_tokens,
+                quality: m.quality,
+                tasks: m.tasks,
+            });
+        }
+        let mut plans = BTreeMap::new();
+        for (name, p) in raw.plans {
+            let Some(plan) = Plan::parse(&name) else {
+                return Err(format!(
+                    "{source}: plans.{name} is not a plan (expected trial, starter, professional, enterprise, vip_founder or byok)"
+                ));
+            };
+            if p.markup_percent < 0 {
+                return Err(format!(
+                    "{source}: plans.{name}.markup_percent must not be negative"
+                ));
+            }
+            for t in &p.tiers {
+                if !tiers_seen.contains(t) {
+                    return Err(format!(
+                        "{source}: plans.{name}.tiers names '{t}', which no model has"
+                    ));
+                }
+            }
+            plans.insert(
+                plan,
+                PlanLimits {
+                    daily_calls: p.daily_calls,
+                    period_calls: p.period_calls,
+                    period: p.period,
+                    markup_percent: p.markup_percent,
+                    tiers: p.tiers,
+                },
+            );
+        }
+        for plan in Plan::ALL {
+            if !plans.contains_key(&plan) {
+                return Err(format!("{source}: plans.{} is missing", plan.as_str()));
+            }
+        }
+        Ok(Catalogue {
+            providers,
+            models,
+            plans,
+        })
+    }
+
+    pub fn builtin() -> Catalogue {
+        match Catalogue::from_toml("built-in catalogue", DEFAULT_CATALOGUE) {
+            Ok(c) => c,
+            Err(e) => unreachable!("the built-in catalogue is tested: {e}"),
+        }
+    }
+
+    pub fn model(&self, id: &str) -> Option<&Model> {
+        self.models.iter().find(|m| m.id == id)
+    }
+
+    pub fn plan(&self, plan: Plan) -> &PlanLimits {
+        match self.plans.get(&plan) {
+            Some(p) => p,
+            None => unreachable!("every plan is checked present at load"),
+        }
+    }
+
+    pub fn allows(&self, plan: Plan, model: &Model) -> bool {
+        self.plan(plan).tiers.iter().any(|t| *t == model.tier)
+    }
+
+    /// The models a plan may use, in catalogue order.
+    pub fn allowed(&self, plan: Plan) -> impl Iterator<Item = &Model> {
+        self.models.iter().filter(move |m| self.allows(plan, m))
+    }
+
+    /// Picks a model for a request that left the choice to the gateway: among the allowed
+    /// models of the right kind (local only when privacy is required), prefer those suited
+    /// to the task, then by power level — eco the cheapest, precision the best, balanced
+    /// the best of those at or below the median price.
+    pub fn choose(
+        &self,
+        plan: Plan,
+        kind: ModelKind,
+        power: PowerLevel,
+        task: TaskType,
+        privacy: bool,
+    ) -> Option<&Model> {
+        let candidates: Vec<&Model> = self
+            .allowed(plan)
+            .filter(|m| m.kind == kind && (!privacy || m.local))
+            .collect();
+        let suited: Vec<&Model> = candidates
+            .iter()
+            .copied()
+            .filter(|m| m.tasks.contains(&task))
+            .collect();
+        let pool = if suited.is_empty() {
+            candidates
+        } else {
+            suited
+        };
+        let price =
+            |m: &Model| m.price.input_per_million + m.price.output_per_million + m.price.per_image;
+        match power {
+            PowerLevel::Eco => pool
+                .into_iter()
+                .min_by_key(|m| (price(m), std::cmp::Reverse(m.quality))),
+            PowerLevel::Precision => pool
+                .into_iter()
+                .max_by_key(|m| (m.quality, std::cmp::Reverse(price(m)))),
+            PowerLevel::Balanced => {
+                let mut prices: Vec<i64> = pool.iter().map(|m| price(m)).collect();
+                prices.sort_unstable();
+                let median = *prices.get(prices.len().saturating_sub(1) / 2)?;
+                pool.into_iter()
+                    .filter(|m| price(m) <= median)
+                    .max_by_key(|m| (m.quality, std::cmp::Reverse(price(m))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_has_the_guides_tiers() {
+        let c = Catalogue::builtin();
+        assert_eq!(c.plan(Plan::Professional).period_calls, Some(10_000));
+        assert_eq!(c.plan(Plan::Starter).daily_calls, Some(34));
+        assert_eq!(c.plan(Plan::Trial).period, PeriodKind::Trial);
+        assert_eq!(c.plan(Plan::Enterprise).period_calls, None);
+        let mini = c.model("gpt-4o-mini").unwrap();
+        assert!(c.allows(Plan::Professional, mini));
+        assert!(!c.allows(Plan::Starter, mini));
+        assert!(c.allows(Plan::Enterprise, c.model("o1-preview").unwrap()));
+        assert!(!c.allows(Plan::Professional, c.model("o1-preview").unwrap()));
+        assert_eq!(c.allowed(Plan::Trial).count(), 4);
+    }
+
+    #[test]
+    fn bad_files_name_the_field() {
+        let bad = DEFAULT_CATALOGUE.replacen("quality = 3", "qualty = 3", 1);
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(e.contains("x.toml") && e.contains("qualty"), "{e}");
+        let bad = DEFAULT_CATALOGUE.replacen("provider = \"local\"", "provider = \"nowhere\"", 1);
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(e.contains("models[0]") && e.contains("nowhere"), "{e}");
+        let bad = DEFAULT_CATALOGUE.replacen("[plans.byok]", "[plans.gold]", 1);
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(e.contains("plans.gold"), "{e}");
+        let bad =
+            DEFAULT_CATALOGUE.replacen("output_per_million = 600000", "output_per_million = -1", 1);
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(
+            e.contains("gpt-4o-mini") && e.contains("output_per_million"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn auto_selection_follows_power_and_privacy() {
+        let c = Catalogue::builtin();
+        let eco = c
+            .choose(
+                Plan::Enterprise,
+                ModelKind::Chat,
+                PowerLevel::Eco,
+                TaskType::Chat,
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            eco.price.input_per_million, 0,
+            "eco picks a free model: {}",
+            eco.id
+        );
+        let best = c
+            .choose(
+                Plan::Enterprise,
+                ModelKind::Chat,
+                PowerLevel::Precision,
+                TaskType::Code,
+                false,
+            )
+            .unwrap();
+        assert_eq!(best.id, "o1-preview");
+        let private = c
+            .choose(
+                Plan::Enterprise,
+                ModelKind::Chat,
+                PowerLevel::Precision,
+                TaskType::Chat,
+                true,
+            )
+            .unwrap();
+        assert!(private.local);
+        let trial = c
+            .choose(
+                Plan::Trial,
+                ModelKind::Chat,
+                PowerLevel::Precision,
+                TaskType::Chat,
+                false,
+            )
+            .unwrap();
+        assert_eq!(trial.tier, "free");
+        assert!(c
+            .choose(
+                Plan::Trial,
+                ModelKind::Image,
+                PowerLevel::Balanced,
+                TaskType::Chat,
+                false
+            )
+            .is_none());
+    }
+}

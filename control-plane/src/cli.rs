@@ -1,0 +1,422 @@
+//! The `opsgate` command: `serve` runs the control plane; the other commands are the admin
+//! operations, run directly against the database.
+
+use crate::accounts;
+use crate::app::{app, AppState, Metrics, Settings};
+use crate::catalogue::Catalogue;
+use crate::clock::{Clock, SystemClock};
+use crate::db::Db;
+use opsgate_core::plan::Plan;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+const USAGE: &str = "usage: opsgate <command> [options]
+
+  serve [--bind ADDR] [--port N] [--database-url URL] [--catalogue FILE] [--demo] [--data-dir DIR]
+        run the control plane (internal API for the filter, public and admin APIs)
+  org create ID --name NAME --plan PLAN     create an organization
+  org grant ID CREDITS                      add credits to its pool (negative removes)
+  org list
+  user create ID --org ORG --plan PLAN [--kind user|service] [--role member|admin]
+  user allocate ID CREDITS                  set the user's allocation inside its organization
+  user list [--org ORG]
+  key issue USER [--name NAME]              issue a uc_ API key (shown once)
+  key revoke KEY_ID
+  key list [--user USER]
+  service-key add KEY --user USER           bind a service key (stored as a digest)
+  service-key revoke KEY
+
+Environment: OPSGATE_DATABASE_URL (default sqlite://data/opsgate.db), OPSGATE_INTERNAL_TOKEN,
+OPSGATE_ADMIN_TOKEN, and each provider's key variable named in the catalogue.";
+
+/// Demo defaults: the keys the integration guide's examples use.
+pub const DEMO_SERVICE_KEY: &str = "sk-loopnet-service-key-2025";
+pub const DEMO_INTERNAL_TOKEN: &str = "demo-internal-token";
+pub const DEMO_PROVIDER_KEY: &str = "demo-platform-key";
+
+struct Args {
+    positional: Vec<String>,
+    flags: BTreeMap<String, String>,
+    switches: Vec<String>,
+}
+
+fn parse_args(args: Vec<String>) -> Result<Args, String> {
+    let mut out = Args {
+        positional: Vec::new(),
+        flags: BTreeMap::new(),
+        switches: Vec::new(),
+    };
+    let mut it = args.into_iter().peekable();
+    while let Some(a) = it.next() {
+        if let Some(name) = a.strip_prefix("--") {
+            if matches!(name, "demo" | "help") {
+                out.switches.push(name.to_string());
+            } else if let Some((k, v)) = name.split_once('=') {
+                out.flags.insert(k.to_string(), v.to_string());
+            } else {
+                let v = it.next().ok_or_else(|| format!("--{name} needs a value"))?;
+                out.flags.insert(name.to_string(), v);
+            }
+        } else {
+            out.positional.push(a);
+        }
+    }
+    Ok(out)
+}
+
+impl Args {
+    fn flag(&self, name: &str) -> Option<&str> {
+        self.flags.get(name).map(String::as_str)
+    }
+    fn need(&self, name: &str) -> Result<&str, String> {
+        self.flag(name)
+            .ok_or_else(|| format!("--{name} is required\n\n{USAGE}"))
+    }
+}
+
+fn plan_arg(s: &str) -> Result<Plan, String> {
+    Plan::parse(s).ok_or_else(|| {
+        format!("unknown plan '{s}' (trial, starter, professional, enterprise, vip_founder, byok)")
+    })
+}
+
+fn credits_arg(s: &str) -> Result<i64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of credits"))?;
+    let mc = (v * 1000.0).round();
+    if !mc.is_finite() || mc.abs() > 9.0e15 {
+        return Err(format!("'{s}' is out of range"));
+    }
+    Ok(mc as i64)
+}
+
+fn database_url(a: &Args) -> String {
+    a.flag("database-url")
+        .map(str::to_string)
+        .or_else(|| std::env::var("OPSGATE_DATABASE_URL").ok())
+        .unwrap_or_else(|| {
+            let dir = a.flag("data-dir").unwrap_or("data");
+            format!("sqlite://{dir}/opsgate.db")
+        })
+}
+
+async fn open_db(a: &Args) -> Result<Db, String> {
+    let url = database_url(a);
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let path = path.split('?').next().unwrap_or_default();
+        if let Some(parent) = std::path::Path::new(path).parent() {
+            if !parent.as_os_str().is_empty() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+            }
+        }
+    }
+    Db::connect(&url).await
+}
+
+fn actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("USER").unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub async fn run(args: Vec<String>) -> Result<(), String> {
+    let a = parse_args(args)?;
+    if a.switches.iter().any(|s| s == "help") || a.positional.is_empty() {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let now = SystemClock.now();
+    let cmd: Vec<&str> = a.positional.iter().map(String::as_str).collect();
+    let e = |e: crate::error::AppError| e.0.message;
+    match cmd.as_slice() {
+        ["serve"] => serve(&a).await,
+        ["org", "create", id] => {
+            let db = open_db(&a).await?;
+            print_json(
+                &accounts::create_org(
+                    &db,
+                    &actor(),
+                    id,
+                    a.need("name")?,
+                    plan_arg(a.need("plan")?)?,
+                    now,
+                )
+                .await
+                .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["org", "grant", id, credits] => {
+            let db = open_db(&a).await?;
+            print_json(
+                &accounts::grant(&db, &actor(), id, credits_arg(credits)?, now)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["org", "list"] => {
+            print_json(&accounts::list_orgs(&open_db(&a).await?).await.map_err(e)?);
+            Ok(())
+        }
+        ["user", "create", id] => {
+            let db = open_db(&a).await?;
+            let u = accounts::create_user(
+                &db,
+                &actor(),
+                id,
+                a.need("org")?,
+                plan_arg(a.need("plan")?)?,
+                a.flag("kind").unwrap_or("user"),
+                a.flag("role").unwrap_or("member"),
+                now,
+            )
+            .await
+            .map_err(e)?;
+            print_json(&u);
+            Ok(())
+        }
+        ["user", "allocate", id, credits] => {
+            let db = open_db(&a).await?;
+            print_json(
+                &accounts::set_allocation(&db, &actor(), id, credits_arg(credits)?, now)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["user", "list"] => {
+            print_json(
+                &accounts::list_users(&open_db(&a).await?, a.flag("org"))
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["key", "issue", user] => {
+            let db = open_db(&a).await?;
+            let (key, info) = accounts::issue_api_key(&db, &actor(), user, a.flag("name"), now)
+                .await
+                .map_err(e)?;
+            print_json(&serde_json::json!({"api_key": key, "key": info}));
+            eprintln!("Store this key now: it is not shown again.");
+            Ok(())
+        }
+        ["key", "revoke", id] => {
+            accounts::revoke_api_key(&open_db(&a).await?, &actor(), id, now)
+                .await
+                .map_err(e)?;
+            println!("revoked {id}");
+            Ok(())
+        }
+        ["key", "list"] => {
+            print_json(
+                &accounts::list_api_keys(&open_db(&a).await?, a.flag("user"))
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["service-key", "add", key] => {
+            accounts::add_service_key(&open_db(&a).await?, &actor(), key, a.need("user")?, now)
+                .await
+                .map_err(e)?;
+            println!("service key bound to {}", a.need("user")?);
+            Ok(())
+        }
+        ["service-key", "revoke", key] => {
+            accounts::revoke_service_key(&open_db(&a).await?, &actor(), key, now)
+                .await
+                .map_err(e)?;
+            println!("revoked");
+            Ok(())
+        }
+        _ => Err(format!(
+            "unknown command '{}'\n\n{USAGE}",
+            a.positional.join(" ")
+        )),
+    }
+}
+
+/// Creates the demo organisation, service user (with the guide's service key) and a
+/// professional user with a fresh `uc_` key, once. Returns the uc_ key when it was created.
+pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
+    let e = |e: crate::error::AppError| e.0.message;
+    if accounts::get_org(db, "org_demo")
+        .await
+        .map_err(e)?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let actor = "demo-seed";
+    accounts::create_org(
+        db,
+        actor,
+        "org_demo",
+        "Demo Organization",
+        Plan::Enterprise,
+        now,
+    )
+    .await
+    .map_err(e)?;
+    accounts::grant(db, actor, "org_demo", 10_000_000 * 1000, now)
+        .await
+        .map_err(e)?;
+    accounts::create_user(
+        db,
+        actor,
+        "loopnet-service",
+        "org_demo",
+        Plan::Enterprise,
+        "service",
+        "member",
+        now,
+    )
+    .await
+    .map_err(e)?;
+    accounts::add_service_key(db, actor, DEMO_SERVICE_KEY, "loopnet-service", now)
+        .await
+        .map_err(e)?;
+    accounts::create_user(
+        db,
+        actor,
+        "demo-user",
+        "org_demo",
+        Plan::Professional,
+        "user",
+        "member",
+        now,
+    )
+    .await
+    .map_err(e)?;
+    accounts::set_allocation(db, actor, "demo-user", 1_000 * 1000, now)
+        .await
+        .map_err(e)?;
+    let (key, _) = accounts::issue_api_key(db, actor, "demo-user", Some("demo"), now)
+        .await
+        .map_err(e)?;
+    Ok(Some(key))
+}
+
+async fn serve(a: &Args) -> Result<(), String> {
+    let demo = a.switches.iter().any(|s| s == "demo");
+    let mut catalogue = match a.flag("catalogue") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read catalogue {path}: {e}"))?;
+            Catalogue::from_toml(path, &text)?
+        }
+        None => Catalogue::builtin(),
+    };
+    let mut platform_keys = BTreeMap::new();
+    if demo {
+        let key = std::env::var("OPSGATE_DEMO_PROVIDER_KEY")
+            .unwrap_or_else(|_| DEMO_PROVIDER_KEY.to_string());
+        for p in catalogue.providers.values_mut() {
+            p.cluster = "fake_provider".into();
+            p.authority = "fake-provider".into();
+            p.base_path = "/v1".into();
+            platform_keys.insert(p.name.clone(), key.clone());
+        }
+    } else {
+        for p in catalogue.providers.values() {
+            if let Some(k) = p
+                .key_env
+                .as_deref()
+                .and_then(|v| std::env::var(v).ok())
+                .filter(|k| !k.is_empty())
+            {
+                platform_keys.insert(p.name.clone(), k);
+            }
+        }
+    }
+    let internal_token = match (
+        a.flag("internal-token")
+            .map(str::to_string)
+            .or_else(|| std::env::var("OPSGATE_INTERNAL_TOKEN").ok()),
+        demo,
+    ) {
+        (Some(t), _) if t.len() >= 16 => t,
+        (Some(_), _) => return Err("the internal token must be at least 16 characters".into()),
+        (None, true) => DEMO_INTERNAL_TOKEN.to_string(),
+        (None, false) => {
+            return Err(
+                "OPSGATE_INTERNAL_TOKEN (or --internal-token) is required outside --demo".into(),
+            )
+        }
+    };
+    let admin_token = a
+        .flag("admin-token")
+        .map(str::to_string)
+        .or_else(|| std::env::var("OPSGATE_ADMIN_TOKEN").ok());
+    let hold_ttl_secs = a
+        .flag("hold-ttl-secs")
+        .map(|s| s.parse().map_err(|_| "--hold-ttl-secs must be a number"))
+        .transpose()?
+        .unwrap_or(900);
+
+    let db = open_db(a).await?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    if demo {
+        if let Some(key) = seed_demo(&db, clock.now()).await? {
+            let dir = a.flag("data-dir").unwrap_or("data");
+            let path = std::path::Path::new(dir).join("demo-user-key.txt");
+            std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+            std::fs::write(&path, format!("{key}\n"))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    let state = AppState {
+        db: db.clone(),
+        catalogue: Arc::new(catalogue),
+        clock: clock.clone(),
+        settings: Arc::new(Settings {
+            internal_token,
+            admin_token,
+            platform_keys,
+            hold_ttl_secs,
+        }),
+        metrics: Arc::new(Metrics::default()),
+    };
+    // Holds whose outcome never arrived are charged as held.
+    let sweeper_db = db.clone();
+    let sweeper_clock = clock.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            match crate::ledger::expire_holds(&sweeper_db, sweeper_clock.now()).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("opsgate: expired {n} unsettled hold(s), charged as held"),
+                Err(e) => eprintln!("opsgate: hold expiry failed: {e}"),
+            }
+        }
+    });
+    let bind = a.flag("bind").unwrap_or("127.0.0.1");
+    let port = a.flag("port").unwrap_or("8085");
+    let listener = tokio::net::TcpListener::bind(format!("{bind}:{port}"))
+        .await
+        .map_err(|e| format!("cannot listen on {bind}:{port}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("opsgate control plane listening on {addr}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {},
+            }
+        })
+        .await
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,124 @@
+//! The database: SQLite (default, one file, WAL) or PostgreSQL (many replicas), through
+//! sqlx's `Any` driver so one set of queries serves both. Migrations run at start.
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Db {
+    pub pool: AnyPool,
+    pub backend: Backend,
+}
+
+/// Schema versions, per backend. Append; never edit a shipped one.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/001_init.sql"))];
+
+impl Db {
+    /// Connects and migrates. `url` is `sqlite://path` (created if missing) or
+    /// `postgres://…`.
+    pub async fn connect(url: &str) -> Result<Db, String> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(format!(
+                "database URL must start with sqlite: or postgres: (got '{}')",
+                url.split(':').next().unwrap_or_default()
+            ));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains("mode=") => {
+                let sep = if url.contains('?') { '&' } else { '?' };
+                format!("{url}{sep}mode=rwc")
+            }
+            _ => url.to_string(),
+        };
+        let mut opts = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Sqlite {
+            opts = opts.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA journal_mode=WAL").await?;
+                    conn.execute("PRAGMA busy_timeout=10000").await?;
+                    conn.execute("PRAGMA foreign_keys=ON").await?;
+                    conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = opts
+            .connect(&url)
+            .await
+            .map_err(|e| format!("cannot open the database: {e}"))?;
+        let db = Db { pool, backend };
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// `BEGIN IMMEDIATE` on SQLite (take the write lock up front, so a transaction that
+    /// reads before it writes cannot fail on upgrade), plain `BEGIN` on PostgreSQL, where
+    /// the conditional `UPDATE`s lock their rows.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
+    async fn migrate(&self) -> Result<(), String> {
+        let err = |e: sqlx::Error| format!("migration failed: {e}");
+        self.pool
+            .execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+            )
+            .await
+            .map_err(err)?;
+        for (version, common) in MIGRATIONS {
+            let mut tx = self.begin().await.map_err(err)?;
+            let done: Option<AnyRow> =
+                sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
+                    .bind(*version)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(err)?;
+            if done.is_some() {
+                continue;
+            }
+            let sql = match self.backend {
+                Backend::Sqlite => common.replace("$SERIAL", "INTEGER PRIMARY KEY AUTOINCREMENT"),
+                Backend::Postgres => common.replace("$SERIAL", "BIGSERIAL PRIMARY KEY"),
+            };
+            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                tx.execute(stmt)
+                    .await
+                    .map_err(|e| format!("migration {version} failed at `{stmt}`: {e}"))?;
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(*version)
+                .bind(0i64)
+                .execute(&mut *tx)
+                .await
+                .map_err(err)?;
+            tx.commit().await.map_err(err)?;
+        }
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1")
+            .fetch_one(&self.pool)
+            .await
+            .map(|r| r.len() == 1)
+            .unwrap_or(false)
+    }
+}

@@ -1,0 +1,74 @@
+//! One error type for the whole control plane; it renders as the OpenAI error envelope.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use opsgate_core::{ApiError, ErrorKind};
+
+#[derive(Debug)]
+pub struct AppError(pub ApiError);
+
+impl AppError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        AppError(ApiError::new(kind, message))
+    }
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::BadRequest, m)
+    }
+    pub fn not_found(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, m)
+    }
+    pub fn conflict(m: impl Into<String>) -> Self {
+        // 409 has no kind of its own in the guide; it is a bad request with a clear message.
+        Self::new(ErrorKind::BadRequest, m)
+    }
+    pub fn unauthorized(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidApiKey, m)
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, m)
+    }
+    /// Logs the detail; the client only learns that something failed inside.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        eprintln!("opsgate: internal error: {detail}");
+        Self::new(ErrorKind::Internal, "Internal error; it has been logged.")
+    }
+}
+
+impl From<ApiError> for AppError {
+    fn from(e: ApiError) -> Self {
+        AppError(e)
+    }
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(e: sqlx::Error) -> Self {
+        AppError::internal(format!("database: {e}"))
+    }
+}
+
+impl std::fmt::Display for AppError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut resp = (
+            status,
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            self.0.to_json(),
+        )
+            .into_response();
+        if let Some(secs) = self.0.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert("retry-after", v);
+            }
+        }
+        resp
+    }
+}
+
+pub type AppResult<T> = Result<T, AppError>;

@@ -1,0 +1,643 @@
+//! The credit ledger: holds, settlement, expiry and quota reservations.
+//!
+//! No overspend, whatever the concurrency or the number of replicas: a hold is placed by a
+//! conditional `UPDATE … WHERE total - used - held >= amount` inside one transaction that also
+//! reserves the quota slots, so the database itself refuses whatever would overdraw.
+
+use crate::accounts::{self, User};
+use crate::catalogue::{Catalogue, Model, ModelKind, PeriodKind};
+use crate::db::Db;
+use crate::error::AppError;
+use opsgate_core::contract::{
+    AuthorizeRequest, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
+};
+use opsgate_core::money::MilliCredits;
+use opsgate_core::plan::Plan;
+use opsgate_core::pricing::{RateCard, Usage};
+use opsgate_core::time::{daily_window, date_string, monthly_window, trial_window, Window};
+use opsgate_core::{ApiError, ErrorKind};
+use sqlx::{Any, Row, Transaction};
+use std::collections::BTreeMap;
+
+/// What authorize needs besides the request: where providers are and their platform keys.
+pub struct Routing<'a> {
+    pub catalogue: &'a Catalogue,
+    /// Platform keys by provider name.
+    pub platform_keys: &'a BTreeMap<String, String>,
+    pub hold_ttl_secs: i64,
+}
+
+fn format_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// One quota window that applies to the caller.
+struct QuotaWindow {
+    kind: &'static str,
+    label: &'static str,
+    limit: u64,
+    window: Window,
+}
+
+fn quota_windows(
+    catalogue: &Catalogue,
+    user: &User,
+    now: i64,
+) -> Result<Vec<QuotaWindow>, AppError> {
+    let limits = catalogue.plan(user.plan);
+    let mut out = Vec::new();
+    if let Some(limit) = limits.period_calls {
+        let (window, label) = match limits.period {
+            PeriodKind::Month => (monthly_window(now), "Monthly"),
+            PeriodKind::Trial => {
+                let w = trial_window(user.created_at);
+                if now >= w.end {
+                    return Err(AppError(ApiError {
+                        retry_after: None,
+                        ..ApiError::new(
+                            ErrorKind::QuotaExceeded,
+                            format!(
+                                "Trial period ended on {}. Upgrade your plan to keep calling.",
+                                date_string(w.end)
+                            ),
+                        )
+                    }));
+                }
+                (w, "Trial")
+            }
+        };
+        out.push(QuotaWindow {
+            kind: "period",
+            label,
+            limit,
+            window,
+        });
+    }
+    if let Some(limit) = limits.daily_calls {
+        out.push(QuotaWindow {
+            kind: "day",
+            label: "Daily",
+            limit,
+            window: daily_window(now),
+        });
+    }
+    Ok(out)
+}
+
+fn resolve_model<'c>(
+    catalogue: &'c Catalogue,
+    user: &User,
+    req: &AuthorizeRequest,
+) -> Result<&'c Model, AppError> {
+    let kind = match req.endpoint {
+        Endpoint::ChatCompletions => ModelKind::Chat,
+        Endpoint::ImageGenerations => ModelKind::Image,
+    };
+    let model = match &req.model {
+        Some(id) => catalogue.model(id).ok_or_else(|| {
+            AppError::new(
+                ErrorKind::NotFound,
+                format!("The model '{id}' does not exist. GET /api/v1/llm/models lists the models you can use."),
+            )
+        })?,
+        None => catalogue
+            .choose(user.plan, kind, req.power_level, req.task_type, req.privacy_required)
+            .ok_or_else(|| {
+                AppError::forbidden(format!(
+                    "No model on the {} plan can serve this request{}.",
+                    user.plan.as_str(),
+                    if req.privacy_required { " with privacy_required (local models only)" } else { "" }
+                ))
+            })?,
+    };
+    if model.kind != kind {
+        return Err(AppError::bad_request(format!(
+            "The model '{}' cannot serve this endpoint.",
+            model.id
+        )));
+    }
+    if !catalogue.allows(user.plan, model) {
+        return Err(AppError::forbidden(format!(
+            "The model '{}' is not available on the {} plan. Upgrade your plan or pick a model from GET /api/v1/llm/models.",
+            model.id,
+            user.plan.as_str()
+        )));
+    }
+    if req.privacy_required && !model.local {
+        return Err(AppError::forbidden(format!(
+            "privacy_required is set and '{}' is not a local model.",
+            model.id
+        )));
+    }
+    Ok(model)
+}
+
+fn insufficient(available: i64, needed: i64, pool: bool) -> AppError {
+    AppError::new(
+        ErrorKind::InsufficientCredits,
+        format!(
+            "Insufficient {} credits. Available: {}, needed: {}",
+            if pool { "organization" } else { "allocated" },
+            MilliCredits(available.max(0)),
+            MilliCredits(needed)
+        ),
+    )
+}
+
+/// Balances a user can spend right now: (organisation pool, own allocation if any).
+async fn available(db: &Db, user: &User) -> Result<(i64, Option<i64>), AppError> {
+    let org = accounts::get_org(db, &user.org_id)
+        .await?
+        .ok_or_else(|| AppError::internal(format!("user {} has no organization", user.id)))?;
+    let alloc = accounts::get_allocation(db, &user.org_id, &user.id).await?;
+    Ok((org.available(), alloc.map(|a| a.available())))
+}
+
+/// Spendable credits: the smaller of the pool and the user's allocation.
+pub async fn spendable(db: &Db, user: &User) -> Result<i64, AppError> {
+    let (pool, alloc) = available(db, user).await?;
+    Ok(alloc.map_or(pool, |a| a.min(pool)).max(0))
+}
+
+/// Places a hold and reserves quota, or refuses.
+pub async fn authorize(
+    db: &Db,
+    routing: &Routing<'_>,
+    user: &User,
+    req: &AuthorizeRequest,
+    now: i64,
+) -> Result<Grant, AppError> {
+    let catalogue = routing.catalogue;
+    let model = resolve_model(catalogue, user, req)?;
+    let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
+        AppError::internal(format!("model {} names a missing provider", model.id))
+    })?;
+    let api_key = routing
+        .platform_keys
+        .get(&provider.name)
+        .cloned()
+        .ok_or_else(|| {
+            AppError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "The provider '{}' is not configured on this gateway.",
+                    provider.name
+                ),
+            )
+        })?;
+    let plan = catalogue.plan(user.plan);
+    let byok = false;
+    let rate = RateCard {
+        price: model.price,
+        power_level: req.power_level,
+        markup_percent: plan.markup_percent,
+    };
+    let windows = quota_windows(catalogue, user, now)?;
+
+    // The largest cost this call can reach, reduced to what the caller can afford.
+    let spend = spendable(db, user).await?;
+    let (hold, max_tokens) = match req.endpoint {
+        Endpoint::ImageGenerations => {
+            let cost = rate.cost(&Usage {
+                images: req.images.max(1),
+                ..Usage::default()
+            });
+            if cost > spend {
+                let (pool, alloc) = available(db, user).await?;
+                return Err(insufficient(
+                    alloc.map_or(pool, |a| a.min(pool)),
+                    cost,
+                    alloc.is_none_or(|a| pool <= a),
+                ));
+            }
+            (cost, None)
+        }
+        Endpoint::ChatCompletions => {
+            let wanted = req
+                .max_tokens
+                .unwrap_or(model.max_output_tokens)
+                .min(model.max_output_tokens);
+            let full = rate.cost(&Usage {
+                prompt_tokens: req.prompt_bytes,
+                completion_tokens: wanted,
+                images: 0,
+            });
+            if full <= spend {
+                (full, Some(wanted))
+            } else {
+                match rate.affordable_completion_tokens(req.prompt_bytes, spend) {
+                    Some(k) if k >= 1 => {
+                        let k = k.min(wanted);
+                        (
+                            rate.cost(&Usage {
+                                prompt_tokens: req.prompt_bytes,
+                                completion_tokens: k,
+                                images: 0,
+                            }),
+                            Some(k),
+                        )
+                    }
+                    _ => {
+                        let (pool, alloc) = available(db, user).await?;
+                        let needed = rate.cost(&Usage {
+                            prompt_tokens: req.prompt_bytes,
+                            completion_tokens: 1,
+                            images: 0,
+                        });
+                        return Err(insufficient(
+                            alloc.map_or(pool, |a| a.min(pool)),
+                            needed,
+                            alloc.is_none_or(|a| pool <= a),
+                        ));
+                    }
+                }
+            }
+        }
+    };
+
+    let hold_id = format!("hold_{}", accounts::random_hex(12));
+    let mut tx = db.begin().await?;
+    let mut limits: Vec<(&'static str, WindowLimit)> = Vec::new();
+    for w in &windows {
+        sqlx::query("INSERT INTO quota_usage (user_id, kind, window_start, used, reserved) VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING")
+            .bind(&user.id)
+            .bind(w.kind)
+            .bind(w.window.start)
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query(
+            "UPDATE quota_usage SET reserved = reserved + 1 WHERE user_id = $1 AND kind = $2 AND window_start = $3 AND used + reserved < $4",
+        )
+        .bind(&user.id)
+        .bind(w.kind)
+        .bind(w.window.start)
+        .bind(w.limit as i64)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query("SELECT used, reserved FROM quota_usage WHERE user_id = $1 AND kind = $2 AND window_start = $3")
+            .bind(&user.id)
+            .bind(w.kind)
+            .bind(w.window.start)
+            .fetch_one(&mut *tx)
+            .await?;
+        let taken = row.try_get::<i64, _>("used")? + row.try_get::<i64, _>("reserved")?;
+        if r.rows_affected() == 0 {
+            tx.rollback().await?;
+            let retry = (w.window.end - now).max(1) as u64;
+            return Err(AppError(ApiError {
+                retry_after: Some(retry),
+                ..ApiError::new(
+                    ErrorKind::QuotaExceeded,
+                    format!(
+                        "Rate limit exceeded. {} limit: {} calls. Used: {}. Resets on {}.",
+                        w.label,
+                        format_count(w.limit),
+                        format_count(taken as u64),
+                        date_string(w.window.end)
+                    ),
+                )
+            }));
+        }
+        limits.push((
+            w.kind,
+            WindowLimit {
+                limit: w.limit,
+                remaining: w.limit.saturating_sub(taken as u64),
+                reset: w.window.end,
+            },
+        ));
+    }
+
+    let r = sqlx::query("UPDATE organizations SET credits_held = credits_held + $1 WHERE id = $2 AND credits_total - credits_used - credits_held >= $1")
+        .bind(hold)
+        .bind(&user.org_id)
+        .execute(&mut *tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        tx.rollback().await?;
+        let (pool, _) = available(db, user).await?;
+        return Err(insufficient(pool, hold, true));
+    }
+    let r = sqlx::query("UPDATE allocations SET held = held + $1 WHERE org_id = $2 AND user_id = $3 AND allocated - used - held >= $1")
+        .bind(hold)
+        .bind(&user.org_id)
+        .bind(&user.id)
+        .execute(&mut *tx)
+        .await?;
+    let has_allocation = if r.rows_affected() == 0 {
+        let exists =
+            sqlx::query("SELECT user_id FROM allocations WHERE org_id = $1 AND user_id = $2")
+                .bind(&user.org_id)
+                .bind(&user.id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .is_some();
+        if exists {
+            tx.rollback().await?;
+            let (_, alloc) = available(db, user).await?;
+            return Err(insufficient(alloc.unwrap_or(0), hold, false));
+        }
+        false
+    } else {
+        true
+    };
+    let rate_json = serde_json::to_string(&rate).map_err(AppError::internal)?;
+    let window_start = |kind: &str| {
+        windows
+            .iter()
+            .find(|w| w.kind == kind)
+            .map(|w| w.window.start)
+    };
+    sqlx::query(
+        "INSERT INTO holds (id, org_id, user_id, amount, status, model, provider, rate, byok, has_allocation, day_start, period_start, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, 'held', $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+    )
+    .bind(&hold_id)
+    .bind(&user.org_id)
+    .bind(&user.id)
+    .bind(hold)
+    .bind(&model.id)
+    .bind(&provider.name)
+    .bind(rate_json)
+    .bind(i64::from(byok))
+    .bind(i64::from(has_allocation))
+    .bind(window_start("day"))
+    .bind(window_start("period"))
+    .bind(now)
+    .bind(now + routing.hold_ttl_secs)
+    .execute(&mut *tx)
+    .await?;
+    ledger_entry(&mut tx, &user.org_id, &user.id, "hold", hold, &hold_id, now).await?;
+    // Spendable after the hold, read inside the transaction.
+    let org_avail: i64 = sqlx::query(
+        "SELECT credits_total - credits_used - credits_held AS a FROM organizations WHERE id = $1",
+    )
+    .bind(&user.org_id)
+    .fetch_one(&mut *tx)
+    .await?
+    .try_get("a")?;
+    let alloc_avail: Option<i64> = if has_allocation {
+        Some(
+            sqlx::query("SELECT allocated - used - held AS a FROM allocations WHERE org_id = $1 AND user_id = $2")
+                .bind(&user.org_id)
+                .bind(&user.id)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("a")?,
+        )
+    } else {
+        None
+    };
+    tx.commit().await?;
+    let window = |kind: &str| limits.iter().find(|(k, _)| *k == kind).map(|(_, l)| *l);
+    Ok(Grant {
+        hold_id,
+        user_id: user.id.clone(),
+        model: model.id.clone(),
+        provider: provider.name.clone(),
+        upstream: Upstream {
+            cluster: provider.cluster.clone(),
+            authority: provider.authority.clone(),
+            path: format!(
+                "{}/{}",
+                provider.base_path,
+                match req.endpoint {
+                    Endpoint::ChatCompletions => "chat/completions",
+                    Endpoint::ImageGenerations => "images/generations",
+                }
+            ),
+            model: model.provider_model.clone(),
+            api_key,
+        },
+        max_tokens,
+        rate,
+        hold_mc: hold,
+        balance_mc: alloc_avail.map_or(org_avail, |a| a.min(org_avail)),
+        period: window("period"),
+        daily: window("day"),
+        byok,
+    })
+}
+
+async fn ledger_entry(
+    tx: &mut Transaction<'static, Any>,
+    org_id: &str,
+    user_id: &str,
+    kind: &str,
+    amount: i64,
+    hold_id: &str,
+    now: i64,
+) -> Result<(), AppError> {
+    if amount == 0 {
+        return Ok(());
+    }
+    sqlx::query("INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES ($1, $2, $3, $4, $5, $6)")
+        .bind(org_id)
+        .bind(user_id)
+        .bind(kind)
+        .bind(amount)
+        .bind(hold_id)
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Settles one hold. Idempotent: settling a hold that is no longer open changes nothing and
+/// returns what it was charged.
+pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> {
+    let mut tx = db.begin().await?;
+    let row = sqlx::query(
+        "SELECT org_id, user_id, amount, charged, status, model, provider, rate, byok, has_allocation, day_start, period_start FROM holds WHERE id = $1",
+    )
+    .bind(&s.hold_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some(row) = row else {
+        return Err(AppError::not_found(format!("no hold '{}'", s.hold_id)));
+    };
+    let status: String = row.try_get("status")?;
+    if status != "held" {
+        return Ok(row.try_get::<Option<i64>, _>("charged")?.unwrap_or(0));
+    }
+    let amount: i64 = row.try_get("amount")?;
+    let rate: RateCard =
+        serde_json::from_str(&row.try_get::<String, _>("rate")?).map_err(AppError::internal)?;
+    let byok = row.try_get::<i64, _>("byok")? != 0;
+    let real = if byok { 0 } else { rate.cost(&s.usage) };
+    let charged = match s.outcome {
+        Outcome::Failed => 0,
+        Outcome::Success | Outcome::Partial => real.min(amount),
+    };
+    if real > amount && s.outcome != Outcome::Failed {
+        eprintln!(
+            "opsgate: usage discrepancy on {}: provider reported {} mc, hold covered {} mc; charged the hold",
+            s.hold_id, real, amount
+        );
+    }
+    let new_status = match s.outcome {
+        Outcome::Failed => "released",
+        _ => "settled",
+    };
+    close_hold(
+        &mut tx,
+        &s.hold_id,
+        &row,
+        charged,
+        new_status,
+        s.outcome != Outcome::Failed,
+        now,
+    )
+    .await?;
+    sqlx::query(
+        "INSERT INTO usage_logs (hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+    )
+    .bind(&s.hold_id)
+    .bind(row.try_get::<String, _>("org_id")?)
+    .bind(row.try_get::<String, _>("user_id")?)
+    .bind(row.try_get::<String, _>("model")?)
+    .bind(row.try_get::<String, _>("provider")?)
+    .bind(s.usage.prompt_tokens as i64)
+    .bind(s.usage.completion_tokens as i64)
+    .bind(s.usage.images as i64)
+    .bind(charged)
+    .bind(match s.outcome {
+        Outcome::Success => "success",
+        Outcome::Failed => "failed",
+        Outcome::Partial => "partial",
+    })
+    .bind(i64::from(s.upstream_status))
+    .bind(s.latency_ms as i64)
+    .bind(i64::from(byok))
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(charged)
+}
+
+/// Moves an open hold to its final state: charges `charged`, releases the rest, and turns
+/// the reserved quota slots into used ones (`consume`) or frees them.
+async fn close_hold(
+    tx: &mut Transaction<'static, Any>,
+    hold_id: &str,
+    row: &sqlx::any::AnyRow,
+    charged: i64,
+    status: &str,
+    consume: bool,
+    now: i64,
+) -> Result<(), AppError> {
+    let r = sqlx::query("UPDATE holds SET status = $1, charged = $2, settled_at = $3 WHERE id = $4 AND status = 'held'")
+        .bind(status)
+        .bind(charged)
+        .bind(now)
+        .bind(hold_id)
+        .execute(&mut **tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Ok(());
+    }
+    let org_id: String = row.try_get("org_id")?;
+    let user_id: String = row.try_get("user_id")?;
+    let amount: i64 = row.try_get("amount")?;
+    sqlx::query("UPDATE organizations SET credits_held = credits_held - $1, credits_used = credits_used + $2 WHERE id = $3")
+        .bind(amount)
+        .bind(charged)
+        .bind(&org_id)
+        .execute(&mut **tx)
+        .await?;
+    if row.try_get::<i64, _>("has_allocation")? != 0 {
+        sqlx::query("UPDATE allocations SET held = held - $1, used = used + $2 WHERE org_id = $3 AND user_id = $4")
+            .bind(amount)
+            .bind(charged)
+            .bind(&org_id)
+            .bind(&user_id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    for (kind, col) in [("day", "day_start"), ("period", "period_start")] {
+        if let Some(start) = row.try_get::<Option<i64>, _>(col)? {
+            sqlx::query("UPDATE quota_usage SET reserved = reserved - 1, used = used + $1 WHERE user_id = $2 AND kind = $3 AND window_start = $4")
+                .bind(i64::from(consume))
+                .bind(&user_id)
+                .bind(kind)
+                .bind(start)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    ledger_entry(tx, &org_id, &user_id, "charge", charged, hold_id, now).await?;
+    ledger_entry(
+        tx,
+        &org_id,
+        &user_id,
+        "release",
+        amount - charged,
+        hold_id,
+        now,
+    )
+    .await?;
+    Ok(())
+}
+
+/// Charges every hold past its expiry as held (the call's outcome never arrived).
+pub async fn expire_holds(db: &Db, now: i64) -> Result<u64, AppError> {
+    let ids: Vec<String> =
+        sqlx::query("SELECT id FROM holds WHERE status = 'held' AND expires_at <= $1")
+            .bind(now)
+            .fetch_all(&db.pool)
+            .await?
+            .iter()
+            .map(|r| r.try_get("id"))
+            .collect::<Result<_, _>>()?;
+    let mut n = 0;
+    for id in ids {
+        let mut tx = db.begin().await?;
+        let row = sqlx::query("SELECT org_id, user_id, amount, has_allocation, day_start, period_start FROM holds WHERE id = $1 AND status = 'held'")
+            .bind(&id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if let Some(row) = row {
+            let amount: i64 = row.try_get("amount")?;
+            close_hold(&mut tx, &id, &row, amount, "expired", true, now).await?;
+            n += 1;
+        }
+        tx.commit().await?;
+    }
+    Ok(n)
+}
+
+/// Balances recomputed from the ledger alone, per organisation: (total, used, held).
+pub async fn recompute_org(db: &Db, org_id: &str) -> Result<(i64, i64, i64), AppError> {
+    let sum = |kind: &'static str| {
+        let db = db.clone();
+        let org_id = org_id.to_string();
+        async move {
+            let r = sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM ledger WHERE org_id = $1 AND kind = $2")
+                .bind(org_id)
+                .bind(kind)
+                .fetch_one(&db.pool)
+                .await?;
+            Ok::<i64, AppError>(r.try_get("s")?)
+        }
+    };
+    let grant = sum("grant").await?;
+    let hold = sum("hold").await?;
+    let charge = sum("charge").await?;
+    let release = sum("release").await?;
+    Ok((grant, charge, hold - charge - release))
+}
+
+/// Plan limits snapshot for a user, for `/credits`.
+pub fn monthly_cap(catalogue: &Catalogue, plan: Plan) -> Option<u64> {
+    catalogue.plan(plan).period_calls
+}

@@ -1,0 +1,15 @@
+//! opsgate control plane: owns organisations, users, keys, plans, the credit ledger and
+//! usage. The Envoy filter asks it (`/internal/v1/*`); clients and admins use its public
+//! and admin APIs; the `opsgate` CLI drives the same operations.
+
+pub mod accounts;
+pub mod analytics;
+pub mod app;
+pub mod catalogue;
+pub mod cli;
+pub mod clock;
+pub mod db;
+pub mod error;
+pub mod ledger;
+
+pub use app::{app, AppState, Settings};

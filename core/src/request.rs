@@ -17,6 +17,8 @@ pub struct ChatRequest {
     pub task_type: TaskType,
     pub privacy_required: bool,
     pub stream: bool,
+    /// The client itself asked for the final usage chunk of a stream.
+    pub include_usage: bool,
     pub max_tokens: Option<u64>,
     pub prompt_bytes: u64,
 }
@@ -156,6 +158,11 @@ pub fn parse_chat(
         task_type,
         privacy_required: bool_field(&map, "privacy_required")?,
         stream: bool_field(&map, "stream")?,
+        include_usage: map
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
         max_tokens,
         prompt_bytes: body.len() as u64,
     };
@@ -168,11 +175,11 @@ pub fn parse_image(
     power_header: Option<&str>,
 ) -> Result<(Map<String, Value>, ImageRequest), ApiError> {
     let map = parse_object(body)?;
-    if !map
+    let prompt = map
         .get("prompt")
         .and_then(Value::as_str)
-        .is_some_and(|p| !p.trim().is_empty())
-    {
+        .unwrap_or_default();
+    if prompt.trim().is_empty() {
         return Err(ApiError::invalid_param(
             "prompt",
             "'prompt' is required: a non-empty string.",

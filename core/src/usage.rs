@@ -47,6 +47,10 @@ pub struct SseMeter {
     pub content_bytes: u64,
     /// Content chunks seen.
     pub content_chunks: u64,
+    /// Drop the provider's usage-only chunk (`"choices": []`): the gateway asked for it, the
+    /// client did not, and clients that did not ask do not expect a chunk without choices.
+    pub drop_usage_chunk: bool,
+    skip_blank: bool,
 }
 
 impl SseMeter {
@@ -72,6 +76,12 @@ impl SseMeter {
         let mut out = Vec::with_capacity(ready.len() + 64);
         for line in ready.split_inclusive(|b| *b == b'\n') {
             let text = trim_line(line);
+            if self.skip_blank {
+                self.skip_blank = false;
+                if text.is_empty() {
+                    continue;
+                }
+            }
             if let Some(data) = text.strip_prefix(b"data:") {
                 let data = trim_ascii(data);
                 if data == b"[DONE]" {
@@ -82,6 +92,14 @@ impl SseMeter {
                 } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
                     if let Some(u) = usage_of(&v) {
                         self.usage = Some(u);
+                        let no_choices = v
+                            .get("choices")
+                            .and_then(Value::as_array)
+                            .is_some_and(Vec::is_empty);
+                        if self.drop_usage_chunk && no_choices {
+                            self.skip_blank = true;
+                            continue;
+                        }
                     }
                     if let Some(content) = v
                         .pointer("/choices/0/delta/content")
@@ -170,6 +188,19 @@ data: [DONE]\n\n";
             assert!(m.done);
             assert_eq!(m.content_bytes, 8);
         }
+    }
+
+    #[test]
+    fn usage_chunk_is_dropped_when_the_client_did_not_ask() {
+        let mut m = SseMeter {
+            drop_usage_chunk: true,
+            ..SseMeter::default()
+        };
+        let out = m.process(STREAM.as_bytes(), true, |_| b": cost\n\n".to_vec());
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("usage"), "{text}");
+        assert!(text.ends_with(": cost\n\ndata: [DONE]\n\n"), "{text}");
+        assert_eq!(m.usage.map(|u| u.prompt_tokens), Some(9));
     }
 
     #[test]

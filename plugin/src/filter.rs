@@ -1,0 +1,548 @@
+//! One HTTP request through the gateway: credentials, request shaping, the authorize
+//! callout, forwarding, and metering of the response (plain JSON or SSE).
+
+use crate::shared::{call_control_plane, callout_status, log, SharedRef};
+use opsgate_core::contract::{
+    AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Outcome, Principal, Settlement,
+    AUTHORIZE_PATH,
+};
+use opsgate_core::credentials::{self, Credential};
+use opsgate_core::money::MilliCredits;
+use opsgate_core::pricing::Usage;
+use opsgate_core::request::{parse_chat, parse_image, rewrite_for_provider};
+use opsgate_core::usage::{chat_usage, images_returned, SseMeter};
+use opsgate_core::{ApiError, ErrorKind};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
+use serde_json::{Map, Value};
+use std::time::SystemTime;
+
+/// Headers only the gateway may set; whatever a client sends under these names is removed.
+const INTERNAL_HEADERS: [&str; 1] = ["x-opsgate-cluster"];
+
+enum Phase {
+    /// Not ours, or non-metered: let it pass.
+    Pass,
+    /// A metered call waiting for its whole body.
+    ReadingBody,
+    /// Waiting for the control plane's decision.
+    Authorizing { token: u32 },
+    /// Forwarded to the provider with a hold in place.
+    Forwarded,
+    /// A local reply was sent.
+    Replied,
+}
+
+struct Parsed {
+    body: Map<String, Value>,
+    body_len: usize,
+    stream: bool,
+    include_usage: bool,
+}
+
+pub struct Filter {
+    shared: SharedRef,
+    phase: Phase,
+    endpoint: Option<Endpoint>,
+    principal: Option<Principal>,
+    power_header: Option<String>,
+    parsed: Option<Parsed>,
+    grant: Option<Grant>,
+    started: Option<SystemTime>,
+    upstream_status: u16,
+    streaming: bool,
+    sse: SseMeter,
+    prompt_bytes: u64,
+    settled: bool,
+}
+
+impl Filter {
+    pub fn new(shared: SharedRef) -> Self {
+        Filter {
+            shared,
+            phase: Phase::Pass,
+            endpoint: None,
+            principal: None,
+            power_header: None,
+            parsed: None,
+            grant: None,
+            started: None,
+            upstream_status: 0,
+            streaming: false,
+            sse: SseMeter::default(),
+            prompt_bytes: 0,
+            settled: false,
+        }
+    }
+
+    fn reply(&mut self, err: &ApiError) {
+        self.phase = Phase::Replied;
+        let retry = err.retry_after.map(|s| s.to_string());
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(r) = retry.as_deref() {
+            headers.push(("retry-after", r));
+        }
+        self.send_http_response(
+            u32::from(err.status()),
+            headers,
+            Some(err.to_json().as_bytes()),
+        );
+    }
+
+    /// The request's path without its query string, relative to the route prefix.
+    fn route(&self, path: &str) -> Option<String> {
+        let prefix = self.shared.borrow().config.route_prefix.clone();
+        let path = path.split('?').next().unwrap_or_default();
+        let rest = path.strip_prefix(&prefix)?;
+        (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+    }
+
+    fn principal_for(&self, cred: &Credential<'_>) -> Result<Principal, ApiError> {
+        match cred {
+            Credential::ServiceKey(key) => {
+                let snapshot = self
+                    .shared
+                    .borrow()
+                    .snapshot
+                    .clone()
+                    .ok_or_else(starting_up)?;
+                let digest = credentials::digest(key);
+                // Compare against every entry so timing does not reveal which one matched.
+                let mut found = None;
+                for entry in &snapshot.service_keys {
+                    if credentials::constant_time_eq(entry.digest.as_bytes(), digest.as_bytes()) {
+                        found = Some(entry.user_id.clone());
+                    }
+                }
+                found
+                    .map(|user_id| Principal::Service { user_id })
+                    .ok_or_else(|| ApiError::invalid_api_key("Invalid service key"))
+            }
+            Credential::UserKey(key) => Ok(Principal::ApiKey {
+                digest: credentials::digest(key),
+            }),
+            Credential::Jwt(_) | Credential::Session(_) => Err(ApiError::invalid_api_key(
+                "JWT and session authentication are not enabled on this gateway.",
+            )),
+        }
+    }
+
+    fn authorize(&mut self, body: &[u8]) -> Result<(), ApiError> {
+        let endpoint = self
+            .endpoint
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "no endpoint"))?;
+        let principal = self
+            .principal
+            .clone()
+            .ok_or_else(|| ApiError::new(ErrorKind::Internal, "no principal"))?;
+        let power = self.power_header.as_deref();
+        let (map, req) = match endpoint {
+            Endpoint::ChatCompletions => {
+                let (map, r) = parse_chat(body, power)?;
+                self.parsed = Some(Parsed {
+                    body: Map::new(),
+                    body_len: body.len(),
+                    stream: r.stream,
+                    include_usage: r.include_usage,
+                });
+                (
+                    map,
+                    AuthorizeRequest {
+                        principal,
+                        endpoint,
+                        model: r.model,
+                        power_level: r.power_level,
+                        task_type: r.task_type,
+                        privacy_required: r.privacy_required,
+                        stream: r.stream,
+                        prompt_bytes: r.prompt_bytes,
+                        max_tokens: r.max_tokens,
+                        images: 0,
+                    },
+                )
+            }
+            Endpoint::ImageGenerations => {
+                let (map, r) = parse_image(body, power)?;
+                self.parsed = Some(Parsed {
+                    body: Map::new(),
+                    body_len: body.len(),
+                    stream: false,
+                    include_usage: false,
+                });
+                (
+                    map,
+                    AuthorizeRequest {
+                        principal,
+                        endpoint,
+                        model: r.model,
+                        power_level: r.power_level,
+                        task_type: Default::default(),
+                        privacy_required: false,
+                        stream: false,
+                        prompt_bytes: r.prompt_bytes,
+                        max_tokens: None,
+                        images: r.images,
+                    },
+                )
+            }
+        };
+        if let Some(p) = self.parsed.as_mut() {
+            p.body = map;
+        }
+        self.prompt_bytes = req.prompt_bytes;
+        let payload = serde_json::to_vec(&req)
+            .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        let token = {
+            let shared = self.shared.borrow();
+            call_control_plane(self, &shared.config, "POST", AUTHORIZE_PATH, Some(&payload))
+        }
+        .map_err(|e| {
+            log(
+                LogLevel::Error,
+                &format!("opsgate: authorize not sent: {e:?}"),
+            );
+            cp_unavailable()
+        })?;
+        self.phase = Phase::Authorizing { token };
+        Ok(())
+    }
+
+    fn forward(&mut self, grant: Grant) {
+        let Some(parsed) = self.parsed.take() else {
+            self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
+            return;
+        };
+        let body = rewrite_for_provider(
+            parsed.body,
+            &grant.upstream.model,
+            grant.max_tokens,
+            parsed.stream,
+        );
+        self.set_http_request_body(0, parsed.body_len, &body);
+        self.set_http_request_header(":path", Some(&grant.upstream.path));
+        self.set_http_request_header(":authority", Some(&grant.upstream.authority));
+        self.set_http_request_header(
+            "authorization",
+            Some(&format!("Bearer {}", grant.upstream.api_key)),
+        );
+        self.set_http_request_header("x-power-level", Some(grant.rate.power_level.as_str()));
+        self.set_http_request_header("cookie", None);
+        self.set_http_request_header("content-length", None);
+        self.set_http_request_header("x-opsgate-cluster", Some(&grant.upstream.cluster));
+        self.sse.drop_usage_chunk = parsed.stream && !parsed.include_usage;
+        self.streaming = parsed.stream;
+        self.started = Some(self.get_current_time());
+        self.grant = Some(grant);
+        self.phase = Phase::Forwarded;
+        self.resume_http_request();
+    }
+
+    fn rate_limit_headers(&self, grant: &Grant) {
+        if let Some(p) = grant.period {
+            self.set_http_response_header("x-ratelimit-limit", Some(&p.limit.to_string()));
+            self.set_http_response_header("x-ratelimit-remaining", Some(&p.remaining.to_string()));
+            self.set_http_response_header("x-ratelimit-reset", Some(&p.reset.to_string()));
+        }
+        if let Some(d) = grant.daily {
+            self.set_http_response_header("x-ratelimit-limit-day", Some(&d.limit.to_string()));
+            self.set_http_response_header(
+                "x-ratelimit-remaining-day",
+                Some(&d.remaining.to_string()),
+            );
+            self.set_http_response_header("x-ratelimit-reset-day", Some(&d.reset.to_string()));
+        }
+    }
+
+    /// The cost of `usage` for this call, never more than the hold.
+    fn cost_of(grant: &Grant, usage: &Usage) -> i64 {
+        if grant.byok {
+            0
+        } else {
+            grant.rate.cost(usage).min(grant.hold_mc)
+        }
+    }
+
+    fn settle(&mut self, outcome: Outcome, usage: Usage) {
+        if self.settled {
+            return;
+        }
+        let Some(grant) = self.grant.as_ref() else {
+            return;
+        };
+        self.settled = true;
+        let latency_ms = self
+            .started
+            .and_then(|t| self.get_current_time().duration_since(t).ok())
+            .map_or(0, |d| d.as_millis() as u64);
+        let settlement = Settlement {
+            hold_id: grant.hold_id.clone(),
+            outcome,
+            usage,
+            upstream_status: self.upstream_status,
+            latency_ms,
+        };
+        self.shared.borrow_mut().enqueue(settlement);
+    }
+
+    fn cost_event(grant: &Grant, usage: Option<Usage>) -> Vec<u8> {
+        let usage = usage.unwrap_or_default();
+        let cost = Self::cost_of(grant, &usage);
+        let remaining = grant.balance_mc + grant.hold_mc - cost;
+        format!(
+            ": opsgate {{\"provider\":\"{}\",\"model\":\"{}\",\"cost\":\"{}\",\"credits_remaining\":\"{}\",\"prompt_tokens\":{},\"completion_tokens\":{}}}\n\n",
+            grant.provider,
+            grant.model,
+            MilliCredits(cost),
+            MilliCredits(remaining),
+            usage.prompt_tokens,
+            usage.completion_tokens
+        )
+        .into_bytes()
+    }
+}
+
+fn starting_up() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "The gateway is starting and has not loaded its configuration yet; retry in a moment.",
+    )
+}
+
+fn cp_unavailable() -> ApiError {
+    ApiError::new(
+        ErrorKind::Unavailable,
+        "The gateway's control plane is unavailable; the call was not made and nothing was charged. Retry with backoff.",
+    )
+}
+
+impl Context for Filter {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Phase::Authorizing { token: expected } = self.phase else {
+            return;
+        };
+        if token != expected {
+            return;
+        }
+        let status = callout_status(self, num_headers);
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
+        let decision = match (status, serde_json::from_slice::<AuthorizeResponse>(&body)) {
+            (200, Ok(d)) => d,
+            (status, _) => {
+                log(
+                    LogLevel::Error,
+                    &format!("opsgate: authorize failed with status {status}"),
+                );
+                self.reply(&cp_unavailable());
+                return;
+            }
+        };
+        match decision {
+            AuthorizeResponse::Allow(grant) => self.forward(grant),
+            AuthorizeResponse::Deny(denial) => self.reply(&ApiError::from(denial)),
+        }
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        for h in INTERNAL_HEADERS {
+            self.set_http_request_header(h, None);
+        }
+        let path = self.get_http_request_header(":path").unwrap_or_default();
+        let Some(route) = self.route(&path) else {
+            return Action::Continue;
+        };
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        if method == "OPTIONS" {
+            return Action::Continue;
+        }
+        let endpoint = match route.as_str() {
+            "/chat/completions" => Some(Endpoint::ChatCompletions),
+            "/image/generations" | "/images/generations" => Some(Endpoint::ImageGenerations),
+            _ => None,
+        };
+        let auth = self.get_http_request_header("authorization");
+        let cookie = self.get_http_request_header("cookie");
+        let principal = match credentials::extract(auth.as_deref(), cookie.as_deref()) {
+            Ok(cred) => self.principal_for(&cred),
+            Err(e) => Err(ApiError::invalid_api_key(e.message())),
+        };
+        let principal = match principal {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply(&e);
+                return Action::Pause;
+            }
+        };
+        let Some(endpoint) = endpoint else {
+            // Non-metered: authenticated here, answered by the control plane, which checks
+            // the credential again itself.
+            return Action::Continue;
+        };
+        if method != "POST" {
+            self.reply(&ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("Use POST for {route}."),
+            ));
+            return Action::Pause;
+        }
+        if end_of_stream {
+            self.reply(&ApiError::bad_request(
+                "Request body is empty: send a JSON object.",
+            ));
+            return Action::Pause;
+        }
+        self.endpoint = Some(endpoint);
+        self.principal = Some(principal);
+        self.power_header = self.get_http_request_header("x-power-level");
+        self.phase = Phase::ReadingBody;
+        Action::Pause
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        match self.phase {
+            Phase::ReadingBody => {}
+            Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
+            Phase::Pass | Phase::Forwarded => return Action::Continue,
+        }
+        let max = self.shared.borrow().config.max_body_bytes;
+        if body_size > max {
+            self.reply(&ApiError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("Request body is larger than {max} bytes."),
+            ));
+            return Action::Pause;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Err(e) = self.authorize(&body) {
+            self.reply(&e);
+        }
+        Action::Pause
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        let Some(grant) = self.grant.clone() else {
+            return Action::Continue;
+        };
+        self.upstream_status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        self.set_http_response_header("x-provider-used", Some(&grant.provider));
+        self.set_http_response_header("x-model-used", Some(&grant.model));
+        self.rate_limit_headers(&grant);
+        if !(200..300).contains(&self.upstream_status) {
+            // The provider failed: nothing is charged, the quota slot is released.
+            self.settle(Outcome::Failed, Usage::default());
+            return Action::Continue;
+        }
+        let is_sse = self
+            .get_http_response_header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"));
+        if self.streaming || is_sse {
+            self.streaming = true;
+            self.set_http_response_header("content-length", None);
+            return Action::Continue;
+        }
+        if end_of_stream {
+            self.settle(Outcome::Success, Usage::default());
+            return Action::Continue;
+        }
+        // Hold the headers until the body tells what the call cost.
+        Action::Pause
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(grant) = self.grant.clone() else {
+            return Action::Continue;
+        };
+        if !(200..300).contains(&self.upstream_status) {
+            return Action::Continue;
+        }
+        if self.streaming {
+            let chunk = self
+                .get_http_response_body(0, body_size)
+                .unwrap_or_default();
+            let out = self
+                .sse
+                .process(&chunk, end_of_stream, |m| Self::cost_event(&grant, m.usage));
+            self.set_http_response_body(0, body_size, &out);
+            if end_of_stream || self.sse.done {
+                let usage = self.sse.partial_usage(self.prompt_bytes);
+                let outcome = if self.sse.usage.is_some() {
+                    Outcome::Success
+                } else {
+                    Outcome::Partial
+                };
+                self.settle(outcome, usage);
+            }
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let usage = match self.endpoint {
+            Some(Endpoint::ImageGenerations) => Usage {
+                images: images_returned(&body).unwrap_or(0),
+                ..Usage::default()
+            },
+            _ => chat_usage(&body).unwrap_or_else(|| {
+                log(
+                    LogLevel::Warn,
+                    "opsgate: provider response without usage; charging the hold",
+                );
+                Usage {
+                    prompt_tokens: self.prompt_bytes,
+                    completion_tokens: grant.max_tokens.unwrap_or(0),
+                    images: 0,
+                }
+            }),
+        };
+        let cost = Self::cost_of(&grant, &usage);
+        self.set_http_response_header(
+            "x-cost-incurred",
+            Some(&MilliCredits(cost).to_credits_string()),
+        );
+        self.set_http_response_header(
+            "x-credits-remaining",
+            Some(&MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string()),
+        );
+        self.settle(Outcome::Success, usage);
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // The stream is over, however it ended: whatever is still open is settled now.
+        if self.grant.is_none() || self.settled {
+            return;
+        }
+        if self.streaming && (200..300).contains(&self.upstream_status) {
+            let usage = self.sse.partial_usage(self.prompt_bytes);
+            self.settle(Outcome::Partial, usage);
+        } else if (200..300).contains(&self.upstream_status) {
+            // The provider answered but the body never completed here: charge the bound.
+            let bound = Usage {
+                prompt_tokens: self.prompt_bytes,
+                completion_tokens: self.grant.as_ref().and_then(|g| g.max_tokens).unwrap_or(0),
+                images: 0,
+            };
+            self.settle(Outcome::Partial, bound);
+        } else {
+            self.settle(Outcome::Failed, Usage::default());
+        }
+    }
+}

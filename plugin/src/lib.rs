@@ -1,0 +1,19 @@
+//! opsgate's proxy-wasm HTTP filter. Host glue only: the decisions are in `opsgate-core`.
+//!
+//! * [`root`] — one per worker VM: configuration, the snapshot poll, the settle queue.
+//! * [`filter`] — one per request: credentials, request shaping, authorize, metering.
+//! * [`config`] — raw JSON configuration compiled into a validated [`config::FilterConfig`].
+//! * [`shared`] — the state a worker's root context shares with its requests.
+
+pub mod config;
+pub mod filter;
+pub mod root;
+pub mod shared;
+
+#[cfg(target_arch = "wasm32")]
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
+        Box::new(root::Root::default())
+    });
+}}

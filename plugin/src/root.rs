@@ -1,0 +1,228 @@
+//! The root context of a worker VM: configuration, the snapshot poll and the settle queue.
+
+use crate::config::FilterConfig;
+use crate::filter::Filter;
+use crate::shared::{call_control_plane, callout_status, log, Shared, SharedRef};
+use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{ContextType, LogLevel};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, SystemTime};
+
+#[derive(Default)]
+pub struct Root {
+    shared: Option<SharedRef>,
+    snapshot_call: Option<u32>,
+    last_snapshot: Option<SystemTime>,
+    settle_call: Option<(u32, Vec<Settlement>)>,
+    shutting_down: bool,
+}
+
+impl Root {
+    fn poll_snapshot(&mut self, shared: &SharedRef) {
+        if self.snapshot_call.is_some() {
+            return;
+        }
+        let (loaded, interval) = {
+            let s = shared.borrow();
+            (s.snapshot.is_some(), s.config.snapshot_interval)
+        };
+        let now = self.get_current_time();
+        let due = !loaded
+            || self
+                .last_snapshot
+                .and_then(|t| now.duration_since(t).ok())
+                .is_none_or(|d| d >= interval);
+        if !due {
+            return;
+        }
+        let result = {
+            let s = shared.borrow();
+            call_control_plane(self, &s.config, "GET", SNAPSHOT_PATH, None)
+        };
+        match result {
+            Ok(token) => self.snapshot_call = Some(token),
+            Err(e) => log(
+                LogLevel::Warn,
+                &format!("opsgate: snapshot poll not sent: {e:?}"),
+            ),
+        }
+    }
+
+    fn flush_settlements(&mut self, shared: &SharedRef) {
+        if self.settle_call.is_some() {
+            return;
+        }
+        let batch: Vec<Settlement> = {
+            let mut s = shared.borrow_mut();
+            let n = s.settle_queue.len().min(s.config.settle_batch);
+            s.settle_queue.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let body = match serde_json::to_vec(&SettleBatch {
+            settlements: batch.clone(),
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                log(
+                    LogLevel::Error,
+                    &format!("opsgate: cannot encode settlements: {e}"),
+                );
+                return;
+            }
+        };
+        let result = {
+            let s = shared.borrow();
+            call_control_plane(self, &s.config, "POST", SETTLE_PATH, Some(&body))
+        };
+        match result {
+            Ok(token) => self.settle_call = Some((token, batch)),
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("opsgate: settle not sent, will retry: {e:?}"),
+                );
+                requeue(shared, batch);
+            }
+        }
+    }
+
+    fn maybe_finish_shutdown(&mut self) {
+        if !self.shutting_down || self.settle_call.is_some() {
+            return;
+        }
+        let pending = self
+            .shared
+            .as_ref()
+            .is_some_and(|s| !s.borrow().settle_queue.is_empty());
+        if pending {
+            if let Some(shared) = self.shared.clone() {
+                self.flush_settlements(&shared);
+            }
+            if self.settle_call.is_some() {
+                return;
+            }
+        }
+        self.done();
+    }
+}
+
+/// Puts a batch that did not go through back at the front, oldest first.
+fn requeue(shared: &SharedRef, batch: Vec<Settlement>) {
+    let mut s = shared.borrow_mut();
+    for item in batch.into_iter().rev() {
+        s.settle_queue.push_front(item);
+    }
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        num_headers: usize,
+        body_size: usize,
+        _: usize,
+    ) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let status = callout_status(self, num_headers);
+        if self.snapshot_call == Some(token) {
+            self.snapshot_call = None;
+            let body = self
+                .get_http_call_response_body(0, body_size)
+                .unwrap_or_default();
+            match (status, serde_json::from_slice::<Snapshot>(&body)) {
+                (200, Ok(snap)) => {
+                    self.last_snapshot = Some(self.get_current_time());
+                    let mut s = shared.borrow_mut();
+                    let changed = s.snapshot.as_ref().is_none_or(|old| old.version != snap.version);
+                    if changed {
+                        log(
+                            LogLevel::Info,
+                            &format!("opsgate: snapshot {} loaded ({} service keys)", snap.version, snap.service_keys.len()),
+                        );
+                        s.snapshot = Some(Rc::new(snap));
+                    }
+                }
+                (status, parsed) => log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: snapshot poll failed (status {status}{}); keeping the last good one",
+                        parsed.err().map(|e| format!(", {e}")).unwrap_or_default()
+                    ),
+                ),
+            }
+            return;
+        }
+        if let Some((t, batch)) = self.settle_call.take() {
+            if t != token {
+                self.settle_call = Some((t, batch));
+                return;
+            }
+            if status == 200 {
+                // Sent: keep going while there is more.
+                self.flush_settlements(&shared);
+            } else {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: settle batch of {} failed (status {status}); will retry",
+                        batch.len()
+                    ),
+                );
+                requeue(&shared, batch);
+            }
+            self.maybe_finish_shutdown();
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        self.shutting_down = true;
+        let Some(shared) = self.shared.clone() else {
+            return true;
+        };
+        self.flush_settlements(&shared);
+        // Wait for the last batch to be acknowledged, then call done().
+        self.settle_call.is_none()
+    }
+}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let _ = size;
+        match FilterConfig::parse(&bytes) {
+            Ok(config) => {
+                self.set_tick_period(config.tick().min(Duration::from_millis(200)));
+                self.shared = Some(Rc::new(RefCell::new(Shared::new(config))));
+                true
+            }
+            Err(e) => {
+                log(LogLevel::Critical, &e);
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        self.poll_snapshot(&shared);
+        self.flush_settlements(&shared);
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        self.shared
+            .clone()
+            .map(|s| Box::new(Filter::new(s)) as Box<dyn HttpContext>)
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}

@@ -1,4 +1,4 @@
--- opsgate schema v1. Money is integer milli-credits; time is unix seconds.
+-- opsgate schema v1. Money is integer milli-credits, time is unix seconds.
 CREATE TABLE organizations (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,

@@ -240,16 +240,28 @@ pub async fn grant(
         .ok_or_else(|| AppError::internal("organization vanished"))
 }
 
+/// A user to create: `kind` is `user` or `service`, `role` is `member` or `admin`.
+pub struct NewUser<'a> {
+    pub id: &'a str,
+    pub org_id: &'a str,
+    pub plan: Plan,
+    pub kind: &'a str,
+    pub role: &'a str,
+}
+
 pub async fn create_user(
     db: &Db,
     actor: &str,
-    id: &str,
-    org_id: &str,
-    plan: Plan,
-    kind: &str,
-    role: &str,
+    new: &NewUser<'_>,
     now: i64,
 ) -> Result<User, AppError> {
+    let NewUser {
+        id,
+        org_id,
+        plan,
+        kind,
+        role,
+    } = *new;
     check_id("id", id)?;
     if !matches!(kind, "user" | "service") {
         return Err(AppError::bad_request("'kind' must be user or service"));
@@ -542,13 +554,32 @@ pub async fn add_service_key(
         .unwrap_or_default()
         .to_string();
     let mut tx = db.begin().await?;
-    sqlx::query("INSERT INTO service_keys (digest, name, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+    let inserted = sqlx::query("INSERT INTO service_keys (digest, name, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(digest(key))
         .bind(&name)
         .bind(&user.id)
         .bind(now)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
+    // Fix: the key was already registered. Re-adding it to the same user while active is
+    // idempotent; otherwise (bound to another user, or revoked) the INSERT silently did
+    // nothing, yet the caller got a success and the audit log a binding that never happened.
+    if inserted == 0 {
+        let row = sqlx::query("SELECT user_id, revoked_at FROM service_keys WHERE digest = $1")
+            .bind(digest(key))
+            .fetch_one(&mut *tx)
+            .await?;
+        let same_user = row.try_get::<String, _>("user_id")? == user.id;
+        let revoked = row.try_get::<Option<i64>, _>("revoked_at")?.is_some();
+        if !same_user || revoked {
+            return Err(AppError::conflict(if revoked {
+                "this service key was revoked; it cannot be added again (use a new key)"
+            } else {
+                "this service key is already bound to another user"
+            }));
+        }
+    }
     audit(
         &mut tx,
         actor,

@@ -85,6 +85,14 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async {
             AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
         })
+        // Fix: a known path with an unsupported method got axum's bare 405 with an empty
+        // body; errors always use the envelope (DESIGN: "Errors always use the envelope").
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                opsgate_core::ErrorKind::MethodNotAllowed,
+                "This endpoint does not support that HTTP method.",
+            )
+        })
         .with_state(state)
 }
 
@@ -225,7 +233,7 @@ async fn authorize(
                 .metrics
                 .authorize_allowed
                 .fetch_add(1, Ordering::Relaxed);
-            AuthorizeResponse::Allow(grant)
+            AuthorizeResponse::Allow(Box::new(grant))
         }
         Err(e) => {
             state
@@ -465,7 +473,7 @@ async fn admin_grant(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewUser {
+struct NewUserReq {
     id: String,
     org_id: String,
     plan: Plan,
@@ -487,15 +495,17 @@ async fn admin_create_user(
     body: Bytes,
 ) -> AppResult<Response> {
     let actor = require_admin(&state, &headers)?;
-    let r: NewUser = parse(&body)?;
+    let r: NewUserReq = parse(&body)?;
     let u = accounts::create_user(
         &state.db,
         &actor,
-        &r.id,
-        &r.org_id,
-        r.plan,
-        &r.kind,
-        &r.role,
+        &accounts::NewUser {
+            id: &r.id,
+            org_id: &r.org_id,
+            plan: r.plan,
+            kind: &r.kind,
+            role: &r.role,
+        },
         state.clock.now(),
     )
     .await?;

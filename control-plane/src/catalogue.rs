@@ -266,7 +266,7 @@ impl Catalogue {
     }
 
     pub fn allows(&self, plan: Plan, model: &Model) -> bool {
-        self.plan(plan).tiers.iter().any(|t| *t == model.tier)
+        self.plan(plan).tiers.contains(&model.tier)
     }
 
     /// The models a plan may use, in catalogue order.

@@ -171,11 +171,13 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             let u = accounts::create_user(
                 &db,
                 &actor(),
-                id,
-                a.need("org")?,
-                plan_arg(a.need("plan")?)?,
-                a.flag("kind").unwrap_or("user"),
-                a.flag("role").unwrap_or("member"),
+                &accounts::NewUser {
+                    id,
+                    org_id: a.need("org")?,
+                    plan: plan_arg(a.need("plan")?)?,
+                    kind: a.flag("kind").unwrap_or("user"),
+                    role: a.flag("role").unwrap_or("member"),
+                },
                 now,
             )
             .await
@@ -273,11 +275,13 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
     accounts::create_user(
         db,
         actor,
-        "loopnet-service",
-        "org_demo",
-        Plan::Enterprise,
-        "service",
-        "member",
+        &accounts::NewUser {
+            id: "loopnet-service",
+            org_id: "org_demo",
+            plan: Plan::Enterprise,
+            kind: "service",
+            role: "member",
+        },
         now,
     )
     .await
@@ -288,11 +292,13 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
     accounts::create_user(
         db,
         actor,
-        "demo-user",
-        "org_demo",
-        Plan::Professional,
-        "user",
-        "member",
+        &accounts::NewUser {
+            id: "demo-user",
+            org_id: "org_demo",
+            plan: Plan::Professional,
+            kind: "user",
+            role: "member",
+        },
         now,
     )
     .await

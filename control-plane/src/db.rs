@@ -77,14 +77,28 @@ impl Db {
 
     async fn migrate(&self) -> Result<(), String> {
         let err = |e: sqlx::Error| format!("migration failed: {e}");
-        self.pool
-            .execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
-            )
-            .await
-            .map_err(err)?;
+        // Fix: replicas that start together on a fresh PostgreSQL database ran the same DDL
+        // at once and all but one died ("duplicate key value violates unique constraint
+        // pg_type_typname_nsp_index" — even `CREATE TABLE IF NOT EXISTS` races). Every
+        // migration transaction now first takes a transaction-level advisory lock; whoever
+        // waited then sees the version recorded and skips it.
+        const MIGRATION_LOCK: &str =
+            "SELECT 1 AS locked FROM pg_advisory_xact_lock(7306916007443965286)";
+        let mut tx = self.begin().await.map_err(err)?;
+        if self.backend == Backend::Postgres {
+            tx.execute(MIGRATION_LOCK).await.map_err(err)?;
+        }
+        tx.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
         for (version, common) in MIGRATIONS {
             let mut tx = self.begin().await.map_err(err)?;
+            if self.backend == Backend::Postgres {
+                tx.execute(MIGRATION_LOCK).await.map_err(err)?;
+            }
             let done: Option<AnyRow> =
                 sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                     .bind(*version)
@@ -98,7 +112,20 @@ impl Db {
                 Backend::Sqlite => common.replace("$SERIAL", "INTEGER PRIMARY KEY AUTOINCREMENT"),
                 Backend::Postgres => common.replace("$SERIAL", "BIGSERIAL PRIMARY KEY"),
             };
-            for stmt in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            // Fix: strip `--` comments before splitting into statements. 001's header comment
+            // ("milli-credits; time is unix seconds") has a ';', which cut the first
+            // statement in half and made every fresh database fail to migrate. (The
+            // migrations have no string literals containing "--".)
+            let sql = sql
+                .lines()
+                .map(|l| l.split("--").next().unwrap_or_default().trim_end())
+                .collect::<Vec<_>>()
+                .join("\n");
+            for stmt in sql
+                .split(";\n")
+                .map(|s| s.trim().trim_end_matches(';'))
+                .filter(|s| !s.is_empty())
+            {
                 tx.execute(stmt)
                     .await
                     .map_err(|e| format!("migration {version} failed at `{stmt}`: {e}"))?;

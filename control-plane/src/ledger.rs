@@ -31,7 +31,7 @@ fn format_count(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -180,19 +180,22 @@ pub async fn authorize(
     let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
         AppError::internal(format!("model {} names a missing provider", model.id))
     })?;
-    let api_key = routing
-        .platform_keys
-        .get(&provider.name)
-        .cloned()
-        .ok_or_else(|| {
-            AppError::new(
+    let api_key = match routing.platform_keys.get(&provider.name) {
+        Some(k) => k.clone(),
+        // Fix: a provider with no key variable in the catalogue (the local vLLM/Ollama
+        // provider) needs no key, and `serve` never has one for it — so outside --demo
+        // every local model, and every privacy_required request, was refused with 503.
+        None if provider.key_env.is_none() => String::new(),
+        None => {
+            return Err(AppError::new(
                 ErrorKind::Unavailable,
                 format!(
                     "The provider '{}' is not configured on this gateway.",
                     provider.name
                 ),
-            )
-        })?;
+            ))
+        }
+    };
     let plan = catalogue.plan(user.plan);
     let byok = false;
     let rate = RateCard {
@@ -487,7 +490,7 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
         Outcome::Failed => "released",
         _ => "settled",
     };
-    close_hold(
+    let closed = close_hold(
         &mut tx,
         &s.hold_id,
         &row,
@@ -497,6 +500,20 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
         now,
     )
     .await?;
+    // Fix: on PostgreSQL the SELECT above does not lock the hold, so a duplicate settlement
+    // (the filter retrying) or the expiry sweeper can close it between our read and our
+    // UPDATE. Then nothing was changed here: answer what the hold was charged, and write no
+    // usage log (a second one violated `usage_logs_pkey` and failed the settle batch with
+    // a 500; after a racing expiry it would have logged a cost that was never charged).
+    if !closed {
+        let charged: Option<i64> = sqlx::query("SELECT charged FROM holds WHERE id = $1")
+            .bind(&s.hold_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("charged")?;
+        tx.rollback().await?;
+        return Ok(charged.unwrap_or(0));
+    }
     sqlx::query(
         "INSERT INTO usage_logs (hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
@@ -526,7 +543,8 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
 }
 
 /// Moves an open hold to its final state: charges `charged`, releases the rest, and turns
-/// the reserved quota slots into used ones (`consume`) or frees them.
+/// the reserved quota slots into used ones (`consume`) or frees them. Returns false (and
+/// changes nothing) when the hold was no longer open.
 async fn close_hold(
     tx: &mut Transaction<'static, Any>,
     hold_id: &str,
@@ -535,7 +553,7 @@ async fn close_hold(
     status: &str,
     consume: bool,
     now: i64,
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
     let r = sqlx::query("UPDATE holds SET status = $1, charged = $2, settled_at = $3 WHERE id = $4 AND status = 'held'")
         .bind(status)
         .bind(charged)
@@ -544,11 +562,26 @@ async fn close_hold(
         .execute(&mut **tx)
         .await?;
     if r.rows_affected() == 0 {
-        return Ok(());
+        return Ok(false);
     }
     let org_id: String = row.try_get("org_id")?;
     let user_id: String = row.try_get("user_id")?;
     let amount: i64 = row.try_get("amount")?;
+    // Fix: lock rows in the order `authorize` does — quota rows (period, then day), then the
+    // organization, then the allocation. This loop used to run last and in day→period
+    // order, so on PostgreSQL an authorize and a settle of the same user deadlocked
+    // ("deadlock detected", a 500 for one of them).
+    for (kind, col) in [("period", "period_start"), ("day", "day_start")] {
+        if let Some(start) = row.try_get::<Option<i64>, _>(col)? {
+            sqlx::query("UPDATE quota_usage SET reserved = reserved - 1, used = used + $1 WHERE user_id = $2 AND kind = $3 AND window_start = $4")
+                .bind(i64::from(consume))
+                .bind(&user_id)
+                .bind(kind)
+                .bind(start)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
     sqlx::query("UPDATE organizations SET credits_held = credits_held - $1, credits_used = credits_used + $2 WHERE id = $3")
         .bind(amount)
         .bind(charged)
@@ -564,17 +597,6 @@ async fn close_hold(
             .execute(&mut **tx)
             .await?;
     }
-    for (kind, col) in [("day", "day_start"), ("period", "period_start")] {
-        if let Some(start) = row.try_get::<Option<i64>, _>(col)? {
-            sqlx::query("UPDATE quota_usage SET reserved = reserved - 1, used = used + $1 WHERE user_id = $2 AND kind = $3 AND window_start = $4")
-                .bind(i64::from(consume))
-                .bind(&user_id)
-                .bind(kind)
-                .bind(start)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
     ledger_entry(tx, &org_id, &user_id, "charge", charged, hold_id, now).await?;
     ledger_entry(
         tx,
@@ -586,7 +608,7 @@ async fn close_hold(
         now,
     )
     .await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Charges every hold past its expiry as held (the call's outcome never arrived).
@@ -608,8 +630,9 @@ pub async fn expire_holds(db: &Db, now: i64) -> Result<u64, AppError> {
             .await?;
         if let Some(row) = row {
             let amount: i64 = row.try_get("amount")?;
-            close_hold(&mut tx, &id, &row, amount, "expired", true, now).await?;
-            n += 1;
+            if close_hold(&mut tx, &id, &row, amount, "expired", true, now).await? {
+                n += 1;
+            }
         }
         tx.commit().await?;
     }

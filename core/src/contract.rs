@@ -147,7 +147,7 @@ impl From<Denial> for ApiError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "decision", rename_all = "snake_case")]
 pub enum AuthorizeResponse {
-    Allow(Grant),
+    Allow(Box<Grant>),
     Deny(Denial),
 }
 

@@ -345,7 +345,7 @@ impl Context for Filter {
             }
         };
         match decision {
-            AuthorizeResponse::Allow(grant) => self.forward(grant),
+            AuthorizeResponse::Allow(grant) => self.forward(*grant),
             AuthorizeResponse::Deny(denial) => self.reply(&ApiError::from(denial)),
         }
     }

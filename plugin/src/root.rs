@@ -17,6 +17,8 @@ pub struct Root {
     last_snapshot: Option<SystemTime>,
     settle_call: Option<(u32, Vec<Settlement>)>,
     shutting_down: bool,
+    /// The last poll failed: log the next failure only after a success.
+    snapshot_failing: bool,
 }
 
 impl Root {
@@ -137,24 +139,38 @@ impl Context for Root {
                 .unwrap_or_default();
             match (status, serde_json::from_slice::<Snapshot>(&body)) {
                 (200, Ok(snap)) => {
+                    self.snapshot_failing = false;
                     self.last_snapshot = Some(self.get_current_time());
                     let mut s = shared.borrow_mut();
-                    let changed = s.snapshot.as_ref().is_none_or(|old| old.version != snap.version);
+                    let changed = s
+                        .snapshot
+                        .as_ref()
+                        .is_none_or(|old| old.version != snap.version);
                     if changed {
                         log(
                             LogLevel::Info,
-                            &format!("opsgate: snapshot {} loaded ({} service keys)", snap.version, snap.service_keys.len()),
+                            &format!(
+                                "opsgate: snapshot {} loaded ({} service keys)",
+                                snap.version,
+                                snap.service_keys.len()
+                            ),
                         );
                         s.snapshot = Some(Rc::new(snap));
                     }
                 }
-                (status, parsed) => log(
-                    LogLevel::Warn,
-                    &format!(
-                        "opsgate: snapshot poll failed (status {status}{}); keeping the last good one",
-                        parsed.err().map(|e| format!(", {e}")).unwrap_or_default()
-                    ),
-                ),
+                (status, parsed) => {
+                    self.last_snapshot = Some(self.get_current_time());
+                    if !self.snapshot_failing {
+                        self.snapshot_failing = true;
+                        log(
+                            LogLevel::Warn,
+                            &format!(
+                                "opsgate: snapshot poll failed (status {status}{}); keeping the last good one",
+                                parsed.err().map(|e| format!(", {e}")).unwrap_or_default()
+                            ),
+                        );
+                    }
+                }
             }
             return;
         }

@@ -1,0 +1,490 @@
+//! Shared helpers for the control plane's integration tests.
+//!
+//! * [`TestDb`]: a fresh database per test — a temp SQLite file, or a fresh PostgreSQL schema
+//!   `t_<random>` (selected through `options=-c search_path=…` in the URL) when
+//!   `OPSGATE_TEST_DATABASE_URL` is set. Dropped at the end (also on panic, best effort).
+//! * [`for_each_backend`]: runs a test body against SQLite and, when configured, PostgreSQL.
+//! * [`state`], [`seed`], [`chat`], [`settlement`]: the usual fixtures.
+#![allow(dead_code)]
+
+use opsgate_control_plane::accounts::{self, User};
+use opsgate_control_plane::app::Metrics;
+use opsgate_control_plane::catalogue::{Catalogue, DEFAULT_CATALOGUE};
+use opsgate_control_plane::clock::ManualClock;
+use opsgate_control_plane::db::{Backend, Db};
+use opsgate_control_plane::ledger::Routing;
+use opsgate_control_plane::{AppState, Settings};
+use opsgate_core::contract::{AuthorizeRequest, Endpoint, Outcome, Principal, Settlement};
+use opsgate_core::plan::{Plan, PowerLevel, TaskType};
+use opsgate_core::pricing::Usage;
+use rand::RngCore;
+use sqlx::{Connection, Executor, Row};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub const PG_ENV: &str = "OPSGATE_TEST_DATABASE_URL";
+pub const INTERNAL_TOKEN: &str = "test-internal-token-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const HOLD_TTL: i64 = 900;
+/// 2025-06-15 12:00:00 UTC.
+pub const T0: i64 = 1_749_988_800;
+pub const ACTOR: &str = "test";
+
+/// PostgreSQL tests of one test binary run one at a time: each pool may open 16
+/// connections and the server allows 100, and the machine has two cores.
+static PG_GATE: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
+pub fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn pg_base_url() -> Option<String> {
+    std::env::var(PG_ENV).ok().filter(|s| !s.trim().is_empty())
+}
+
+/// Prints the skip line and returns `None` when PostgreSQL tests are not configured.
+pub fn pg_or_skip(test: &str) -> Option<String> {
+    let url = pg_base_url();
+    if url.is_none() {
+        println!("skipping {test} on PostgreSQL: {PG_ENV} is not set");
+    }
+    url
+}
+
+enum Cleanup {
+    File(PathBuf),
+    Schema { admin_url: String, schema: String },
+}
+
+/// A database that exists for one test.
+pub struct TestDb {
+    pub db: Db,
+    /// The URL that reaches exactly this database/schema (for child processes).
+    pub url: String,
+    cleanup: Option<Cleanup>,
+    _gate: Option<tokio::sync::SemaphorePermit<'static>>,
+}
+
+fn with_param(url: &str, param: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}{param}")
+}
+
+async fn drop_schema(admin_url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    let mut conn = sqlx::AnyConnection::connect(admin_url).await?;
+    conn.execute("SET lock_timeout = '10s'").await?;
+    conn.execute(format!("DROP SCHEMA IF EXISTS {schema} CASCADE").as_str())
+        .await?;
+    conn.close().await
+}
+
+impl TestDb {
+    pub async fn sqlite() -> TestDb {
+        let path = std::env::temp_dir().join(format!("opsgate-test-{}.db", random_suffix()));
+        let url = format!("sqlite://{}", path.display());
+        let db = match Db::connect(&url).await {
+            Ok(db) => db,
+            Err(e) => {
+                remove_sqlite(&path);
+                panic!("open sqlite {url}: {e}");
+            }
+        };
+        TestDb {
+            db,
+            url,
+            cleanup: Some(Cleanup::File(path)),
+            _gate: None,
+        }
+    }
+
+    /// A fresh schema on the configured server; `None` (with a skip line) when unset.
+    pub async fn postgres(test: &str) -> Option<TestDb> {
+        let base = pg_or_skip(test)?;
+        let gate = PG_GATE.acquire().await.expect("gate");
+        sqlx::any::install_default_drivers();
+        let schema = format!("t_{}", random_suffix());
+        let mut conn = sqlx::AnyConnection::connect(&base)
+            .await
+            .expect("connect to OPSGATE_TEST_DATABASE_URL");
+        conn.execute(format!("CREATE SCHEMA {schema}").as_str())
+            .await
+            .expect("create schema");
+        conn.close().await.expect("close");
+        let url = with_param(&base, &format!("options=-c%20search_path%3D{schema}"));
+        let cleanup = Some(Cleanup::Schema {
+            admin_url: base,
+            schema: schema.clone(),
+        });
+        let db = match Db::connect(&url).await {
+            Ok(db) => db,
+            Err(e) => {
+                let _ = drop_schema(&url, &schema).await;
+                panic!("open postgres schema {schema}: {e}");
+            }
+        };
+        // The schema really is where the tables went.
+        let n: i64 = sqlx::query(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM information_schema.tables WHERE table_schema = $1 AND table_name = 'holds'",
+        )
+        .bind(&schema)
+        .fetch_one(&db.pool)
+        .await
+        .expect("schema check")
+        .get("n");
+        assert_eq!(n, 1, "migrations must land in {schema}");
+        Some(TestDb {
+            db,
+            url,
+            cleanup,
+            _gate: Some(gate),
+        })
+    }
+
+    pub async fn open(backend: Backend, test: &str) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => Some(TestDb::sqlite().await),
+            Backend::Postgres => TestDb::postgres(test).await,
+        }
+    }
+
+    /// Closes the pool and removes the database.
+    pub async fn close(mut self) {
+        self.db.pool.close().await;
+        match self.cleanup.take() {
+            Some(Cleanup::File(p)) => remove_sqlite(&p),
+            Some(Cleanup::Schema { admin_url, schema }) => {
+                drop_schema(&admin_url, &schema)
+                    .await
+                    .unwrap_or_else(|e| eprintln!("could not drop schema {schema}: {e}"));
+            }
+            None => {}
+        }
+    }
+}
+
+fn remove_sqlite(p: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(s));
+    }
+}
+
+impl Drop for TestDb {
+    /// The panic path: `close` was not reached. Remove what we can, without the test's
+    /// runtime (it may be unwinding).
+    fn drop(&mut self) {
+        match self.cleanup.take() {
+            Some(Cleanup::File(p)) => remove_sqlite(&p),
+            Some(Cleanup::Schema { admin_url, schema }) => {
+                let _ = std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    if let Ok(rt) = rt {
+                        let _ = rt.block_on(drop_schema(&admin_url, &schema));
+                    }
+                })
+                .join();
+            }
+            None => {}
+        }
+    }
+}
+
+/// The backends to test: SQLite always, PostgreSQL when configured.
+pub fn backends() -> Vec<Backend> {
+    let mut v = vec![Backend::Sqlite];
+    if pg_base_url().is_some() {
+        v.push(Backend::Postgres);
+    }
+    v
+}
+
+/// Runs `body` once per backend, each on a fresh database, and cleans up.
+pub async fn for_each_backend<F, Fut>(test: &str, body: F)
+where
+    F: Fn(Db) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for backend in [Backend::Sqlite, Backend::Postgres] {
+        let Some(t) = TestDb::open(backend, test).await else {
+            continue;
+        };
+        let started = std::time::Instant::now();
+        body(t.db.clone()).await;
+        println!("{test} on {backend:?}: {:?}", started.elapsed());
+        t.close().await;
+    }
+}
+
+pub fn catalogue() -> Catalogue {
+    Catalogue::builtin()
+}
+
+/// The built-in catalogue with one textual replacement (which must apply).
+pub fn catalogue_with(from: &str, to: &str) -> Catalogue {
+    assert!(
+        DEFAULT_CATALOGUE.contains(from),
+        "the catalogue has no '{from}'"
+    );
+    let text = DEFAULT_CATALOGUE.replacen(from, to, 1);
+    Catalogue::from_toml("test catalogue", &text).expect("edited catalogue loads")
+}
+
+/// Professional plan with the given limits (`None` = unlimited).
+pub fn professional_limits(daily: Option<u64>, period: Option<u64>) -> Catalogue {
+    let mut to = String::new();
+    if let Some(d) = daily {
+        to.push_str(&format!("daily_calls = {d}\n"));
+    }
+    if let Some(p) = period {
+        to.push_str(&format!("period_calls = {p}\n"));
+    }
+    catalogue_with(
+        "[plans.professional]\ndaily_calls = 334\nperiod_calls = 10000\n",
+        &format!("[plans.professional]\n{to}"),
+    )
+}
+
+/// A platform key for every provider of the catalogue.
+pub fn platform_keys(c: &Catalogue) -> BTreeMap<String, String> {
+    c.providers
+        .keys()
+        .map(|p| (p.clone(), format!("platform-key-{p}")))
+        .collect()
+}
+
+/// Owns what a `Routing` borrows.
+pub struct Router {
+    pub catalogue: Catalogue,
+    pub keys: BTreeMap<String, String>,
+}
+
+impl Router {
+    pub fn new(catalogue: Catalogue) -> Router {
+        let keys = platform_keys(&catalogue);
+        Router { catalogue, keys }
+    }
+    pub fn routing(&self) -> Routing<'_> {
+        Routing {
+            catalogue: &self.catalogue,
+            platform_keys: &self.keys,
+            hold_ttl_secs: HOLD_TTL,
+        }
+    }
+}
+
+pub fn state(db: &Db, clock: &ManualClock, catalogue: Catalogue) -> AppState {
+    let platform_keys = platform_keys(&catalogue);
+    AppState {
+        db: db.clone(),
+        catalogue: Arc::new(catalogue),
+        clock: Arc::new(clock.clone()),
+        settings: Arc::new(Settings {
+            internal_token: INTERNAL_TOKEN.into(),
+            admin_token: Some(ADMIN_TOKEN.into()),
+            platform_keys,
+            hold_ttl_secs: HOLD_TTL,
+        }),
+        metrics: Arc::new(Metrics::default()),
+    }
+}
+
+/// Creates the org (if missing) with `credits_mc` granted, and a user on `plan`, with an
+/// allocation when `allocation_mc` is set.
+pub async fn seed(
+    db: &Db,
+    org: &str,
+    user: &str,
+    plan: Plan,
+    credits_mc: i64,
+    allocation_mc: Option<i64>,
+    now: i64,
+) -> User {
+    if accounts::get_org(db, org).await.expect("get org").is_none() {
+        accounts::create_org(db, ACTOR, org, "Test Org", plan, now)
+            .await
+            .expect("create org");
+    }
+    if credits_mc != 0 {
+        accounts::grant(db, ACTOR, org, credits_mc, now)
+            .await
+            .expect("grant");
+    }
+    let u = accounts::create_user(
+        db,
+        ACTOR,
+        &accounts::NewUser {
+            id: user,
+            org_id: org,
+            plan,
+            kind: "user",
+            role: "member",
+        },
+        now,
+    )
+    .await
+    .expect("create user");
+    if let Some(a) = allocation_mc {
+        accounts::set_allocation(db, ACTOR, user, a, now)
+            .await
+            .expect("allocate");
+    }
+    u
+}
+
+/// A chat completion request from a service principal for `model`.
+pub fn chat(
+    user: &str,
+    model: &str,
+    prompt_bytes: u64,
+    max_tokens: Option<u64>,
+) -> AuthorizeRequest {
+    AuthorizeRequest {
+        principal: Principal::Service {
+            user_id: user.to_string(),
+        },
+        endpoint: Endpoint::ChatCompletions,
+        model: Some(model.to_string()),
+        power_level: PowerLevel::Balanced,
+        task_type: TaskType::Chat,
+        privacy_required: false,
+        stream: false,
+        prompt_bytes,
+        max_tokens,
+        images: 0,
+    }
+}
+
+pub fn settlement(hold_id: &str, outcome: Outcome, prompt: u64, completion: u64) -> Settlement {
+    Settlement {
+        hold_id: hold_id.to_string(),
+        outcome,
+        usage: Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            images: 0,
+        },
+        upstream_status: if outcome == Outcome::Failed { 502 } else { 200 },
+        latency_ms: 42,
+    }
+}
+
+pub async fn org(db: &Db, id: &str) -> accounts::Organization {
+    accounts::get_org(db, id)
+        .await
+        .expect("get org")
+        .expect("org exists")
+}
+
+pub async fn allocation(db: &Db, org: &str, user: &str) -> accounts::Allocation {
+    accounts::get_allocation(db, org, user)
+        .await
+        .expect("get allocation")
+        .expect("allocation exists")
+}
+
+/// One i64 from a query returning a single row with column `n`.
+pub async fn scalar(db: &Db, sql: &str, binds: &[&str]) -> i64 {
+    let mut q = sqlx::query(sql);
+    for b in binds {
+        q = q.bind(b.to_string());
+    }
+    q.fetch_one(&db.pool)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .try_get::<i64, _>("n")
+        .expect("column n")
+}
+
+/// (used, reserved) of a user's quota row of `kind` (`day`/`period`) starting at `start`.
+pub async fn quota(db: &Db, user: &str, kind: &str, start: i64) -> (i64, i64) {
+    let row = sqlx::query(
+        "SELECT used, reserved FROM quota_usage WHERE user_id = $1 AND kind = $2 AND window_start = $3",
+    )
+    .bind(user)
+    .bind(kind)
+    .bind(start)
+    .fetch_optional(&db.pool)
+    .await
+    .expect("quota row");
+    row.map_or((0, 0), |r| (r.get("used"), r.get("reserved")))
+}
+
+/// Everything a settlement can change, to compare before and after.
+pub async fn ledger_fingerprint(db: &Db) -> String {
+    let mut out = String::new();
+    for (sql, cols) in [
+        (
+            "SELECT id, credits_total, credits_used, credits_held FROM organizations ORDER BY id",
+            &["id", "credits_total", "credits_used", "credits_held"][..],
+        ),
+        (
+            "SELECT user_id, allocated, used, held FROM allocations ORDER BY user_id",
+            &["user_id", "allocated", "used", "held"][..],
+        ),
+        (
+            "SELECT id, status, CAST(COALESCE(charged, -1) AS BIGINT) AS charged, CAST(COALESCE(settled_at, -1) AS BIGINT) AS settled_at FROM holds ORDER BY id",
+            &["id", "status", "charged", "settled_at"][..],
+        ),
+        (
+            "SELECT user_id, kind, window_start, used, reserved FROM quota_usage ORDER BY user_id, kind, window_start",
+            &["user_id", "kind", "window_start", "used", "reserved"][..],
+        ),
+        (
+            "SELECT seq, kind, amount, COALESCE(hold_id, '') AS hold_id FROM ledger ORDER BY seq",
+            &["seq", "kind", "amount", "hold_id"][..],
+        ),
+        (
+            "SELECT hold_id, cost, outcome FROM usage_logs ORDER BY hold_id",
+            &["hold_id", "cost", "outcome"][..],
+        ),
+    ] {
+        let rows = sqlx::query(sql)
+            .fetch_all(&db.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        for r in rows {
+            for c in cols {
+                let v = r
+                    .try_get::<String, _>(*c)
+                    .or_else(|_| r.try_get::<i64, _>(*c).map(|n| n.to_string()))
+                    .unwrap_or_else(|e| panic!("{c}: {e}"));
+                out.push_str(&v);
+                out.push('|');
+            }
+            out.push('\n');
+        }
+        out.push_str("--\n");
+    }
+    out
+}
+
+/// A small deterministic PRNG (xorshift64*), so randomised runs replay from their seed.
+pub struct Prng(u64);
+
+impl Prng {
+    pub fn new(seed: u64) -> Prng {
+        Prng(seed.max(1))
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    /// Uniform in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}

@@ -1,0 +1,607 @@
+//! No overspend, whatever the concurrency: hundreds of simultaneous authorizations against
+//! a balance (or a quota) that affords exactly 50 calls grant exactly 50, on SQLite, on
+//! PostgreSQL, and across two control-plane processes sharing one PostgreSQL database.
+
+mod common;
+
+use common::*;
+use opsgate_control_plane::accounts::User;
+use opsgate_control_plane::db::Db;
+use opsgate_control_plane::ledger;
+use opsgate_core::contract::{AuthorizeResponse, Grant, Outcome, SettleBatch, SettleResponse};
+use opsgate_core::plan::{Plan, PowerLevel};
+use opsgate_core::pricing::{RateCard, Usage};
+use opsgate_core::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const CALLS: usize = 500;
+const FITS: usize = 50;
+const PROMPT: u64 = 1_000;
+const MAX_TOKENS: u64 = 1_000;
+
+/// The hold one call of `model` by a `plan` user with `PROMPT`/`MAX_TOKENS` places.
+fn hold_of(router: &Router, model: &str, plan: Plan) -> i64 {
+    let m = router.catalogue.model(model).expect("model");
+    let rate = RateCard {
+        price: m.price,
+        power_level: PowerLevel::Balanced,
+        markup_percent: router.catalogue.plan(plan).markup_percent,
+    };
+    let hold = rate.cost(&Usage {
+        prompt_tokens: PROMPT,
+        completion_tokens: MAX_TOKENS,
+        images: 0,
+    });
+    assert!(hold > 0);
+    hold
+}
+
+/// Fires `CALLS` authorizations at once; returns the grants and the refusals' kinds.
+async fn storm(
+    db: &Db,
+    router: Arc<Router>,
+    user: &User,
+    model: &str,
+) -> (Vec<Grant>, Vec<(ErrorKind, Option<u64>, String)>) {
+    let mut tasks = Vec::with_capacity(CALLS);
+    for _ in 0..CALLS {
+        let (db, router, user) = (db.clone(), router.clone(), user.clone());
+        let req = chat(&user.id, model, PROMPT, Some(MAX_TOKENS));
+        tasks.push(tokio::spawn(async move {
+            ledger::authorize(&db, &router.routing(), &user, &req, T0).await
+        }));
+    }
+    let (mut grants, mut refusals) = (Vec::new(), Vec::new());
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(g) => grants.push(g),
+            Err(e) => refusals.push((e.0.kind, e.0.retry_after, e.0.message)),
+        }
+    }
+    (grants, refusals)
+}
+
+/// Watches the organisation's balance while a storm runs: it must never go negative.
+fn watch_balance(db: &Db, org_id: &str) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u32>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (db, org_id, flag) = (db.clone(), org_id.to_string(), stop.clone());
+    let h = tokio::spawn(async move {
+        let mut samples = 0;
+        while !flag.load(Ordering::SeqCst) {
+            let o = org(&db, &org_id).await;
+            assert!(
+                o.available() >= 0 && o.credits_held >= 0 && o.credits_used >= 0,
+                "negative balance observed: {o:?}"
+            );
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        samples
+    });
+    (stop, h)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn credits_for_exactly_fifty_holds_grant_exactly_fifty() {
+    for_each_backend("credits_for_exactly_fifty_holds", |db| async move {
+        let router = Arc::new(Router::new(catalogue()));
+        let hold = hold_of(&router, "gpt-4o", Plan::Enterprise);
+        let user = seed(
+            &db,
+            "org_c",
+            "svc_c",
+            Plan::Enterprise,
+            FITS as i64 * hold,
+            None,
+            T0,
+        )
+        .await;
+        let (stop, watcher) = watch_balance(&db, "org_c");
+        let (grants, refusals) = storm(&db, router, &user, "gpt-4o").await;
+        stop.store(true, Ordering::SeqCst);
+        assert!(watcher.await.expect("watcher") > 0);
+
+        assert_eq!(
+            grants.len(),
+            FITS,
+            "{:?}",
+            &refusals[..3.min(refusals.len())]
+        );
+        assert_eq!(refusals.len(), CALLS - FITS);
+        for (kind, _, message) in &refusals {
+            assert_eq!(*kind, ErrorKind::InsufficientCredits, "{message}");
+            assert_eq!(kind.status(), 402);
+            assert!(message.contains("Insufficient"), "{message}");
+        }
+        for g in &grants {
+            assert_eq!(g.hold_mc, hold);
+            assert_eq!(g.max_tokens, Some(MAX_TOKENS));
+            assert!(g.balance_mc >= 0);
+        }
+        let mut ids: Vec<&str> = grants.iter().map(|g| g.hold_id.as_str()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), FITS, "hold ids are unique");
+
+        let o = org(&db, "org_c").await;
+        assert_eq!(o.credits_held, FITS as i64 * hold);
+        assert_eq!(o.credits_used, 0);
+        assert_eq!(o.available(), 0);
+        assert_eq!(
+            scalar(
+                &db,
+                "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM holds WHERE status = 'held'",
+                &[]
+            )
+            .await,
+            FITS as i64
+        );
+        assert_eq!(
+            ledger::recompute_org(&db, "org_c")
+                .await
+                .expect("recompute"),
+            (o.credits_total, o.credits_used, o.credits_held)
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_allocation_for_fifty_holds_grants_fifty_from_a_larger_pool() {
+    for_each_backend("allocation_for_fifty_holds", |db| async move {
+        let router = Arc::new(Router::new(catalogue()));
+        let hold = hold_of(&router, "gpt-4o", Plan::Enterprise);
+        let user = seed(
+            &db,
+            "org_a",
+            "alloc_a",
+            Plan::Enterprise,
+            10 * FITS as i64 * hold,
+            Some(FITS as i64 * hold),
+            T0,
+        )
+        .await;
+        let (grants, refusals) = storm(&db, router, &user, "gpt-4o").await;
+        assert_eq!(grants.len(), FITS);
+        assert!(refusals
+            .iter()
+            .all(|(k, _, m)| *k == ErrorKind::InsufficientCredits && m.contains("allocated")));
+        let a = allocation(&db, "org_a", "alloc_a").await;
+        assert_eq!((a.held, a.used, a.available()), (FITS as i64 * hold, 0, 0));
+        let o = org(&db, "org_a").await;
+        assert_eq!(o.credits_held, FITS as i64 * hold);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quota_of_fifty_calls_grants_exactly_fifty() {
+    for_each_backend("quota_of_fifty_calls", |db| async move {
+        let router = Arc::new(Router::new(professional_limits(Some(334), Some(50))));
+        assert_eq!(
+            router.catalogue.plan(Plan::Professional).period_calls,
+            Some(50)
+        );
+        let user = seed(
+            &db,
+            "org_q",
+            "pro_q",
+            Plan::Professional,
+            1_000_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let (grants, refusals) = storm(&db, router.clone(), &user, "gpt-4o-mini").await;
+        assert_eq!(
+            grants.len(),
+            FITS,
+            "{:?}",
+            &refusals[..3.min(refusals.len())]
+        );
+        assert_eq!(refusals.len(), CALLS - FITS);
+        let month = opsgate_core::time::monthly_window(T0);
+        for (kind, retry, message) in &refusals {
+            assert_eq!(*kind, ErrorKind::QuotaExceeded, "{message}");
+            assert_eq!(kind.status(), 429);
+            assert!(message.contains("Monthly limit: 50 calls"), "{message}");
+            assert_eq!(*retry, Some((month.end - T0) as u64));
+        }
+        // Every grant reports the window with the slots left after it; together they
+        // count down 49..0 exactly once each.
+        let mut remaining: Vec<u64> = grants
+            .iter()
+            .map(|g| g.period.expect("period window").remaining)
+            .collect();
+        remaining.sort_unstable();
+        assert_eq!(remaining, (0..FITS as u64).collect::<Vec<_>>());
+        assert_eq!(
+            quota(&db, "pro_q", "period", month.start).await,
+            (0, FITS as i64)
+        );
+        let day = opsgate_core::time::daily_window(T0);
+        assert_eq!(
+            quota(&db, "pro_q", "day", day.start).await,
+            (0, FITS as i64)
+        );
+        let hold = hold_of(&router, "gpt-4o-mini", Plan::Professional);
+        assert_eq!(org(&db, "org_q").await.credits_held, FITS as i64 * hold);
+    })
+    .await;
+}
+
+/// Authorizations and settlements of one user, interleaved: nothing errors (no deadlock
+/// between the two, whatever order they lock rows in) and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_authorize_and_settle_neither_fail_nor_leak() {
+    for_each_backend("concurrent_authorize_and_settle", |db| async move {
+        let router = Arc::new(Router::new(catalogue()));
+        let user = seed(
+            &db,
+            "org_m",
+            "pro_m",
+            Plan::Professional,
+            1_000_000_000,
+            Some(500_000_000),
+            T0,
+        )
+        .await;
+        let mut tasks = Vec::new();
+        for i in 0..200u64 {
+            let (db, router, user) = (db.clone(), router.clone(), user.clone());
+            tasks.push(tokio::spawn(async move {
+                let req = chat(&user.id, "gpt-4o-mini", 400, Some(200));
+                let g = ledger::authorize(&db, &router.routing(), &user, &req, T0)
+                    .await
+                    .map_err(|e| format!("authorize {i}: {e}"))?;
+                tokio::task::yield_now().await;
+                let outcome = if i % 3 == 0 {
+                    Outcome::Failed
+                } else {
+                    Outcome::Success
+                };
+                ledger::settle(&db, &settlement(&g.hold_id, outcome, 100, 50), T0 + 1)
+                    .await
+                    .map_err(|e| format!("settle {i}: {e}"))
+            }));
+        }
+        let mut errors = Vec::new();
+        for t in tasks {
+            if let Err(e) = t.await.expect("task") {
+                errors.push(e);
+            }
+        }
+        assert!(
+            errors.is_empty(),
+            "{} errors, e.g. {:?}",
+            errors.len(),
+            &errors[..errors.len().min(3)]
+        );
+        let o = org(&db, "org_m").await;
+        assert_eq!(o.credits_held, 0);
+        assert_eq!(
+            ledger::recompute_org(&db, "org_m")
+                .await
+                .expect("recompute"),
+            (o.credits_total, o.credits_used, 0)
+        );
+        let day = opsgate_core::time::daily_window(T0);
+        // 200 calls, 67 failed (i % 3 == 0) and released.
+        assert_eq!(quota(&db, "pro_m", "day", day.start).await, (133, 0));
+    })
+    .await;
+}
+
+/// The filter retries a settlement whose answer it did not get: the same settlement can
+/// arrive twice at once (and race the expiry sweeper). One effect, one answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn simultaneous_settlements_of_one_hold_agree() {
+    for_each_backend("simultaneous_settlements", |db| async move {
+        let router = Router::new(catalogue());
+        let user = seed(&db, "org_s", "pro_s", Plan::Professional, 1_000_000_000, None, T0).await;
+        for round in 0..20 {
+            let g = ledger::authorize(&db, &router.routing(), &user, &chat("pro_s", "gpt-4o-mini", 400, Some(200)), T0)
+                .await
+                .expect("authorize");
+            let mut tasks = Vec::new();
+            for _ in 0..6 {
+                let (db, s) = (db.clone(), settlement(&g.hold_id, Outcome::Success, 300, 100));
+                tasks.push(tokio::spawn(async move { ledger::settle(&db, &s, T0 + 1).await }));
+            }
+            let sweeper = {
+                let db = db.clone();
+                // Late enough that the hold has expired: races the settlements.
+                tokio::spawn(async move { ledger::expire_holds(&db, T0 + HOLD_TTL + 5).await })
+            };
+            let mut answers = Vec::new();
+            for t in tasks {
+                answers.push(t.await.expect("task").unwrap_or_else(|e| panic!("round {round}: settle failed: {e}")));
+            }
+            sweeper.await.expect("sweeper").expect("expire_holds");
+            let charged = scalar(&db, "SELECT charged AS n FROM holds WHERE id = $1", &[&g.hold_id]).await;
+            assert!(
+                answers.iter().all(|a| *a == charged),
+                "round {round}: answers {answers:?}, recorded charge {charged}"
+            );
+            let logs = scalar(&db, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM usage_logs WHERE hold_id = $1", &[&g.hold_id]).await;
+            assert!(logs <= 1);
+            let status: i64 = scalar(&db, "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM holds WHERE id = $1 AND status = 'settled'", &[&g.hold_id]).await;
+            // A usage log exists exactly when a settlement (not the sweeper) closed it, and
+            // it records what was charged.
+            assert_eq!(logs, status, "round {round}");
+            if logs == 1 {
+                assert_eq!(
+                    scalar(&db, "SELECT cost AS n FROM usage_logs WHERE hold_id = $1", &[&g.hold_id]).await,
+                    charged
+                );
+            }
+        }
+        let o = org(&db, "org_s").await;
+        assert_eq!(
+            ledger::recompute_org(&db, "org_s").await.expect("recompute"),
+            (o.credits_total, o.credits_used, o.credits_held)
+        );
+        assert_eq!(o.credits_held, 0);
+    })
+    .await;
+}
+
+// ---- two control-plane processes over one PostgreSQL ------------------------------------
+
+/// A child process killed when dropped (also when the test panics).
+struct Replica {
+    child: std::process::Child,
+    addr: String,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_replica(database_url: &str) -> Replica {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_opsgate"))
+        .args([
+            "serve",
+            "--database-url",
+            database_url,
+            "--port",
+            "0",
+            "--internal-token",
+            INTERNAL_TOKEN,
+        ])
+        .env("OPENAI_API_KEY", "platform-key-openai")
+        .env_remove("OPSGATE_ADMIN_TOKEN")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("start the opsgate binary");
+    let stdout = child.stdout.take().expect("stdout");
+    // Guard first, so the child dies whatever happens next.
+    let mut replica = Replica {
+        child,
+        addr: String::new(),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        if let Some(Ok(line)) = lines.next() {
+            let _ = tx.send(line);
+        }
+        // Keep draining so the child never blocks on a full pipe.
+        for _ in lines {}
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the control plane announces its address");
+    let addr = line
+        .strip_prefix("opsgate control plane listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .trim()
+        .to_string();
+    replica.addr = addr;
+    replica
+}
+
+/// A minimal HTTP/1.1 client: one request per connection.
+async fn http_post(addr: &str, path: &str, token: &str, body: &str) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut out = request.as_bytes();
+    while !out.is_empty() {
+        stream.writable().await.expect("writable");
+        match stream.try_write(out) {
+            Ok(n) => out = &out[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        stream.readable().await.expect("readable");
+        match stream.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    (status, out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_processes_over_one_postgres_grant_exactly_fifty() {
+    let Some(t) = TestDb::postgres("two_processes_over_one_postgres").await else {
+        return;
+    };
+    let router = Router::new(catalogue());
+    let hold = hold_of(&router, "gpt-4o", Plan::Enterprise);
+    let now = opsgate_control_plane::clock::Clock::now(&opsgate_control_plane::clock::SystemClock);
+    seed(
+        &t.db,
+        "org_p",
+        "svc_p",
+        Plan::Enterprise,
+        FITS as i64 * hold,
+        None,
+        now,
+    )
+    .await;
+
+    let replicas = [start_replica(&t.url), start_replica(&t.url)];
+    let addrs: Vec<String> = replicas.iter().map(|r| r.addr.clone()).collect();
+    let body =
+        serde_json::to_string(&chat("svc_p", "gpt-4o", PROMPT, Some(MAX_TOKENS))).expect("json");
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..CALLS {
+        let (addr, body) = (addrs[i % 2].clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            let (status, text) =
+                http_post(&addr, "/internal/v1/authorize", INTERNAL_TOKEN, &body).await;
+            assert_eq!(status, 200, "{text}");
+            (
+                i % 2,
+                serde_json::from_str::<AuthorizeResponse>(&text)
+                    .unwrap_or_else(|e| panic!("{e}: {text}")),
+            )
+        }));
+    }
+    let mut grants = Vec::new();
+    let mut per_replica = [0usize; 2];
+    for t in tasks {
+        match t.await.expect("request task") {
+            (r, AuthorizeResponse::Allow(g)) => {
+                per_replica[r] += 1;
+                grants.push(*g);
+            }
+            (_, AuthorizeResponse::Deny(d)) => {
+                assert_eq!(d.kind, ErrorKind::InsufficientCredits, "{}", d.message)
+            }
+        }
+    }
+    println!(
+        "two replicas: {} grants ({per_replica:?}) in {:?}",
+        grants.len(),
+        started.elapsed()
+    );
+    assert_eq!(grants.len(), FITS);
+    assert!(grants.iter().all(|g| g.hold_mc == hold));
+    let o = org(&t.db, "org_p").await;
+    assert_eq!(
+        (o.credits_held, o.credits_used, o.available()),
+        (FITS as i64 * hold, 0, 0)
+    );
+
+    // Settle every hold through the other replica than the one that did not place it —
+    // any replica can settle any hold.
+    let batch = SettleBatch {
+        settlements: grants
+            .iter()
+            .map(|g| settlement(&g.hold_id, Outcome::Success, 10, 10))
+            .collect(),
+    };
+    let (status, text) = http_post(
+        &addrs[1],
+        "/internal/v1/settle",
+        INTERNAL_TOKEN,
+        &serde_json::to_string(&batch).expect("json"),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    let resp: SettleResponse = serde_json::from_str(&text).expect("settle response");
+    assert_eq!(resp.results.len(), FITS);
+    let per_call = RateCard {
+        price: router.catalogue.model("gpt-4o").expect("model").price,
+        power_level: PowerLevel::Balanced,
+        markup_percent: 0,
+    }
+    .cost(&Usage {
+        prompt_tokens: 10,
+        completion_tokens: 10,
+        images: 0,
+    });
+    assert!(resp.results.iter().all(|r| r.charged_mc == per_call));
+    let o = org(&t.db, "org_p").await;
+    assert_eq!(
+        (o.credits_held, o.credits_used),
+        (0, FITS as i64 * per_call)
+    );
+    drop(replicas);
+    t.close().await;
+}
+
+/// N replicas are started together on a fresh database: both must come up (the
+/// migrations must not race each other).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_migrate_an_empty_postgres_schema_together() {
+    // A TestDb for the connection and cleanup; the replicas get a second, empty schema
+    // that nobody has migrated.
+    let Some(t) = TestDb::postgres("two_processes_migrate_together").await else {
+        return;
+    };
+    let empty = format!("t_{}", random_suffix());
+    sqlx::query(&format!("CREATE SCHEMA {empty}"))
+        .execute(&t.db.pool)
+        .await
+        .expect("create schema");
+    let url = t.url.split("options=").next().expect("url").to_string()
+        + &format!("options=-c%20search_path%3D{empty}");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| start_replica(&url));
+        let b = s.spawn(|| start_replica(&url));
+        (a.join(), b.join())
+    });
+    let both_up = a.is_ok() && b.is_ok();
+    drop((a, b));
+    sqlx::query(&format!("DROP SCHEMA {empty} CASCADE"))
+        .execute(&t.db.pool)
+        .await
+        .ok();
+    assert!(both_up, "both replicas start on an empty schema");
+    t.close().await;
+}

@@ -1,0 +1,199 @@
+"""End-to-end fixtures: a real stack on ephemeral loopback ports.
+
+One stack per test session: the fake provider, the control plane (SQLite, demo seed, a test
+catalogue with tiny starter limits) and a real Envoy running the built filter. Everything
+is torn down at the end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICE_KEY = "sk-loopnet-service-key-2025"
+PROVIDER_KEY = "e2e-platform-key-canary-7f3a"
+INTERNAL_TOKEN = "e2e-internal-token-0123456789"
+
+
+def _target_dir() -> Path:
+    return Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+
+
+BIN_DIR = Path(os.environ.get("OPSGATE_BIN_DIR", _target_dir() / "debug"))
+WASM = Path(os.environ.get("OPSGATE_WASM", _target_dir() / "wasm32-wasip1/release/opsgate_plugin.wasm"))
+ENVOY = Path(os.environ.get("OPSGATE_ENVOY", Path(sys.executable).parent / "envoy"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def render(template: str, values: dict) -> str:
+    def sub(m):
+        return str(values[m.group(1)])
+
+    return re.sub(r"\$\{([A-Z_]+)\}", sub, template)
+
+
+def test_catalogue() -> str:
+    """The built-in catalogue with the starter plan cut to 2 calls a day (429 tests)."""
+    text = (ROOT / "control-plane/config/catalogue.toml").read_text()
+    return text.replace("daily_calls = 34", "daily_calls = 2", 1)
+
+
+class Stack:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen] = []
+        self.logs: dict[str, Path] = {}
+
+    def _spawn(self, name: str, args: list[str], env=None) -> subprocess.Popen:
+        log = self.tmp / f"{name}.log"
+        self.logs[name] = log
+        p = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "w"),
+            text=True,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def _port_from(p: subprocess.Popen, name: str) -> int:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            line = p.stdout.readline()
+            if not line:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {p.returncode}")
+                continue
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                return int(m.group(1))
+        raise RuntimeError(f"{name} did not report its port")
+
+    def start(self) -> "Stack":
+        fake = self._spawn("fake-provider", [str(BIN_DIR / "fake-provider"), "--port", "0", "--api-key", PROVIDER_KEY])
+        self.fake_port = self._port_from(fake, "fake-provider")
+        (self.tmp / "catalogue.toml").write_text(test_catalogue())
+        self.db_url = f"sqlite://{self.tmp}/opsgate.db"
+        cp = self._spawn(
+            "control-plane",
+            [str(BIN_DIR / "opsgate"), "serve", "--demo", "--port", "0", "--data-dir", str(self.tmp),
+             "--catalogue", str(self.tmp / "catalogue.toml"), "--admin-token", "e2e-admin-token-0123456789"],
+            env={"OPSGATE_INTERNAL_TOKEN": INTERNAL_TOKEN, "OPSGATE_DEMO_PROVIDER_KEY": PROVIDER_KEY},
+        )
+        self.cp_port = self._port_from(cp, "control-plane")
+        self.port = free_port()
+        self.admin_port = free_port()
+        config = render(
+            (ROOT / "envoy/opsgate-dev.yaml.in").read_text(),
+            dict(ADMIN_PORT=self.admin_port, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=self.port, WASM_PATH=WASM,
+                 INTERNAL_TOKEN=INTERNAL_TOKEN, SNAPSHOT_MS=500, CP_PORT=self.cp_port, FAKE_PORT=self.fake_port),
+        )
+        self.envoy_config = self.tmp / "envoy.yaml"
+        self.envoy_config.write_text(config)
+        self._spawn("envoy", [str(ENVOY), "-c", str(self.envoy_config), "--disable-hot-restart", "--log-level", "warn"])
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.api = f"{self.base}/api/v1/llm"
+        self._wait_ready()
+        self.user_key = (self.tmp / "demo-user-key.txt").read_text().strip()
+        return self
+
+    def _wait_ready(self):
+        deadline = time.time() + 60
+        last = None
+        while time.time() < deadline:
+            try:
+                r = httpx.post(f"{self.api}/chat/completions", json={},
+                               headers={"Authorization": "Bearer sk-nobody-service-key-2025"}, timeout=2)
+                last = r.status_code
+                if r.status_code == 401:  # the snapshot is loaded: keys are being checked
+                    return
+            except httpx.HTTPError as e:
+                last = repr(e)
+            time.sleep(0.1)
+        raise RuntimeError(f"the gateway did not become ready (last: {last}); logs in {self.tmp}")
+
+    def cli(self, *args: str) -> dict | list | str:
+        out = subprocess.run([str(BIN_DIR / "opsgate"), *args, "--database-url", self.db_url],
+                             capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        try:
+            return json.loads(out.stdout)
+        except json.JSONDecodeError:
+            return out.stdout
+
+    def provider_requests(self) -> list:
+        return httpx.get(f"http://127.0.0.1:{self.fake_port}/_fake/requests").json()
+
+    def clear_provider_requests(self):
+        httpx.delete(f"http://127.0.0.1:{self.fake_port}/_fake/requests")
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+    def all_logs(self) -> str:
+        return "\n".join(path.read_text(errors="replace") for path in self.logs.values() if path.exists())
+
+
+@pytest.fixture(scope="session")
+def stack():
+    for path, what in [(BIN_DIR / "opsgate", "control plane"), (BIN_DIR / "fake-provider", "fake provider"),
+                       (WASM, "filter"), (ENVOY, "Envoy")]:
+        if not path.exists():
+            pytest.exit(f"{what} not found at {path}: run scripts/test", returncode=2)
+    with tempfile.TemporaryDirectory(prefix="opsgate-e2e-") as tmp:
+        s = Stack(Path(tmp))
+        try:
+            yield s.start()
+        finally:
+            s.stop()
+
+
+@pytest.fixture
+def client(stack):
+    with httpx.Client(base_url=stack.api, timeout=30) as c:
+        yield c
+
+
+def auth(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def new_user(stack, plan: str, credits: str = "1000", org_plan: str = "enterprise") -> tuple[str, str]:
+    """A fresh organisation with one user on `plan`; returns (user id, uc_ key)."""
+    suffix = os.urandom(4).hex()
+    org, user = f"org_{suffix}", f"user_{suffix}"
+    stack.cli("org", "create", org, "--name", f"E2E {suffix}", "--plan", org_plan)
+    if credits != "0":
+        stack.cli("org", "grant", org, credits)
+    stack.cli("user", "create", user, "--org", org, "--plan", plan)
+    key = stack.cli("key", "issue", user)["api_key"]
+    return user, key

@@ -1,0 +1,29 @@
+"""Every Envoy config we ship passes `envoy --mode validate`."""
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ENVOY, ROOT, WASM, render
+
+VALUES = dict(ADMIN_PORT=9901, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=8084, WASM_PATH=WASM,
+              INTERNAL_TOKEN="validate-token-0123456789", SNAPSHOT_MS=5000, CP_PORT=8085, FAKE_PORT=8090)
+
+
+@pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])
+def test_config_validates(name, tmp_path: Path):
+    text = render((ROOT / "envoy" / name).read_text(), VALUES)
+    cfg = tmp_path / "envoy.yaml"
+    cfg.write_text(text)
+    out = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
+    assert "OK" in out.stdout + out.stderr
+
+
+def test_filter_fails_closed():
+    for name in ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"]:
+        text = (ROOT / "envoy" / name).read_text()
+        assert "failure_policy: FAIL_CLOSED" in text
+        assert "allow_on_headers_stop_iteration: true" in text

@@ -1,0 +1,49 @@
+# Shared set-up for scripts/run and scripts/test. Sourced, not run.
+#
+# Installs what is missing (the wasm32-wasip1 target; a project-local Python venv with a
+# real Envoy, pytest and the OpenAI SDK) and builds the pieces. Everything it installs
+# stays inside the project (or where OPSGATE_VENV / CARGO_TARGET_DIR point).
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+VENV="${OPSGATE_VENV:-$ROOT/.venv}"
+ENVOY="$VENV/bin/envoy"
+WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/opsgate_plugin.wasm"
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+ensure_toolchain() {
+  command -v cargo >/dev/null || { echo "cargo is required (https://rustup.rs)" >&2; exit 1; }
+  if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+    say "adding the wasm32-wasip1 target"
+    rustup target add wasm32-wasip1 >&2
+  fi
+}
+
+ensure_venv() {
+  local req="$ROOT/e2e/requirements.txt" stamp="$VENV/.opsgate-requirements"
+  if [ -x "$ENVOY" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+    return
+  fi
+  say "installing Envoy, pytest and the OpenAI SDK into $VENV"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
+  cp "$req" "$stamp"
+}
+
+# build_filter: the filter, release and size-optimised.
+build_filter() {
+  say "building the filter (wasm32-wasip1, release)"
+  cargo build --quiet --release -p opsgate-plugin --target wasm32-wasip1
+}
+
+# build_services PROFILE: the control plane and the fake provider (dev or release).
+build_services() {
+  local profile="$1"
+  say "building the control plane and the fake provider ($profile)"
+  if [ "$profile" = release ]; then
+    cargo build --quiet --release -p opsgate-control-plane -p opsgate-fake-provider
+  else
+    cargo build --quiet -p opsgate-control-plane -p opsgate-fake-provider
+  fi
+}

@@ -14,10 +14,12 @@ const USAGE: &str = "usage: opsgate <command> [options]
 
   serve [--bind ADDR] [--port N] [--database-url URL] [--catalogue FILE] [--demo] [--data-dir DIR]
         run the control plane (internal API for the filter, public and admin APIs)
-  org create ID --name NAME --plan PLAN     create an organization
+  org create ID --name NAME --plan PLAN [--credits N]
+                                            create an organization (with N credits)
   org grant ID CREDITS                      add credits to its pool (negative removes)
   org list
   user create ID --org ORG --plan PLAN [--kind user|service] [--role member|admin]
+              [--service-key sk-<service>-service-key-<year>]
   user allocate ID CREDITS                  set the user's allocation inside its organization
   user list [--org ORG]
   key issue USER [--name NAME]              issue a uc_ API key (shown once)
@@ -139,18 +141,18 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         ["serve"] => serve(&a).await,
         ["org", "create", id] => {
             let db = open_db(&a).await?;
-            print_json(
-                &accounts::create_org(
-                    &db,
-                    &actor(),
-                    id,
-                    a.need("name")?,
-                    plan_arg(a.need("plan")?)?,
-                    now,
-                )
+            // Validate everything before writing anything.
+            let plan = plan_arg(a.need("plan")?)?;
+            let credits = a.flag("credits").map(credits_arg).transpose()?;
+            let mut org = accounts::create_org(&db, &actor(), id, a.need("name")?, plan, now)
                 .await
-                .map_err(e)?,
-            );
+                .map_err(e)?;
+            if let Some(mc) = credits.filter(|mc| *mc != 0) {
+                org = accounts::grant(&db, &actor(), id, mc, now)
+                    .await
+                    .map_err(e)?;
+            }
+            print_json(&org);
             Ok(())
         }
         ["org", "grant", id, credits] => {
@@ -182,6 +184,11 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             )
             .await
             .map_err(e)?;
+            if let Some(key) = a.flag("service-key") {
+                accounts::add_service_key(&db, &actor(), key, id, now)
+                    .await
+                    .map_err(e)?;
+            }
             print_json(&u);
             Ok(())
         }

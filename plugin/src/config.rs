@@ -76,8 +76,23 @@ pub struct FilterConfig {
 
 impl FilterConfig {
     pub fn parse(bytes: &[u8]) -> Result<FilterConfig, String> {
-        let raw: RawConfig =
-            serde_json::from_slice(bytes).map_err(|e| format!("opsgate plugin_config: {e}"))?;
+        // Fix: serde_json's type errors ("invalid type: string, expected u64") do not say
+        // which field is wrong; report the path of the offending value as well.
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: RawConfig = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| {
+                let path = e.path().to_string();
+                if path.is_empty() || path == "." {
+                    format!("opsgate plugin_config: {}", e.inner())
+                } else {
+                    format!("opsgate plugin_config: {path}: {}", e.inner())
+                }
+            })
+            .and_then(|raw| {
+                de.end()
+                    .map(|()| raw)
+                    .map_err(|e| format!("opsgate plugin_config: {e}"))
+            })?;
         let field = |name: &str, why: &str| format!("opsgate plugin_config: {name} {why}");
         if raw.control_plane.cluster.trim().is_empty() {
             return Err(field("control_plane.cluster", "must name an Envoy cluster"));

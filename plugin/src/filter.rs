@@ -53,6 +53,8 @@ pub struct Filter {
     streaming: bool,
     sse: SseMeter,
     prompt_bytes: u64,
+    /// Size of the request body buffered so far (the last body callback's `body_size`).
+    body_buffered: usize,
     settled: bool,
 }
 
@@ -71,6 +73,7 @@ impl Filter {
             streaming: false,
             sse: SseMeter::default(),
             prompt_bytes: 0,
+            body_buffered: 0,
             settled: false,
         }
     }
@@ -207,6 +210,14 @@ impl Filter {
         Ok(())
     }
 
+    /// The whole request body (`body_size` bytes) is buffered: authorize it.
+    fn body_complete(&mut self, body_size: usize) {
+        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        if let Err(e) = self.authorize(&body) {
+            self.reply(&e);
+        }
+    }
+
     fn forward(&mut self, grant: Grant) {
         let Some(parsed) = self.parsed.take() else {
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
@@ -228,6 +239,12 @@ impl Filter {
         self.set_http_request_header("x-power-level", Some(grant.rate.power_level.as_str()));
         self.set_http_request_header("cookie", None);
         self.set_http_request_header("content-length", None);
+        // Fix: clients (the OpenAI SDKs, curl --compressed, browsers) send
+        // `accept-encoding: gzip`; a provider that honours it returns a compressed body,
+        // in which the filter can find neither `usage` (the hold was charged in full) nor
+        // `[DONE]` (a stream settled as Partial with no completion tokens). Ask for an
+        // uncompressed response (a compressor filter may still compress towards the client).
+        self.set_http_request_header("accept-encoding", None);
         self.set_http_request_header("x-opsgate-cluster", Some(&grant.upstream.cluster));
         self.sse.drop_usage_chunk = parsed.stream && !parsed.include_usage;
         self.streaming = parsed.stream;
@@ -422,12 +439,24 @@ impl HttpContext for Filter {
             return Action::Pause;
         }
         if !end_of_stream {
+            self.body_buffered = body_size;
             return Action::Pause;
         }
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
-        if let Err(e) = self.authorize(&body) {
-            self.reply(&e);
+        self.body_complete(body_size);
+        Action::Pause
+    }
+
+    // Fix: an HTTP/2 client can end the request with trailers instead of an end-of-stream
+    // data frame. The SDK's default `Continue` here released the buffered request to the
+    // router without the authorize callout (fail open); the body is complete now, so it is
+    // handled like one that ended with its last data frame.
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        match self.phase {
+            Phase::ReadingBody => {}
+            Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
+            Phase::Pass | Phase::Forwarded => return Action::Continue,
         }
+        self.body_complete(self.body_buffered);
         Action::Pause
     }
 

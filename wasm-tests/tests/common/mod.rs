@@ -3,12 +3,14 @@
 #![allow(dead_code)]
 
 use opsgate_core::contract::{
-    AuthorizeResponse, Denial, Grant, ServiceKeyEntry, Snapshot, Upstream, WindowLimit,
+    AuthorizeResponse, Denial, Grant, ServiceKeyEntry, SettleBatch, Settlement, Snapshot, Upstream,
+    WindowLimit,
 };
 use opsgate_core::credentials::digest;
 use opsgate_core::plan::PowerLevel;
 use opsgate_core::pricing::{Price, RateCard};
-use opsgate_wasm_tests::{Action, Host, HttpCall, StreamId};
+use opsgate_wasm_tests::{Action, Host, HttpCall, LocalReply, StreamId, StreamKind};
+use std::time::Duration;
 
 pub const SERVICE_KEY: &str = "sk-loopnet-service-key-2025";
 pub const TOKEN: &str = "test-internal-token-0123";
@@ -32,21 +34,169 @@ pub fn snapshot() -> Snapshot {
 
 /// A filter configured and loaded with `snapshot()`.
 pub fn gateway() -> Host {
+    gateway_with(&config())
+}
+
+/// [`config`] with extra top-level fields, e.g. `"max_body_bytes":2048`.
+pub fn config_with(extra: &str) -> String {
+    let base = config();
+    format!("{},{extra}}}", &base[..base.len() - 1])
+}
+
+/// A filter configured with `config` (the control-plane cluster known to the host) and
+/// loaded with `snapshot()`.
+pub fn gateway_with(config: &str) -> Host {
     let mut host = Host::plugin().expect("load the opsgate filter");
     host.add_cluster(CP);
-    assert!(host.configure("", &config()).expect("configure"));
+    assert!(host.configure("", config).expect("configure"));
     host.tick().expect("tick");
-    let call = host
-        .take_call(|c| header(&c.headers, ":path") == Some("/internal/v1/snapshot"))
-        .expect("the first tick polls the snapshot");
+    let call = snapshot_call(&mut host).expect("the first tick polls the snapshot");
+    answer_snapshot(&mut host, &call, &snapshot());
+    host
+}
+
+pub const SNAPSHOT: &str = "/internal/v1/snapshot";
+pub const AUTHORIZE: &str = "/internal/v1/authorize";
+pub const SETTLE: &str = "/internal/v1/settle";
+
+/// A well-formed user API key (`uc_` + 64 lowercase hex).
+pub const USER_KEY: &str = "uc_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+pub fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+/// Is this callout a request to the control plane for `path`?
+pub fn is_call_to(c: &HttpCall, path: &str) -> bool {
+    c.cluster == CP && header(&c.headers, ":path") == Some(path)
+}
+
+/// Outstanding (not yet taken) callouts to `path`.
+pub fn pending_to(host: &Host, path: &str) -> usize {
+    host.pending_calls()
+        .iter()
+        .filter(|c| is_call_to(c, path))
+        .count()
+}
+
+pub fn snapshot_call(host: &mut Host) -> Option<HttpCall> {
+    host.take_call(|c| is_call_to(c, SNAPSHOT))
+}
+
+pub fn answer_snapshot(host: &mut Host, call: &HttpCall, snap: &Snapshot) {
     host.respond(
         call.token,
         200,
-        &[],
-        &serde_json::to_vec(&snapshot()).unwrap(),
+        &[("content-type", "application/json")],
+        &serde_json::to_vec(snap).unwrap(),
     )
     .unwrap();
-    host
+}
+
+pub fn settle_call(host: &mut Host) -> Option<HttpCall> {
+    host.take_call(|c| is_call_to(c, SETTLE))
+}
+
+pub fn settle_batch(call: &HttpCall) -> SettleBatch {
+    serde_json::from_slice(&call.body).expect("a SettleBatch body")
+}
+
+/// Acknowledges a settle batch the way the control plane does.
+pub fn ack_settle(host: &mut Host, call: &HttpCall) {
+    host.respond(
+        call.token,
+        200,
+        &[("content-type", "application/json")],
+        br#"{"results":[]}"#,
+    )
+    .unwrap();
+}
+
+/// Lets the settle timer fire (advance past the interval, tick), takes the batch sent,
+/// acknowledges it and returns its settlements (empty when nothing was sent).
+pub fn flush_settlements(host: &mut Host) -> Vec<Settlement> {
+    host.advance(Duration::from_millis(250));
+    host.tick().unwrap();
+    let mut out = Vec::new();
+    while let Some(call) = settle_call(host) {
+        out.extend(settle_batch(&call).settlements);
+        ack_settle(host, &call);
+    }
+    out
+}
+
+/// A request without a body (`GET` by default) with the given extra headers.
+pub fn send_headers_only(
+    host: &mut Host,
+    method: &str,
+    path: &str,
+    extra: &[(&str, &str)],
+) -> (StreamId, Action) {
+    let id = host.new_stream().unwrap();
+    let mut headers = vec![
+        (":method", method),
+        (":path", path),
+        (":authority", "gateway"),
+    ];
+    headers.extend_from_slice(extra);
+    let a = host.request_headers(id, &headers, true).unwrap();
+    (id, a)
+}
+
+/// The local reply of a stream, asserting its status, its envelope's `code`, and that the
+/// request was not forwarded; returns the reply and its envelope.
+pub fn expect_reply(
+    host: &Host,
+    id: StreamId,
+    status: u32,
+    code: &str,
+) -> (LocalReply, serde_json::Value) {
+    let reply = host
+        .local_reply(id)
+        .unwrap_or_else(|| panic!("expected a {status} local reply, none was sent"));
+    assert_eq!(reply.status, status, "{}", reply.body_str());
+    let env = envelope(&reply.body);
+    assert_eq!(env["error"]["code"], code, "{env}");
+    assert!(env["error"]["message"].is_string(), "{env}");
+    assert!(env["error"]["type"].is_string(), "{env}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "error replies are JSON"
+    );
+    assert_eq!(
+        host.resumed(id, StreamKind::Request),
+        0,
+        "a refused request must not be forwarded"
+    );
+    (reply, env)
+}
+
+/// Runs a metered chat call up to the forward: request, authorize, allow with `grant`.
+pub fn forwarded_chat(host: &mut Host, body: &str, grant: Grant) -> StreamId {
+    let (id, _) = chat(host, SERVICE_KEY, body);
+    let call = authorize_call(host);
+    allow(host, &call, grant);
+    assert!(host.local_reply(id).is_none(), "no local reply on allow");
+    assert_eq!(host.resumed(id, StreamKind::Request), 1, "forwarded once");
+    id
+}
+
+/// The JSON body the provider receives.
+pub fn forwarded_json(host: &Host, id: StreamId) -> serde_json::Value {
+    serde_json::from_slice(&host.request_body_of(id)).expect("a JSON body upstream")
+}
+
+/// The AuthorizeRequest a callout carries.
+pub fn authorize_request(call: &HttpCall) -> opsgate_core::contract::AuthorizeRequest {
+    serde_json::from_slice(&call.body).expect("an AuthorizeRequest body")
+}
+
+/// Whether a log entry at `level` (5 critical, 4 error, 3 warn, 2 info) contains `needle`.
+pub fn has_log_at(host: &Host, level: u32, needle: &str) -> bool {
+    host.logs()
+        .iter()
+        .any(|(l, m)| *l == level && m.contains(needle))
 }
 
 pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {

@@ -266,7 +266,22 @@ pub async fn authorize(
         }
     };
 
-    let hold_id = format!("hold_{}", accounts::random_hex(12));
+    let hold_id = match &req.request_id {
+        Some(id)
+            if (8..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') =>
+        {
+            id.clone()
+        }
+        Some(_) => {
+            return Err(AppError::bad_request(
+                "request_id must be 8-64 characters of [A-Za-z0-9_-]",
+            ))
+        }
+        None => format!("hold_{}", accounts::random_hex(12)),
+    };
     let mut tx = db.begin().await?;
     let mut limits: Vec<(&'static str, WindowLimit)> = Vec::new();
     for w in &windows {
@@ -352,6 +367,18 @@ pub async fn authorize(
     } else {
         true
     };
+    // A request the filter already abandoned (settled `Failed` before this decision) or a
+    // replayed id places nothing.
+    let seen = sqlx::query("SELECT status FROM holds WHERE id = $1")
+        .bind(&hold_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+    if seen.is_some() {
+        tx.rollback().await?;
+        return Err(AppError::bad_request(format!(
+            "Request {hold_id} was already decided or cancelled."
+        )));
+    }
     let rate_json = serde_json::to_string(&rate).map_err(AppError::internal)?;
     let window_start = |kind: &str| {
         windows
@@ -465,6 +492,20 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
     .fetch_optional(&mut *tx)
     .await?;
     let Some(row) = row else {
+        if s.outcome == Outcome::Failed {
+            // The filter gave up on a call before its decision arrived. Leave a tombstone so
+            // an authorize still on its way places nothing under this id.
+            sqlx::query(
+                "INSERT INTO holds (id, org_id, user_id, amount, charged, status, model, provider, rate, created_at, expires_at, settled_at) \
+                 VALUES ($1, '', '', 0, 0, 'cancelled', '', '', '', $2, $2, $2) ON CONFLICT DO NOTHING",
+            )
+            .bind(&s.hold_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(0);
+        }
         return Err(AppError::not_found(format!("no hold '{}'", s.hold_id)));
     };
     let status: String = row.try_get("status")?;

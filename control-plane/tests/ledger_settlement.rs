@@ -184,6 +184,68 @@ async fn a_failed_call_releases_the_hold_and_its_quota_slot() {
 }
 
 #[tokio::test]
+async fn a_call_abandoned_before_its_decision_holds_nothing() {
+    for_each_backend("abandoned_before_decision", |db| async move {
+        let router = Router::new(professional_limits(Some(334), Some(10)));
+        let user = seed(
+            &db,
+            "org_ab",
+            "pro_ab",
+            Plan::Professional,
+            1_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let req = opsgate_core::contract::AuthorizeRequest {
+            request_id: Some("req_abandoned_0001".into()),
+            ..chat("pro_ab", "gpt-4o-mini", 500, Some(300))
+        };
+        // The filter gave up first: its Failed settlement arrives before the authorize.
+        let charged = ledger::settle(
+            &db,
+            &settlement("req_abandoned_0001", Outcome::Failed, 0, 0),
+            T0,
+        )
+        .await
+        .expect("a failed settlement of an unknown call is a cancellation");
+        assert_eq!(charged, 0);
+        let e = ledger::authorize(&db, &router.routing(), &user, &req, T0)
+            .await
+            .expect_err("the cancelled id places nothing");
+        assert_eq!(e.0.kind, ErrorKind::BadRequest);
+        let o = org(&db, "org_ab").await;
+        assert_eq!((o.credits_used, o.credits_held), (0, 0));
+        assert_eq!(
+            quota(&db, "pro_ab", "period", monthly_window(T0).start).await,
+            (0, 0)
+        );
+        // The id names the hold when the decision comes first, and replays are refused.
+        let req2 = opsgate_core::contract::AuthorizeRequest {
+            request_id: Some("req_kept_00000002".into()),
+            ..req.clone()
+        };
+        let g = ledger::authorize(&db, &router.routing(), &user, &req2, T0)
+            .await
+            .expect("allowed");
+        assert_eq!(g.hold_id, "req_kept_00000002");
+        assert!(ledger::authorize(&db, &router.routing(), &user, &req2, T0)
+            .await
+            .is_err());
+        assert_eq!(org(&db, "org_ab").await.credits_held, g.hold_mc);
+        // A malformed id is refused outright.
+        let bad = opsgate_core::contract::AuthorizeRequest {
+            request_id: Some("x".into()),
+            ..req.clone()
+        };
+        assert!(ledger::authorize(&db, &router.routing(), &user, &bad, T0)
+            .await
+            .is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
     for_each_backend("charge_capped_by_hold", |db| async move {
         let router = Router::new(catalogue());

@@ -48,6 +48,11 @@ pub enum Endpoint {
 /// One metered call, before it is forwarded.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthorizeRequest {
+    /// Chosen by the filter, unique per call: it becomes the hold id, so a call the client
+    /// abandons while the decision is on its way can still be released (settled `Failed`).
+    /// `None` lets the control plane choose.
+    #[serde(default)]
+    pub request_id: Option<String>,
     pub principal: Principal,
     pub endpoint: Endpoint,
     /// `None` when the client sent no model or `auto`.

@@ -56,6 +56,8 @@ pub struct Filter {
     /// Size of the request body buffered so far (the last body callback's `body_size`).
     body_buffered: usize,
     settled: bool,
+    /// The id sent with authorize, which becomes the hold's id.
+    request_id: Option<String>,
 }
 
 impl Filter {
@@ -75,6 +77,7 @@ impl Filter {
             prompt_bytes: 0,
             body_buffered: 0,
             settled: false,
+            request_id: None,
         }
     }
 
@@ -151,6 +154,7 @@ impl Filter {
                 (
                     map,
                     AuthorizeRequest {
+                        request_id: None,
                         principal,
                         endpoint,
                         model: r.model,
@@ -175,6 +179,7 @@ impl Filter {
                 (
                     map,
                     AuthorizeRequest {
+                        request_id: None,
                         principal,
                         endpoint,
                         model: r.model,
@@ -193,6 +198,12 @@ impl Filter {
             p.body = map;
         }
         self.prompt_bytes = req.prompt_bytes;
+        let request_id = new_request_id(self.get_current_time());
+        let req = AuthorizeRequest {
+            request_id: Some(request_id.clone()),
+            ..req
+        };
+        self.request_id = Some(request_id);
         let payload = serde_json::to_vec(&req)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let token = {
@@ -316,6 +327,19 @@ impl Filter {
         )
         .into_bytes()
     }
+}
+
+/// A unique id for one call: the time and 64 random bits (std seeds its hash keys from
+/// WASI's random source).
+fn new_request_id(now: SystemTime) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("req_{nanos:016x}{random:016x}")
 }
 
 fn starting_up() -> ApiError {
@@ -556,6 +580,19 @@ impl HttpContext for Filter {
 
     fn on_log(&mut self) {
         // The stream is over, however it ended: whatever is still open is settled now.
+        if matches!(self.phase, Phase::Authorizing { .. }) {
+            // The client left before the decision arrived: release whatever it holds.
+            if let Some(id) = self.request_id.take() {
+                self.shared.borrow_mut().enqueue(Settlement {
+                    hold_id: id,
+                    outcome: Outcome::Failed,
+                    usage: Usage::default(),
+                    upstream_status: 0,
+                    latency_ms: 0,
+                });
+            }
+            return;
+        }
         if self.grant.is_none() || self.settled {
             return;
         }

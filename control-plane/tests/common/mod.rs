@@ -346,6 +346,7 @@ pub fn chat(
     max_tokens: Option<u64>,
 ) -> AuthorizeRequest {
     AuthorizeRequest {
+        request_id: None,
         principal: Principal::Service {
             user_id: user.to_string(),
         },

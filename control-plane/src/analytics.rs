@@ -2,6 +2,7 @@
 
 use crate::db::Db;
 use crate::error::AppError;
+use opsgate_core::money::MilliCredits;
 use serde::Serialize;
 use sqlx::Row;
 
@@ -66,6 +67,130 @@ pub async fn audit_log(db: &Db, limit: i64) -> Result<Vec<AuditEntry>, AppError>
                 target: r.try_get("target")?,
                 detail: r.try_get("detail")?,
                 at: r.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+/// One row of "top users by API calls" (the guide's Appendix C).
+#[derive(Debug, Serialize, PartialEq)]
+pub struct TopUser {
+    pub user_id: String,
+    pub total_calls: i64,
+    pub total_tokens: i64,
+    pub total_credits: f64,
+    pub avg_response_ms: f64,
+}
+
+/// Users by calls in `[start, end)`, most first. Failed calls are not usage.
+pub async fn top_users(
+    db: &Db,
+    start: i64,
+    end: i64,
+    limit: i64,
+) -> Result<Vec<TopUser>, AppError> {
+    let rows = sqlx::query(
+        "SELECT user_id, CAST(COUNT(*) AS BIGINT) AS n, \
+         CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS t, \
+         CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c, CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT) AS l \
+         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> 'failed' \
+         GROUP BY user_id ORDER BY n DESC, user_id LIMIT $3",
+    )
+    .bind(start)
+    .bind(end)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("n")?;
+            let l: i64 = r.try_get("l")?;
+            Ok(TopUser {
+                user_id: r.try_get("user_id")?,
+                total_calls: n,
+                total_tokens: r.try_get("t")?,
+                total_credits: MilliCredits(r.try_get("c")?).to_credits_f64(),
+                avg_response_ms: if n > 0 { l as f64 / n as f64 } else { 0.0 },
+            })
+        })
+        .collect()
+}
+
+/// One row of "most expensive models".
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ModelCost {
+    pub model: String,
+    pub calls: i64,
+    pub total_credits: f64,
+    pub avg_credits_per_call: f64,
+}
+
+/// Models by credits charged in `[start, end)`, most first.
+pub async fn expensive_models(
+    db: &Db,
+    start: i64,
+    end: i64,
+    limit: i64,
+) -> Result<Vec<ModelCost>, AppError> {
+    let rows = sqlx::query(
+        "SELECT model, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c \
+         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> 'failed' \
+         GROUP BY model ORDER BY c DESC, model LIMIT $3",
+    )
+    .bind(start)
+    .bind(end)
+    .bind(limit)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let n: i64 = r.try_get("n")?;
+            let c: i64 = r.try_get("c")?;
+            Ok(ModelCost {
+                model: r.try_get("model")?,
+                calls: n,
+                total_credits: MilliCredits(c).to_credits_f64(),
+                avg_credits_per_call: if n > 0 {
+                    MilliCredits(c).to_credits_f64() / n as f64
+                } else {
+                    0.0
+                },
+            })
+        })
+        .collect()
+}
+
+/// One row of "usage per organisation".
+#[derive(Debug, Serialize, PartialEq)]
+pub struct OrgUsage {
+    pub org_id: String,
+    pub org_name: String,
+    pub active_users: i64,
+    pub total_calls: i64,
+    pub total_credits: f64,
+}
+
+/// Organisations by credits charged in `[start, end)`, most first.
+pub async fn org_usage(db: &Db, start: i64, end: i64) -> Result<Vec<OrgUsage>, AppError> {
+    let rows = sqlx::query(
+        "SELECT o.id AS id, o.name AS name, CAST(COUNT(DISTINCT u.user_id) AS BIGINT) AS users, \
+         CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(u.cost), 0) AS BIGINT) AS c \
+         FROM usage_logs u JOIN organizations o ON o.id = u.org_id \
+         WHERE u.created_at >= $1 AND u.created_at < $2 AND u.outcome <> 'failed' \
+         GROUP BY o.id, o.name ORDER BY c DESC, o.id",
+    )
+    .bind(start)
+    .bind(end)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(OrgUsage {
+                org_id: r.try_get("id")?,
+                org_name: r.try_get("name")?,
+                active_users: r.try_get("users")?,
+                total_calls: r.try_get("n")?,
+                total_credits: MilliCredits(r.try_get("c")?).to_credits_f64(),
             })
         })
         .collect()

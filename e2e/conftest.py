@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 SERVICE_KEY = "sk-loopnet-service-key-2025"
 PROVIDER_KEY = "e2e-platform-key-canary-7f3a"
+# A user's own OpenRouter key that the fake provider accepts (canary: must never leak).
+BYOK_KEY = "sk-or-v1-e2e-canary-byok-5d1c9a7e20"
 INTERNAL_TOKEN = "e2e-internal-token-0123456789"
 
 
@@ -91,7 +93,7 @@ class Stack:
         raise RuntimeError(f"{name} did not report its port")
 
     def start(self) -> "Stack":
-        fake = self._spawn("fake-provider", [str(BIN_DIR / "fake-provider"), "--port", "0", "--api-key", PROVIDER_KEY])
+        fake = self._spawn("fake-provider", [str(BIN_DIR / "fake-provider"), "--port", "0", "--api-key", f"{PROVIDER_KEY},{BYOK_KEY}"])
         self.fake_port = self._port_from(fake, "fake-provider")
         (self.tmp / "catalogue.toml").write_text(test_catalogue())
         self.db_url = f"sqlite://{self.tmp}/opsgate.db"

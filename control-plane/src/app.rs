@@ -2,8 +2,10 @@
 //! routes serve clients in the integration guide's shapes, admin routes manage the state.
 
 use crate::accounts::{self, User};
-use crate::catalogue::{Catalogue, ModelKind};
+use crate::byok::{self, Owner, Which};
+use crate::catalogue::{Catalogue, Model, ModelKind};
 use crate::clock::Clock;
+use crate::crypto::Keyring;
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::ledger::{self, Routing};
@@ -49,6 +51,8 @@ pub struct Metrics {
 pub struct AppState {
     pub db: Db,
     pub catalogue: Arc<Catalogue>,
+    /// The master keys that seal and open stored provider keys.
+    pub keyring: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
     pub metrics: Arc<Metrics>,
@@ -67,6 +71,11 @@ pub fn app(state: AppState) -> Router {
         .route("/api/v1/llm/credits", get(credits))
         .route("/api/v1/llm/usage", get(usage))
         .route(
+            "/api/v1/llm/byok/keys",
+            get(byok_list).post(byok_add).delete(byok_remove),
+        )
+        .route("/api/v1/llm/byok/keys/{id}", delete(byok_remove_id))
+        .route(
             "/admin/v1/orgs",
             post(admin_create_org).get(admin_list_orgs),
         )
@@ -82,6 +91,13 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
         .route("/admin/v1/service-keys", post(admin_add_service_key))
         .route("/admin/v1/audit", get(admin_audit))
+        .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
+        .route(
+            "/admin/v1/provider-keys/{provider}",
+            put(admin_set_provider_key)
+                .get(admin_get_provider_key)
+                .delete(admin_remove_provider_key),
+        )
         .fallback(|| async {
             AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
         })
@@ -256,11 +272,13 @@ async fn authorize_inner(
             accounts::user_by_api_key_digest(&state.db, digest, now).await?
         }
         Principal::Session { .. } => None,
+        Principal::Jwt { subject, .. } => accounts::get_user(&state.db, subject).await?,
     }
     .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
     let routing = Routing {
         catalogue: &state.catalogue,
         platform_keys: &state.settings.platform_keys,
+        keyring: &state.keyring,
         hold_ttl_secs: state.settings.hold_ttl_secs,
     };
     ledger::authorize(&state.db, &routing, &user, req, now).await
@@ -300,7 +318,7 @@ async fn settle(
 
 // ---- public -------------------------------------------------------------------------------
 
-fn model_json(m: &crate::catalogue::Model) -> Value {
+fn model_json(m: &Model) -> Value {
     json!({
         "id": m.id,
         "object": "model",
@@ -312,9 +330,46 @@ fn model_json(m: &crate::catalogue::Model) -> Value {
     })
 }
 
+/// The caller's models: each one the plan allows or the caller's own keys reach, with the
+/// provider that serves it through those keys (`None`: the platform serves it). The same
+/// rule as authorize's ([`Catalogue::byok_routes`]).
+async fn reachable<'c>(
+    state: &'c AppState,
+    user: &User,
+) -> AppResult<(Vec<(&'c Model, Option<String>)>, Vec<String>)> {
+    let providers: Vec<String> = byok::list(&state.db, Owner::User(&user.id))
+        .await?
+        .into_iter()
+        .map(|k| k.provider)
+        .collect();
+    let has = |p: &str| providers.iter().any(|x| x == p);
+    let models = state
+        .catalogue
+        .models
+        .iter()
+        .filter_map(|m| {
+            let via = state
+                .catalogue
+                .byok_routes(m, has)
+                .first()
+                .map(|(p, _)| p.name.clone());
+            (via.is_some() || state.catalogue.allows(user.plan, m)).then_some((m, via))
+        })
+        .collect();
+    Ok((models, providers))
+}
+
 async fn models(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
     let user = caller(&state, &headers).await?;
-    let data: Vec<Value> = state.catalogue.allowed(user.plan).map(model_json).collect();
+    let (models, _) = reachable(&state, &user).await?;
+    let data: Vec<Value> = models
+        .iter()
+        .map(|(m, via)| {
+            let mut v = model_json(m);
+            v["byok"] = json!(via.is_some());
+            v
+        })
+        .collect();
     Ok(Json(json!({"object": "list", "data": data})))
 }
 
@@ -323,12 +378,164 @@ async fn models_categorized(
     headers: HeaderMap,
 ) -> AppResult<Json<Value>> {
     let user = caller(&state, &headers).await?;
-    let platform: Vec<Value> = state.catalogue.allowed(user.plan).map(model_json).collect();
+    let (models, providers) = reachable(&state, &user).await?;
+    let (mut byok, mut platform) = (Vec::new(), Vec::new());
+    for (m, via) in &models {
+        match via {
+            Some(p) => {
+                let mut v = model_json(m);
+                v["via_provider"] = json!(p);
+                byok.push(v);
+            }
+            None => platform.push(model_json(m)),
+        }
+    }
+    let any_openrouter = providers.iter().any(|p| p == crate::catalogue::OPENROUTER);
     Ok(Json(json!({
-        "byok": [],
+        "byok": byok,
         "platform": platform,
-        "summary": {"byok_models": 0, "platform_models": platform.len(), "byok_providers": []},
+        "summary": {
+            "byok_models": byok.len(),
+            "platform_models": platform.len(),
+            "byok_providers": providers,
+            // With an OpenRouter key, any OpenRouter model id (vendor/model) may be named too.
+            "openrouter_any_model": any_openrouter,
+        },
     })))
+}
+
+// ---- BYOK ---------------------------------------------------------------------------------
+
+/// Parses a body that carries a secret. Unlike [`parse`], the error never quotes the body:
+/// serde's messages can repeat a value ("invalid type: string \"…\"").
+fn parse_secret_body<T: DeserializeOwned>(body: &Bytes, shape: &str) -> AppResult<T> {
+    serde_json::from_slice(body).map_err(|e| {
+        AppError::bad_request(format!(
+            "Invalid request body (line {}, column {}): expected {shape}",
+            e.line(),
+            e.column()
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyMetadata {
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewByokKey {
+    provider: String,
+    api_key: String,
+    #[serde(default)]
+    metadata: Option<KeyMetadata>,
+}
+
+impl Drop for NewByokKey {
+    fn drop(&mut self) {
+        drop(crate::crypto::Secret::new(std::mem::take(
+            &mut self.api_key,
+        )));
+    }
+}
+
+fn byok_json(k: &byok::SecretInfo) -> Value {
+    json!({
+        "id": k.id,
+        "object": "byok_key",
+        "provider": k.provider,
+        "masked_key": k.masked_key,
+        "metadata": {"description": k.description},
+        "created_at": k.created_at,
+    })
+}
+
+async fn byok_add(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Response> {
+    let user = caller(&state, &headers).await?;
+    let req: NewByokKey = parse_secret_body(
+        &body,
+        r#"{"provider": "...", "api_key": "...", "metadata": {"description": "..."}}"#,
+    )?;
+    let (info, replaced) = byok::put(
+        &state.db,
+        &state.keyring,
+        &state.catalogue,
+        Owner::User(&user.id),
+        &req.provider,
+        &req.api_key,
+        req.metadata.as_ref().and_then(|m| m.description.as_deref()),
+        &format!("user:{}", user.id),
+        state.clock.now(),
+    )
+    .await?;
+    let mut v = byok_json(&info);
+    v["replaced"] = json!(replaced);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn byok_list(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let keys = byok::list(&state.db, Owner::User(&user.id)).await?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": keys.iter().map(byok_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByokSelector {
+    id: Option<String>,
+    provider: Option<String>,
+}
+
+async fn byok_remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<ByokSelector>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+    let which = match (&q.id, &q.provider) {
+        (Some(id), None) => Which::Id(id),
+        (None, Some(p)) => Which::Provider(p),
+        _ => {
+            return Err(AppError::bad_request(
+                "Say which key to remove: ?id=<key id> or ?provider=<provider> (or DELETE /api/v1/llm/byok/keys/<key id>).",
+            ))
+        }
+    };
+    remove_own(&state, &user, which).await
+}
+
+async fn byok_remove_id(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> AppResult<Json<Value>> {
+    let user = caller(&state, &headers).await?;
+    remove_own(&state, &user, Which::Id(&id)).await
+}
+
+async fn remove_own(state: &AppState, user: &User, which: Which<'_>) -> AppResult<Json<Value>> {
+    let info = byok::remove(
+        &state.db,
+        Owner::User(&user.id),
+        which,
+        &format!("user:{}", user.id),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(
+        json!({"id": info.id, "object": "byok_key", "provider": info.provider, "deleted": true}),
+    ))
 }
 
 async fn credits(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
@@ -629,4 +836,123 @@ async fn admin_audit(State(state): State<AppState>, headers: HeaderMap) -> AppRe
     Ok(Json(
         json!({"data": crate::analytics::audit_log(&state.db, 500).await?}),
     ))
+}
+
+// ---- platform provider keys -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformKeyReq {
+    api_key: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl Drop for PlatformKeyReq {
+    fn drop(&mut self) {
+        drop(crate::crypto::Secret::new(std::mem::take(
+            &mut self.api_key,
+        )));
+    }
+}
+
+/// A provider's platform key as the admin sees it: the stored one (masked), else whether
+/// the environment supplies one (masked), else none.
+fn platform_key_json(state: &AppState, provider: &str, stored: Option<&byok::SecretInfo>) -> Value {
+    match (stored, state.settings.platform_keys.get(provider)) {
+        (Some(k), env) => json!({
+            "provider": provider,
+            "source": "stored",
+            "id": k.id,
+            "masked_key": k.masked_key,
+            "description": k.description,
+            "created_at": k.created_at,
+            "rotated_at": k.rotated_at,
+            "environment_key_shadowed": env.is_some(),
+        }),
+        (None, Some(k)) => json!({
+            "provider": provider,
+            "source": "environment",
+            "masked_key": credentials::mask(k),
+        }),
+        (None, None) => json!({"provider": provider, "source": "none"}),
+    }
+}
+
+async fn admin_list_provider_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let stored = byok::list(&state.db, Owner::Platform).await?;
+    let data: Vec<Value> = state
+        .catalogue
+        .providers
+        .values()
+        .filter(|p| !p.local)
+        .map(|p| {
+            platform_key_json(
+                &state,
+                &p.name,
+                stored.iter().find(|k| k.provider == p.name),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn admin_get_provider_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    byok::check_provider(&state.catalogue, &provider)?;
+    let stored = byok::list(&state.db, Owner::Platform).await?;
+    Ok(Json(platform_key_json(
+        &state,
+        &provider,
+        stored.iter().find(|k| k.provider == provider),
+    )))
+}
+
+async fn admin_set_provider_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let actor = require_admin(&state, &headers)?;
+    let req: PlatformKeyReq =
+        parse_secret_body(&body, r#"{"api_key": "...", "description": "..."}"#)?;
+    let (info, _) = byok::put(
+        &state.db,
+        &state.keyring,
+        &state.catalogue,
+        Owner::Platform,
+        &provider,
+        &req.api_key,
+        req.description.as_deref(),
+        &actor,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(platform_key_json(&state, &provider, Some(&info))))
+}
+
+async fn admin_remove_provider_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(provider): Path<String>,
+) -> AppResult<StatusCode> {
+    let actor = require_admin(&state, &headers)?;
+    byok::remove(
+        &state.db,
+        Owner::Platform,
+        Which::Provider(&provider),
+        &actor,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -56,6 +56,9 @@ struct RawModel {
     quality: u32,
     #[serde(default)]
     tasks: Vec<TaskType>,
+    /// The model's id on OpenRouter, for callers whose own OpenRouter key serves it.
+    #[serde(default)]
+    openrouter_model: Option<String>,
 }
 
 fn chat_kind() -> ModelKind {
@@ -112,6 +115,8 @@ pub struct Model {
     pub quality: u32,
     pub tasks: Vec<TaskType>,
     pub local: bool,
+    /// Explicit OpenRouter id (see [`Catalogue::openrouter_model`]).
+    pub openrouter_model: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +192,18 @@ impl Catalogue {
             if m.max_output_tokens == 0 {
                 return Err(format!("{at}.max_output_tokens must be positive"));
             }
+            if let Some(o) = &m.openrouter_model {
+                if o.is_empty() || o.len() > 128 || !o.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err(format!(
+                        "{at}.openrouter_model must be a non-empty id without spaces"
+                    ));
+                }
+                if provider.local || m.kind == ModelKind::Image {
+                    return Err(format!(
+                        "{at}.openrouter_model: local and image models are not served through OpenRouter"
+                    ));
+                }
+            }
             tiers_seen.insert(m.tier.clone());
             models.push(Model {
                 local: provider.local,
@@ -203,6 +220,7 @@ impl Catalogue {
                 max_output_tokens: m.max_output_tokens,
                 quality: m.quality,
                 tasks: m.tasks,
+                openrouter_model: m.openrouter_model,
             });
         }
         let mut plans = BTreeMap::new();
@@ -286,9 +304,23 @@ impl Catalogue {
         task: TaskType,
         privacy: bool,
     ) -> Option<&Model> {
+        self.choose_where(kind, power, task, privacy, |m| self.allows(plan, m))
+    }
+
+    /// [`Catalogue::choose`] among the models `usable` accepts (a plan's tiers, plus what
+    /// the caller's own provider keys reach).
+    pub fn choose_where(
+        &self,
+        kind: ModelKind,
+        power: PowerLevel,
+        task: TaskType,
+        privacy: bool,
+        usable: impl Fn(&Model) -> bool,
+    ) -> Option<&Model> {
         let candidates: Vec<&Model> = self
-            .allowed(plan)
-            .filter(|m| m.kind == kind && (!privacy || m.local))
+            .models
+            .iter()
+            .filter(|m| usable(m) && m.kind == kind && (!privacy || m.local))
             .collect();
         let suited: Vec<&Model> = candidates
             .iter()
@@ -319,6 +351,76 @@ impl Catalogue {
             }
         }
     }
+
+    /// Providers a caller may store a key for: every provider that is not local (a local
+    /// provider needs no key).
+    pub fn keyed_provider(&self, name: &str) -> Option<&Provider> {
+        self.providers.get(name).filter(|p| !p.local)
+    }
+
+    /// The model id OpenRouter serves `m` under, or `None` when OpenRouter cannot serve it.
+    ///
+    /// The rule: local and image models never go through OpenRouter; a model the catalogue
+    /// already routes to OpenRouter keeps its `provider_model`; otherwise the model's
+    /// `openrouter_model` when the catalogue sets one (the built-in catalogue does for every
+    /// cloud chat model); otherwise `<provider>/<provider_model>` (e.g. `openai/gpt-4o`),
+    /// or `provider_model` alone when it already has a `vendor/` prefix.
+    pub fn openrouter_model(&self, m: &Model) -> Option<String> {
+        if m.local || m.kind != ModelKind::Chat || !self.providers.contains_key(OPENROUTER) {
+            return None;
+        }
+        if m.provider == OPENROUTER {
+            return Some(m.provider_model.clone());
+        }
+        if let Some(o) = &m.openrouter_model {
+            return Some(o.clone());
+        }
+        Some(if m.provider_model.contains('/') {
+            m.provider_model.clone()
+        } else {
+            format!("{}/{}", m.provider, m.provider_model)
+        })
+    }
+
+    /// How a caller holding keys for the providers `has_key` accepts reaches `m` with its own
+    /// keys, best first: the model's own provider, then OpenRouter. Each route is the
+    /// serving provider and the model id to send it. Empty when no own key serves `m`.
+    pub fn byok_routes(
+        &self,
+        m: &Model,
+        has_key: impl Fn(&str) -> bool,
+    ) -> Vec<(&Provider, String)> {
+        let mut out = Vec::new();
+        if let Some(p) = self.keyed_provider(&m.provider) {
+            if has_key(&p.name) {
+                out.push((p, m.provider_model.clone()));
+            }
+        }
+        if m.provider != OPENROUTER && has_key(OPENROUTER) {
+            if let (Some(p), Some(id)) = (self.providers.get(OPENROUTER), self.openrouter_model(m))
+            {
+                out.push((p, id));
+            }
+        }
+        out
+    }
+}
+
+/// The provider whose key reaches any model (the integration guide's "ALL models").
+pub const OPENROUTER: &str = "openrouter";
+
+/// Is `id` shaped like an OpenRouter model id (`vendor/model`, optionally `:variant`)? A
+/// caller with an OpenRouter key may name any such model, in the catalogue or not.
+pub fn is_openrouter_model_id(id: &str) -> bool {
+    let Some((vendor, model)) = id.split_once('/') else {
+        return false;
+    };
+    id.len() <= 128
+        && !vendor.is_empty()
+        && !model.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/'))
 }
 
 #[cfg(test)]

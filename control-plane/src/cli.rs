@@ -3,8 +3,10 @@
 
 use crate::accounts;
 use crate::app::{app, AppState, Metrics, Settings};
+use crate::byok::{self, Owner, Which};
 use crate::catalogue::Catalogue;
 use crate::clock::{Clock, SystemClock};
+use crate::crypto::{Keyring, MasterKey};
 use crate::db::Db;
 use opsgate_core::plan::Plan;
 use std::collections::BTreeMap;
@@ -27,9 +29,26 @@ const USAGE: &str = "usage: opsgate <command> [options]
   key list [--user USER]
   service-key add KEY --user USER           bind a service key (stored as a digest)
   service-key revoke KEY
+  provider-key set PROVIDER --key-file FILE [--description TEXT] [--catalogue FILE]
+                                            store the platform's key for a provider, encrypted
+                                            (FILE '-' reads standard input); needs the master key
+  provider-key list                         stored platform keys, masked
+  provider-key remove PROVIDER
+  master-key generate --out FILE            write a new random master key (mode 0600)
+  rotate-master-key --old-key-file FILE --new-key-file FILE [--limit N]
+                                            rewrap every stored provider key under the new
+                                            master key; safe to interrupt and run again
 
 Environment: OPSGATE_DATABASE_URL (default sqlite://data/opsgate.db), OPSGATE_INTERNAL_TOKEN,
-OPSGATE_ADMIN_TOKEN, and each provider's key variable named in the catalogue.";
+OPSGATE_ADMIN_TOKEN, and each provider's key variable named in the catalogue (a platform key
+stored with `provider-key set` or the admin API wins over it).
+
+Master key (encrypts stored provider keys; required by `serve` outside --demo, which makes
+one in DATA_DIR/master.key): --master-key-file FILE, or OPSGATE_MASTER_KEY_FILE, or
+OPSGATE_MASTER_KEY (32 bytes as 64 hex characters or base64). During a rotation, `serve` also
+takes the previous key (--previous-master-key-file, OPSGATE_PREVIOUS_MASTER_KEY[_FILE]) to
+open what is not yet rewrapped. rotate-master-key also reads OPSGATE_OLD_MASTER_KEY[_FILE] and
+OPSGATE_NEW_MASTER_KEY[_FILE].";
 
 /// Demo defaults: the keys the integration guide's examples use.
 pub const DEMO_SERVICE_KEY: &str = "sk-loopnet-service-key-2025";
@@ -115,6 +134,88 @@ async fn open_db(a: &Args) -> Result<Db, String> {
         }
     }
     Db::connect(&url).await
+}
+
+/// A master key from `--<flag> FILE`, else `<ENV>_FILE`, else `<ENV>` (hex or base64).
+fn master_key_arg(a: &Args, flag: &str, env: &str) -> Result<Option<MasterKey>, String> {
+    if let Some(path) = a.flag(flag) {
+        return MasterKey::from_file(std::path::Path::new(path)).map(Some);
+    }
+    if let Some(path) = std::env::var(format!("{env}_FILE"))
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        return MasterKey::from_file(std::path::Path::new(&path)).map(Some);
+    }
+    match std::env::var(env).ok().filter(|s| !s.trim().is_empty()) {
+        Some(text) => MasterKey::parse(&text)
+            .map(Some)
+            .map_err(|e| format!("{env}: {e}")),
+        None => Ok(None),
+    }
+}
+
+const NO_MASTER_KEY: &str = "no master key. opsgate encrypts stored provider keys (BYOK and platform) under a master key given at start: set OPSGATE_MASTER_KEY (32 bytes as 64 hex characters or base64) or OPSGATE_MASTER_KEY_FILE, or pass --master-key-file FILE. `opsgate master-key generate --out FILE` makes one; keep it safe: without it the stored keys cannot be decrypted.";
+
+fn require_master_key(a: &Args) -> Result<MasterKey, String> {
+    master_key_arg(a, "master-key-file", "OPSGATE_MASTER_KEY")?
+        .ok_or_else(|| NO_MASTER_KEY.to_string())
+}
+
+/// `--demo` without a master key: the one in DATA_DIR/master.key, made on first start.
+fn demo_master_key(dir: &str) -> Result<MasterKey, String> {
+    let path = std::path::Path::new(dir).join("master.key");
+    if path.exists() {
+        let key = MasterKey::from_file(&path)?;
+        eprintln!(
+            "opsgate: WARNING: --demo: stored provider keys are encrypted under the demo master key in {} ({}); never use it outside a demo",
+            path.display(),
+            key.id()
+        );
+        return Ok(key);
+    }
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
+    let key = MasterKey::generate();
+    key.write_new_file(&path)?;
+    eprintln!(
+        "opsgate: ************************************************************************\n\
+         opsgate: WARNING: --demo generated a master key and stored it beside the database,\n\
+         opsgate: in {} ({}). Anyone who can read the data directory can decrypt\n\
+         opsgate: the stored provider keys. Outside a demo, give a master key kept elsewhere\n\
+         opsgate: (OPSGATE_MASTER_KEY or --master-key-file).\n\
+         opsgate: ************************************************************************",
+        path.display(),
+        key.id()
+    );
+    Ok(key)
+}
+
+fn read_secret_file(path: &str) -> Result<crate::crypto::Secret, String> {
+    use std::io::Read;
+    let mut raw = String::new();
+    if path == "-" {
+        std::io::stdin()
+            .read_to_string(&mut raw)
+            .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut raw))
+            .map_err(|e| format!("cannot read the key file {path}: {e}"))?;
+    }
+    let key = raw.trim().to_string();
+    drop(crate::crypto::Secret::new(raw));
+    Ok(crate::crypto::Secret::new(key))
+}
+
+fn load_catalogue(a: &Args) -> Result<Catalogue, String> {
+    match a.flag("catalogue") {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read catalogue {path}: {e}"))?;
+            Catalogue::from_toml(path, &text)
+        }
+        None => Ok(Catalogue::builtin()),
+    }
 }
 
 fn actor() -> String {
@@ -247,6 +348,93 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             println!("revoked");
             Ok(())
         }
+        ["provider-key", "set", provider] => {
+            let catalogue = load_catalogue(&a)?;
+            let key = read_secret_file(a.need("key-file")?)?;
+            let keyring = Keyring::new(require_master_key(&a)?);
+            let db = open_db(&a).await?;
+            let (info, replaced) = byok::put(
+                &db,
+                &keyring,
+                &catalogue,
+                Owner::Platform,
+                provider,
+                key.expose(),
+                a.flag("description"),
+                &actor(),
+                now,
+            )
+            .await
+            .map_err(e)?;
+            print_json(&info);
+            if let Some(r) = replaced {
+                eprintln!("replaced the stored {provider} key {r}");
+            }
+            Ok(())
+        }
+        ["provider-key", "list"] => {
+            print_json(
+                &byok::list(&open_db(&a).await?, Owner::Platform)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["provider-key", "remove", provider] => {
+            let info = byok::remove(
+                &open_db(&a).await?,
+                Owner::Platform,
+                Which::Provider(provider),
+                &actor(),
+                now,
+            )
+            .await
+            .map_err(e)?;
+            println!("removed the stored {provider} key {}", info.id);
+            Ok(())
+        }
+        ["master-key", "generate"] => {
+            let out = a.need("out")?;
+            let key = MasterKey::generate();
+            key.write_new_file(std::path::Path::new(out))?;
+            println!("wrote a new master key to {out} (id {})", key.id());
+            Ok(())
+        }
+        ["rotate-master-key"] => {
+            let old = master_key_arg(&a, "old-key-file", "OPSGATE_OLD_MASTER_KEY")?.ok_or(
+                "rotate-master-key needs the old key: --old-key-file FILE (or OPSGATE_OLD_MASTER_KEY[_FILE])",
+            )?;
+            let new = master_key_arg(&a, "new-key-file", "OPSGATE_NEW_MASTER_KEY")?.ok_or(
+                "rotate-master-key needs the new key: --new-key-file FILE (or OPSGATE_NEW_MASTER_KEY[_FILE])",
+            )?;
+            let limit = a
+                .flag("limit")
+                .map(|s| s.parse::<u64>().map_err(|_| "--limit must be a number"))
+                .transpose()?;
+            let db = open_db(&a).await?;
+            let report = byok::rotate_master_key(&db, &old, &new, limit, &actor(), now)
+                .await
+                .map_err(e)?;
+            print_json(&serde_json::json!({
+                "old_master_key": old.id(),
+                "new_master_key": new.id(),
+                "report": report,
+            }));
+            if !report.failed.is_empty() {
+                return Err(format!(
+                    "{} stored key(s) failed their integrity check and were left as they were: {}",
+                    report.failed.len(),
+                    report.failed.join(", ")
+                ));
+            }
+            if report.remaining > 0 {
+                eprintln!(
+                    "stopped at --limit: {} key(s) still under the old master key; run again to finish",
+                    report.remaining
+                );
+            }
+            Ok(())
+        }
         _ => Err(format!(
             "unknown command '{}'\n\n{USAGE}",
             a.positional.join(" ")
@@ -321,14 +509,21 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
 
 async fn serve(a: &Args) -> Result<(), String> {
     let demo = a.switches.iter().any(|s| s == "demo");
-    let mut catalogue = match a.flag("catalogue") {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read catalogue {path}: {e}"))?;
-            Catalogue::from_toml(path, &text)?
-        }
-        None => Catalogue::builtin(),
+    let mut catalogue = load_catalogue(a)?;
+    let master = match (
+        master_key_arg(a, "master-key-file", "OPSGATE_MASTER_KEY")?,
+        demo,
+    ) {
+        (Some(k), _) => k,
+        (None, true) => demo_master_key(a.flag("data-dir").unwrap_or("data"))?,
+        (None, false) => return Err(format!("{NO_MASTER_KEY} (--demo makes a throwaway one.)")),
     };
+    let mut keyring = Keyring::new(master);
+    if let Some(previous) =
+        master_key_arg(a, "previous-master-key-file", "OPSGATE_PREVIOUS_MASTER_KEY")?
+    {
+        keyring = keyring.with_previous(previous);
+    }
     let mut platform_keys = BTreeMap::new();
     if demo {
         let key = std::env::var("OPSGATE_DEMO_PROVIDER_KEY")
@@ -387,9 +582,21 @@ async fn serve(a: &Args) -> Result<(), String> {
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         }
     }
+    match byok::foreign_master_keys(&db, &keyring).await {
+        Ok(foreign) => {
+            for (id, n) in foreign {
+                eprintln!(
+                    "opsgate: WARNING: {n} stored provider key(s) are wrapped under master key {id}, which this process does not hold (it holds {}); they cannot be used. Start with that key, or finish rotate-master-key.",
+                    keyring.ids().join(", ")
+                );
+            }
+        }
+        Err(e) => eprintln!("opsgate: cannot check the stored provider keys: {e}"),
+    }
     let state = AppState {
         db: db.clone(),
         catalogue: Arc::new(catalogue),
+        keyring: Arc::new(keyring),
         clock: clock.clone(),
         settings: Arc::new(Settings {
             internal_token,

@@ -18,7 +18,10 @@ pub struct Db {
 }
 
 /// Schema versions, per backend. Append; never edit a shipped one.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../migrations/001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../migrations/001_init.sql")),
+    (2, include_str!("../migrations/002_provider_secrets.sql")),
+];
 
 impl Db {
     /// Connects and migrates. `url` is `sqlite://path` (created if missing) or

@@ -5,7 +5,11 @@
 //! reserves the quota slots, so the database itself refuses whatever would overdraw.
 
 use crate::accounts::{self, User};
-use crate::catalogue::{Catalogue, Model, ModelKind, PeriodKind};
+use crate::byok::{self, Owner};
+use crate::catalogue::{
+    is_openrouter_model_id, Catalogue, ModelKind, PeriodKind, Provider, OPENROUTER,
+};
+use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
 use crate::error::AppError;
 use opsgate_core::contract::{
@@ -13,17 +17,19 @@ use opsgate_core::contract::{
 };
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
-use opsgate_core::pricing::{RateCard, Usage};
+use opsgate_core::pricing::{Price, RateCard, Usage};
 use opsgate_core::time::{daily_window, date_string, monthly_window, trial_window, Window};
 use opsgate_core::{ApiError, ErrorKind};
 use sqlx::{Any, Row, Transaction};
 use std::collections::BTreeMap;
 
-/// What authorize needs besides the request: where providers are and their platform keys.
+/// What authorize needs besides the request: where providers are, their platform keys from
+/// the environment, and the master keys that open stored provider keys.
 pub struct Routing<'a> {
     pub catalogue: &'a Catalogue,
-    /// Platform keys by provider name.
+    /// Platform keys by provider name, from the environment; a stored platform key wins.
     pub platform_keys: &'a BTreeMap<String, String>,
+    pub keyring: &'a Keyring,
     pub hold_ttl_secs: i64,
 }
 
@@ -92,43 +98,124 @@ fn quota_windows(
     Ok(out)
 }
 
-fn resolve_model<'c>(
-    catalogue: &'c Catalogue,
-    user: &User,
-    req: &AuthorizeRequest,
-) -> Result<&'c Model, AppError> {
-    let kind = match req.endpoint {
+/// Where an authorized call goes, and with whose key.
+struct Route<'c> {
+    /// The model id the call is logged under (catalogue id, or an OpenRouter id).
+    model_id: String,
+    price: Price,
+    /// The catalogue's completion bound; `None` for models outside the catalogue.
+    max_output_tokens: Option<u64>,
+    provider: &'c Provider,
+    upstream_model: String,
+    api_key: Secret,
+    /// The caller's own key: no credits.
+    byok: bool,
+}
+
+fn endpoint_kind(e: Endpoint) -> ModelKind {
+    match e {
         Endpoint::ChatCompletions => ModelKind::Chat,
         Endpoint::ImageGenerations => ModelKind::Image,
-    };
+    }
+}
+
+/// Why the caller's own key for `provider` was not used (already logged in detail).
+fn unusable_key(provider: &str, e: &OpenError) -> AppError {
+    match e {
+        OpenError::UnknownMasterKey(_) => AppError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "Your stored {provider} key cannot be unlocked by this gateway right now; the operator has been alerted. Retry later."
+            ),
+        ),
+        OpenError::Integrity | OpenError::Malformed => AppError::forbidden(format!(
+            "Your stored {provider} key failed its integrity check and was not used. Remove it (DELETE /api/v1/llm/byok/keys?provider={provider}) and add it again."
+        )),
+    }
+}
+
+/// Decides the model, the provider and the key. The caller's own keys come first: a key
+/// for the model's provider, then an OpenRouter key (which serves any cloud chat model, and
+/// any OpenRouter model id outside the catalogue). A stored key that cannot be opened is
+/// never used and never silently replaced by a platform key: the call is refused.
+/// Otherwise the plan's tiers decide, and the platform key serves: a stored platform key
+/// before the environment's.
+async fn route<'c>(
+    db: &Db,
+    routing: &Routing<'c>,
+    user: &User,
+    req: &AuthorizeRequest,
+) -> Result<Route<'c>, AppError> {
+    let catalogue = routing.catalogue;
+    let own = byok::stored(db, Owner::User(&user.id)).await?;
+    let has = |p: &str| own.iter().any(|s| s.info.provider == p);
+    let kind = endpoint_kind(req.endpoint);
     let model = match &req.model {
-        Some(id) => catalogue.model(id).ok_or_else(|| {
-            AppError::new(
-                ErrorKind::NotFound,
-                format!("The model '{id}' does not exist. GET /api/v1/llm/models lists the models you can use."),
-            )
-        })?,
-        None => catalogue
-            .choose(user.plan, kind, req.power_level, req.task_type, req.privacy_required)
-            .ok_or_else(|| {
-                AppError::forbidden(format!(
-                    "No model on the {} plan can serve this request{}.",
-                    user.plan.as_str(),
-                    if req.privacy_required { " with privacy_required (local models only)" } else { "" }
+        Some(id) => match catalogue.model(id) {
+            Some(m) => Some(m),
+            None if has(OPENROUTER)
+                && catalogue.providers.contains_key(OPENROUTER)
+                && is_openrouter_model_id(id) =>
+            {
+                None
+            }
+            None => {
+                return Err(AppError::new(
+                    ErrorKind::NotFound,
+                    format!("The model '{id}' does not exist. GET /api/v1/llm/models lists the models you can use."),
                 ))
-            })?,
+            }
+        },
+        None => Some(
+            catalogue
+                .choose_where(kind, req.power_level, req.task_type, req.privacy_required, |m| {
+                    catalogue.allows(user.plan, m) || !catalogue.byok_routes(m, has).is_empty()
+                })
+                .ok_or_else(|| {
+                    AppError::forbidden(format!(
+                        "No model on the {} plan can serve this request{}.",
+                        user.plan.as_str(),
+                        if req.privacy_required { " with privacy_required (local models only)" } else { "" }
+                    ))
+                })?,
+        ),
+    };
+    let own_key = |provider: &str| {
+        let s = own
+            .iter()
+            .find(|s| s.info.provider == provider)
+            .ok_or_else(|| AppError::internal("a BYOK route without its key"))?;
+        s.open(routing.keyring)
+            .map_err(|e| unusable_key(provider, &e))
+    };
+    let Some(model) = model else {
+        // An OpenRouter model outside the catalogue, through the caller's OpenRouter key.
+        let id = req.model.clone().unwrap_or_default();
+        if kind != ModelKind::Chat {
+            return Err(AppError::bad_request(format!(
+                "The model '{id}' cannot serve this endpoint."
+            )));
+        }
+        if req.privacy_required {
+            return Err(AppError::forbidden(format!(
+                "privacy_required is set and '{id}' is not a local model."
+            )));
+        }
+        let provider = &catalogue.providers[OPENROUTER];
+        return Ok(Route {
+            api_key: own_key(OPENROUTER)?,
+            model_id: id.clone(),
+            price: Price::default(),
+            max_output_tokens: None,
+            provider,
+            upstream_model: id,
+            byok: true,
+        });
     };
     if model.kind != kind {
         return Err(AppError::bad_request(format!(
             "The model '{}' cannot serve this endpoint.",
             model.id
-        )));
-    }
-    if !catalogue.allows(user.plan, model) {
-        return Err(AppError::forbidden(format!(
-            "The model '{}' is not available on the {} plan. Upgrade your plan or pick a model from GET /api/v1/llm/models.",
-            model.id,
-            user.plan.as_str()
         )));
     }
     if req.privacy_required && !model.local {
@@ -137,7 +224,68 @@ fn resolve_model<'c>(
             model.id
         )));
     }
-    Ok(model)
+    let routes = catalogue.byok_routes(model, has);
+    if !routes.is_empty() {
+        let mut refusal = None;
+        for (provider, upstream_model) in routes {
+            match own_key(&provider.name) {
+                Ok(api_key) => {
+                    return Ok(Route {
+                        model_id: model.id.clone(),
+                        price: model.price,
+                        max_output_tokens: Some(model.max_output_tokens),
+                        provider,
+                        upstream_model,
+                        api_key,
+                        byok: true,
+                    })
+                }
+                Err(e) => refusal = refusal.or(Some(e)),
+            }
+        }
+        return Err(refusal.unwrap_or_else(|| AppError::internal("no BYOK route")));
+    }
+    if !catalogue.allows(user.plan, model) {
+        return Err(AppError::forbidden(format!(
+            "The model '{}' is not available on the {} plan. Upgrade your plan, add your own provider key (POST /api/v1/llm/byok/keys) or pick a model from GET /api/v1/llm/models.",
+            model.id,
+            user.plan.as_str()
+        )));
+    }
+    let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
+        AppError::internal(format!("model {} names a missing provider", model.id))
+    })?;
+    let stored = match byok::stored_for(db, Owner::Platform, &provider.name).await? {
+        // A stored platform key that cannot be opened is logged and passed over.
+        Some(s) => s.open(routing.keyring).ok(),
+        None => None,
+    };
+    let api_key = match (stored, routing.platform_keys.get(&provider.name)) {
+        (Some(k), _) => k,
+        (None, Some(k)) => Secret::new(k.clone()),
+        // Fix: a provider with no key variable in the catalogue (the local vLLM/Ollama
+        // provider) needs no key, and `serve` never has one for it — so outside --demo
+        // every local model, and every privacy_required request, was refused with 503.
+        (None, None) if provider.key_env.is_none() => Secret::new(String::new()),
+        (None, None) => {
+            return Err(AppError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "The provider '{}' is not configured on this gateway.",
+                    provider.name
+                ),
+            ))
+        }
+    };
+    Ok(Route {
+        model_id: model.id.clone(),
+        price: model.price,
+        max_output_tokens: Some(model.max_output_tokens),
+        provider,
+        upstream_model: model.provider_model.clone(),
+        api_key,
+        byok: false,
+    })
 }
 
 fn insufficient(available: i64, needed: i64, pool: bool) -> AppError {
@@ -176,38 +324,35 @@ pub async fn authorize(
     now: i64,
 ) -> Result<Grant, AppError> {
     let catalogue = routing.catalogue;
-    let model = resolve_model(catalogue, user, req)?;
-    let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
-        AppError::internal(format!("model {} names a missing provider", model.id))
-    })?;
-    let api_key = match routing.platform_keys.get(&provider.name) {
-        Some(k) => k.clone(),
-        // Fix: a provider with no key variable in the catalogue (the local vLLM/Ollama
-        // provider) needs no key, and `serve` never has one for it — so outside --demo
-        // every local model, and every privacy_required request, was refused with 503.
-        None if provider.key_env.is_none() => String::new(),
-        None => {
-            return Err(AppError::new(
-                ErrorKind::Unavailable,
-                format!(
-                    "The provider '{}' is not configured on this gateway.",
-                    provider.name
-                ),
-            ))
-        }
-    };
+    let route = route(db, routing, user, req).await?;
+    let provider = route.provider;
     let plan = catalogue.plan(user.plan);
-    let byok = false;
-    let rate = RateCard {
-        price: model.price,
-        power_level: req.power_level,
-        markup_percent: plan.markup_percent,
+    let byok = route.byok;
+    // A BYOK call costs nothing: its rate card is zero, whatever reads it.
+    let rate = if byok {
+        RateCard {
+            price: Price::default(),
+            power_level: req.power_level,
+            markup_percent: 0,
+        }
+    } else {
+        RateCard {
+            price: route.price,
+            power_level: req.power_level,
+            markup_percent: plan.markup_percent,
+        }
     };
     let windows = quota_windows(catalogue, user, now)?;
 
     // The largest cost this call can reach, reduced to what the caller can afford.
     let spend = spendable(db, user).await?;
     let (hold, max_tokens) = match req.endpoint {
+        // The caller pays the provider: nothing is held, the client's bound stands.
+        _ if byok => (
+            0,
+            req.max_tokens
+                .map(|m| route.max_output_tokens.map_or(m, |b| m.min(b))),
+        ),
         Endpoint::ImageGenerations => {
             let cost = rate.cost(&Usage {
                 images: req.images.max(1),
@@ -224,10 +369,8 @@ pub async fn authorize(
             (cost, None)
         }
         Endpoint::ChatCompletions => {
-            let wanted = req
-                .max_tokens
-                .unwrap_or(model.max_output_tokens)
-                .min(model.max_output_tokens);
+            let bound = route.max_output_tokens.unwrap_or(u64::MAX);
+            let wanted = req.max_tokens.unwrap_or(bound).min(bound);
             let full = rate.cost(&Usage {
                 prompt_tokens: req.prompt_bytes,
                 completion_tokens: wanted,
@@ -394,7 +537,7 @@ pub async fn authorize(
     .bind(&user.org_id)
     .bind(&user.id)
     .bind(hold)
-    .bind(&model.id)
+    .bind(&route.model_id)
     .bind(&provider.name)
     .bind(rate_json)
     .bind(i64::from(byok))
@@ -431,7 +574,7 @@ pub async fn authorize(
     Ok(Grant {
         hold_id,
         user_id: user.id.clone(),
-        model: model.id.clone(),
+        model: route.model_id.clone(),
         provider: provider.name.clone(),
         upstream: Upstream {
             cluster: provider.cluster.clone(),
@@ -444,8 +587,8 @@ pub async fn authorize(
                     Endpoint::ImageGenerations => "images/generations",
                 }
             ),
-            model: model.provider_model.clone(),
-            api_key,
+            model: route.upstream_model.clone(),
+            api_key: route.api_key.expose().to_string(),
         },
         max_tokens,
         rate,

@@ -5,9 +5,11 @@
 pub mod accounts;
 pub mod analytics;
 pub mod app;
+pub mod byok;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;
+pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod ledger;

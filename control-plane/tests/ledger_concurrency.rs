@@ -376,6 +376,7 @@ fn start_replica(database_url: &str) -> Replica {
             INTERNAL_TOKEN,
         ])
         .env("OPENAI_API_KEY", "platform-key-openai")
+        .env("OPSGATE_MASTER_KEY", MASTER_KEY_HEX)
         .env_remove("OPSGATE_ADMIN_TOKEN")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())

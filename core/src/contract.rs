@@ -36,6 +36,16 @@ pub enum Principal {
     ApiKey { digest: String },
     /// A browser session; the control plane looks its digest up.
     Session { digest: String },
+    /// An OIDC access token the filter verified (signature, issuer, audience, lifetime).
+    Jwt {
+        /// The token's `sub`.
+        subject: String,
+        #[serde(default)]
+        email: Option<String>,
+        /// `realm_access.roles` and `roles`.
+        #[serde(default)]
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,8 +79,8 @@ pub struct AuthorizeRequest {
     pub images: u64,
 }
 
-/// Where and how to forward an authorized call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where and how to forward an authorized call. Its `Debug` redacts `api_key`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     /// The Envoy cluster that reaches the provider.
     pub cluster: String,
@@ -82,6 +92,19 @@ pub struct Upstream {
     pub model: String,
     /// The key that goes upstream (platform or the caller's own). Never logged.
     pub api_key: String,
+}
+
+impl std::fmt::Debug for Upstream {
+    /// Everything but the key: a `{:?}` of a grant must never print a provider secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream")
+            .field("cluster", &self.cluster)
+            .field("authority", &self.authority)
+            .field("path", &self.path)
+            .field("model", &self.model)
+            .field("api_key", &"<redacted>")
+            .finish()
+    }
 }
 
 /// A call window as the rate-limit headers report it.

@@ -152,19 +152,20 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// Masks a secret for display: `sk-or-v1-ab…yz`. Short secrets are fully masked.
+/// Masks a secret for display: `sk-or-v1-ab…yz`. The vendor prefix (up to the last `-`
+/// within the first ten characters) and two characters either side stay; short secrets are
+/// fully masked.
 pub fn mask(secret: &str) -> String {
     let chars: Vec<char> = secret.chars().collect();
     if chars.len() < 16 {
         return "…".to_string();
     }
-    let head_len = secret
-        .rfind('-')
-        .map(|i| secret[..=i].chars().count())
-        .filter(|n| *n < chars.len() / 2)
-        .unwrap_or(0)
-        + 2;
-    let head: String = chars[..head_len].iter().collect();
+    let prefix = chars
+        .iter()
+        .take(10)
+        .rposition(|c| *c == '-' || *c == '_')
+        .map_or(0, |i| i + 1);
+    let head: String = chars[..prefix + 2].iter().collect();
     let tail: String = chars[chars.len() - 2..].iter().collect();
     format!("{head}…{tail}")
 }
@@ -244,6 +245,11 @@ mod tests {
     #[test]
     fn masking_keeps_only_a_hint() {
         assert_eq!(mask("sk-or-v1-abcdef0123456789xyz"), "sk-or-v1-ab…yz");
+        assert_eq!(
+            mask("sk-or-v1-e2e-canary-byok-5d1c9a7e20"),
+            "sk-or-v1-e2…20"
+        );
+        assert_eq!(mask("sk-ant-api03-abcdefghijklmnop"), "sk-ant-ap…op");
         assert_eq!(mask("short"), "…");
         let m = mask("AIzaSyA-1234567890abcdefghijklmnop");
         assert!(!m.contains("1234567890"));

@@ -14,6 +14,8 @@ pub enum ErrorKind {
     InvalidApiKey,
     InsufficientCredits,
     Forbidden,
+    /// The provider refused the caller's own (BYOK) key.
+    ByokKeyRejected,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -30,7 +32,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => 400,
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::InsufficientCredits => 402,
-            ErrorKind::Forbidden => 403,
+            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -51,7 +53,7 @@ impl ErrorKind {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::InsufficientCredits => "insufficient_credits",
-            ErrorKind::Forbidden => "permission_error",
+            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected => "permission_error",
             ErrorKind::QuotaExceeded => "rate_limit_error",
             ErrorKind::Internal => "server_error",
             ErrorKind::UpstreamError | ErrorKind::Unavailable | ErrorKind::Timeout => {
@@ -67,6 +69,7 @@ impl ErrorKind {
             ErrorKind::InvalidApiKey => "invalid_api_key",
             ErrorKind::InsufficientCredits => "payment_required",
             ErrorKind::Forbidden => "model_not_allowed",
+            ErrorKind::ByokKeyRejected => "byok_key_rejected",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",

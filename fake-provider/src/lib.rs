@@ -52,7 +52,9 @@ const TINY_PNG_B64: &str =
 pub struct Config {
     /// Shown in logs and in the `x-fake-provider` response header.
     pub name: String,
-    /// When set, every `/v1` request must carry `Authorization: Bearer <key>`.
+    /// When set, every `/v1` request must carry `Authorization: Bearer <key>`, where `<key>`
+    /// is one of the comma-separated keys given (several keys stand for several accounts:
+    /// the platform's and users' own).
     pub api_key: Option<String>,
     /// Delay before answering a `/v1` request (`x-fake-latency-ms` overrides).
     pub latency: Duration,
@@ -225,7 +227,8 @@ async fn guard(state: &Shared, request: Request, next: Next) -> Response {
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
-        if sent.and_then(|v| v.strip_prefix("Bearer ")) != Some(key.as_str()) {
+        let sent = sent.and_then(|v| v.strip_prefix("Bearer "));
+        if !sent.is_some_and(|sent| key.split(',').any(|k| k == sent)) {
             // Never echo what was sent: it may be somebody's real key.
             let message = "Incorrect API key provided.";
             let code = Some("invalid_api_key");

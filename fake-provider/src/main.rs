@@ -9,7 +9,7 @@ use std::{env, io::Write, process::ExitCode, time::Duration};
 use axum::http::HeaderValue;
 use opsgate_fake_provider::{app, Config};
 
-const USAGE: &str = "usage: fake-provider [--bind ADDR] [--port N] [--api-key KEY] \
+const USAGE: &str = "usage: fake-provider [--bind ADDR] [--port N] [--api-key KEY[,KEY…]] \
                      [--latency-ms N] [--name NAME]\n\
                      (the API key may also come from FAKE_PROVIDER_API_KEY)";
 

@@ -252,6 +252,28 @@ async fn api_key_is_enforced_and_never_echoed() {
 }
 
 #[tokio::test]
+async fn several_accounts_keys_are_accepted() {
+    let app = app(Config {
+        api_key: Some("sk-platform,sk-or-v1-user".to_owned()),
+        ..Config::default()
+    });
+    for (auth, status) in [
+        ("Bearer sk-platform", StatusCode::OK),
+        ("Bearer sk-or-v1-user", StatusCode::OK),
+        ("Bearer sk-platform,sk-or-v1-user", StatusCode::UNAUTHORIZED),
+        ("Bearer sk-other", StatusCode::UNAUTHORIZED),
+    ] {
+        let headers = [("authorization", auth)];
+        let reply = send(
+            &app,
+            post("/v1/chat/completions", &chat(json!({})), &headers),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{auth}");
+    }
+}
+
+#[tokio::test]
 async fn injected_status_and_latency() {
     let app = fake();
     for (status, kind, code) in [

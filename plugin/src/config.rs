@@ -2,6 +2,7 @@
 //! validated object. A bad value refuses to load (Envoy then refuses the config) with a
 //! message naming the field.
 
+use opsgate_core::jwt::{Algorithm, Validation, DEFAULT_LEEWAY_SECS};
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -21,6 +22,36 @@ struct RawConfig {
     settle_batch: usize,
     #[serde(default = "default_settle_queue")]
     settle_queue_max: usize,
+    /// OIDC access tokens; absent = JWTs are refused (401).
+    #[serde(default)]
+    jwt: Option<RawJwt>,
+    #[serde(default = "default_credential_ttl_ms")]
+    credential_cache_ttl_ms: u64,
+    #[serde(default = "default_negative_ttl_ms")]
+    negative_cache_ttl_ms: u64,
+    #[serde(default = "default_cache_entries")]
+    credential_cache_max_entries: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwt {
+    issuer: String,
+    audiences: Vec<String>,
+    algorithm: String,
+    jwks_cluster: String,
+    /// Default: the issuer URL's host (and port).
+    #[serde(default)]
+    jwks_authority: Option<String>,
+    /// Default: Keycloak's, `<issuer path>/protocol/openid-connect/certs`.
+    #[serde(default)]
+    jwks_path: Option<String>,
+    #[serde(default = "default_jwks_refresh_ms")]
+    refresh_interval_ms: u64,
+    #[serde(default = "default_unknown_kid_cooldown_ms")]
+    unknown_kid_cooldown_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +89,120 @@ fn default_authority() -> String {
 fn default_timeout_ms() -> u64 {
     2_000
 }
+fn default_credential_ttl_ms() -> u64 {
+    30_000
+}
+fn default_negative_ttl_ms() -> u64 {
+    5_000
+}
+fn default_cache_entries() -> usize {
+    10_000
+}
+fn default_jwks_refresh_ms() -> u64 {
+    300_000
+}
+fn default_unknown_kid_cooldown_ms() -> u64 {
+    30_000
+}
+
+/// JWT verification: what tokens must satisfy and where the keys come from.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    pub validation: Validation,
+    pub jwks_cluster: String,
+    pub jwks_authority: String,
+    pub jwks_path: String,
+    /// How often the JWKS is fetched again after a success.
+    pub refresh_interval: Duration,
+    /// At most one refetch for an unknown `kid` per this interval.
+    pub unknown_kid_cooldown: Duration,
+    pub timeout: Duration,
+}
+
+/// `https://host:port/path` -> (`host:port`, `/path`), for an http(s) issuer URL.
+fn split_url(url: &str) -> Option<(&str, &str)> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    (!authority.is_empty()).then_some((authority, path))
+}
+
+fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
+    let field = |name: &str, why: &str| format!("opsgate plugin_config: jwt.{name} {why}");
+    if raw.issuer.trim().is_empty() || raw.issuer.trim() != raw.issuer {
+        return Err(field(
+            "issuer",
+            "must be the tokens' exact `iss` (no surrounding spaces)",
+        ));
+    }
+    if raw.audiences.is_empty() || raw.audiences.iter().any(|a| a.trim().is_empty()) {
+        return Err(field(
+            "audiences",
+            "must list at least one non-empty audience",
+        ));
+    }
+    let algorithm = Algorithm::parse(&raw.algorithm)
+        .ok_or_else(|| field("algorithm", "must be \"RS256\" or \"ES256\""))?;
+    if raw.jwks_cluster.trim().is_empty() {
+        return Err(field("jwks_cluster", "must name an Envoy cluster"));
+    }
+    let derived = split_url(&raw.issuer);
+    let jwks_authority = match raw.jwks_authority {
+        Some(a) if !a.trim().is_empty() => a,
+        Some(_) => return Err(field("jwks_authority", "must not be empty")),
+        None => derived.map(|(a, _)| a.to_string()).ok_or_else(|| {
+            field(
+                "jwks_authority",
+                "is required when the issuer is not an http(s) URL",
+            )
+        })?,
+    };
+    let jwks_path = match raw.jwks_path {
+        Some(p) if p.starts_with('/') => p,
+        Some(_) => return Err(field("jwks_path", "must start with '/'")),
+        None => derived
+            .map(|(_, p)| format!("{}/protocol/openid-connect/certs", p.trim_end_matches('/')))
+            .ok_or_else(|| {
+                field(
+                    "jwks_path",
+                    "is required when the issuer is not an http(s) URL",
+                )
+            })?,
+    };
+    if !(1_000..=86_400_000).contains(&raw.refresh_interval_ms) {
+        return Err(field(
+            "refresh_interval_ms",
+            "must be from 1000 to 86400000",
+        ));
+    }
+    if !(1_000..=3_600_000).contains(&raw.unknown_kid_cooldown_ms) {
+        return Err(field(
+            "unknown_kid_cooldown_ms",
+            "must be from 1000 to 3600000",
+        ));
+    }
+    if !(10..=60_000).contains(&raw.timeout_ms) {
+        return Err(field("timeout_ms", "must be from 10 to 60000"));
+    }
+    Ok(JwtConfig {
+        validation: Validation {
+            issuer: raw.issuer,
+            audiences: raw.audiences,
+            algorithm,
+            leeway_secs: DEFAULT_LEEWAY_SECS,
+        },
+        jwks_cluster: raw.jwks_cluster,
+        jwks_authority,
+        jwks_path,
+        refresh_interval: Duration::from_millis(raw.refresh_interval_ms),
+        unknown_kid_cooldown: Duration::from_millis(raw.unknown_kid_cooldown_ms),
+        timeout: Duration::from_millis(raw.timeout_ms),
+    })
+}
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
@@ -72,6 +217,15 @@ pub struct FilterConfig {
     pub settle_interval: Duration,
     pub settle_batch: usize,
     pub settle_queue_max: usize,
+    /// `None`: JWTs are refused.
+    pub jwt: Option<JwtConfig>,
+    /// How long a `uc_` key or session the control plane accepted is remembered.
+    pub credential_cache_ttl: Duration,
+    /// How long a credential the control plane refused (401) is answered 401 locally;
+    /// zero disables the negative cache.
+    pub negative_cache_ttl: Duration,
+    /// Bound of each per-worker cache (credentials, verified JWTs).
+    pub cache_max_entries: usize,
 }
 
 impl FilterConfig {
@@ -130,6 +284,25 @@ impl FilterConfig {
         if raw.settle_queue_max < raw.settle_batch {
             return Err(field("settle_queue_max", "must be at least settle_batch"));
         }
+        if !(1_000..=3_600_000).contains(&raw.credential_cache_ttl_ms) {
+            return Err(field(
+                "credential_cache_ttl_ms",
+                "must be from 1000 to 3600000",
+            ));
+        }
+        if raw.negative_cache_ttl_ms > 600_000 {
+            return Err(field(
+                "negative_cache_ttl_ms",
+                "must be from 0 (off) to 600000",
+            ));
+        }
+        if !(1..=1_000_000).contains(&raw.credential_cache_max_entries) {
+            return Err(field(
+                "credential_cache_max_entries",
+                "must be from 1 to 1000000",
+            ));
+        }
+        let jwt = raw.jwt.map(jwt_config).transpose()?;
         Ok(FilterConfig {
             cp_cluster: raw.control_plane.cluster,
             cp_authority: raw.control_plane.authority,
@@ -141,6 +314,10 @@ impl FilterConfig {
             settle_interval: Duration::from_millis(raw.settle_interval_ms),
             settle_batch: raw.settle_batch,
             settle_queue_max: raw.settle_queue_max,
+            jwt,
+            credential_cache_ttl: Duration::from_millis(raw.credential_cache_ttl_ms),
+            negative_cache_ttl: Duration::from_millis(raw.negative_cache_ttl_ms),
+            cache_max_entries: raw.credential_cache_max_entries,
         })
     }
 

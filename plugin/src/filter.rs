@@ -1,12 +1,32 @@
 //! One HTTP request through the gateway: credentials, request shaping, the authorize
 //! callout, forwarding, and metering of the response (plain JSON or SSE).
+//!
+//! Credentials, in the DESIGN order:
+//! * service keys: compared locally (constant time) with the snapshot's digests;
+//! * `uc_` keys and `session_token` cookies: sent to authorize as digests, which the
+//!   control plane looks up on every metered call. A digest authorize refused with 401 is
+//!   remembered for `negative_cache_ttl` and answered 401 locally, metered or not, so a
+//!   flood of one bad key costs one callout per TTL; a digest it accepted is remembered for
+//!   `credential_cache_ttl` (a hit is only counted: authorize re-checks the key on every
+//!   metered call, so a revoked key stops working at once on metered calls, and non-metered
+//!   ones are checked by the control plane itself);
+//! * JWTs: verified here against the JWKS (see [`crate::jwks`]); a verified token is cached
+//!   until its `exp` (at most an hour; keyed by its SHA-256, forgotten when the key set
+//!   changes), a refused one for the negative TTL. A token
+//!   whose `kid` is unknown triggers one JWKS refetch per cooldown, and the request that
+//!   triggered it waits for the answer; others in the cooldown get 401.
 
-use crate::shared::{call_control_plane, callout_status, log, SharedRef};
+use crate::jwks;
+use crate::metrics::{Counter, Histogram};
+use crate::shared::{
+    call_control_plane, callout_status, log, CredentialState, SharedRef, TokenState,
+};
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Outcome, Principal, Settlement,
     AUTHORIZE_PATH,
 };
 use opsgate_core::credentials::{self, Credential};
+use opsgate_core::jwt::{self, JwtError};
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::Usage;
 use opsgate_core::request::{parse_chat, parse_image, rewrite_for_provider};
@@ -15,7 +35,11 @@ use opsgate_core::{ApiError, ErrorKind};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use serde_json::{Map, Value};
-use std::time::SystemTime;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The longest a verified token is cached, whatever its `exp`.
+const MAX_TOKEN_CACHE: Duration = Duration::from_secs(3600);
 
 /// Headers only the gateway may set; whatever a client sends under these names is removed.
 const INTERNAL_HEADERS: [&str; 1] = ["x-opsgate-cluster"];
@@ -25,12 +49,22 @@ enum Phase {
     Pass,
     /// A metered call waiting for its whole body.
     ReadingBody,
+    /// Waiting for a JWKS refetch (the token's `kid` was unknown).
+    AwaitingKeys { token: u32 },
     /// Waiting for the control plane's decision.
     Authorizing { token: u32 },
     /// Forwarded to the provider with a hold in place.
     Forwarded,
     /// A local reply was sent.
     Replied,
+}
+
+/// The outcome of checking a request's credential.
+enum Authn {
+    Ready(Principal),
+    Refused(ApiError),
+    /// A JWKS refetch was sent with this token; the request waits for it.
+    AwaitingKeys(u32),
 }
 
 struct Parsed {
@@ -58,6 +92,19 @@ pub struct Filter {
     settled: bool,
     /// The id sent with authorize, which becomes the hold's id.
     request_id: Option<String>,
+    method: String,
+    route: String,
+    /// The request headers ended the stream (no body).
+    headers_eos: bool,
+    /// The request body was complete (this size) while the credential was still pending.
+    body_ready: Option<usize>,
+    /// The JWT waiting for a JWKS refetch.
+    pending_jwt: Option<String>,
+    /// The credential-cache key of a `uc_` key or session, updated from authorize's answer.
+    credential_key: Option<String>,
+    authorize_sent: Option<SystemTime>,
+    /// The provider refused the caller's own key: the response is rewritten.
+    byok_rejected: bool,
 }
 
 impl Filter {
@@ -78,11 +125,24 @@ impl Filter {
             body_buffered: 0,
             settled: false,
             request_id: None,
+            byok_rejected: false,
+            method: String::new(),
+            route: String::new(),
+            headers_eos: false,
+            body_ready: None,
+            pending_jwt: None,
+            credential_key: None,
+            authorize_sent: None,
         }
+    }
+
+    fn count(&self, c: Counter) {
+        self.shared.borrow().metrics.inc(c);
     }
 
     fn reply(&mut self, err: &ApiError) {
         self.phase = Phase::Replied;
+        self.count(Counter::for_status(err.status()));
         let retry = err.retry_after.map(|s| s.to_string());
         let mut headers = vec![("content-type", "application/json")];
         if let Some(r) = retry.as_deref() {
@@ -103,34 +163,251 @@ impl Filter {
         (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
     }
 
-    fn principal_for(&self, cred: &Credential<'_>) -> Result<Principal, ApiError> {
+    fn authenticate(&mut self, cred: &Credential<'_>) -> Authn {
         match cred {
-            Credential::ServiceKey(key) => {
-                let snapshot = self
-                    .shared
-                    .borrow()
-                    .snapshot
-                    .clone()
-                    .ok_or_else(starting_up)?;
+            Credential::ServiceKey(key) => match self.service_principal(key) {
+                Ok(p) => Authn::Ready(p),
+                Err(e) => Authn::Refused(e),
+            },
+            Credential::UserKey(key) => {
                 let digest = credentials::digest(key);
-                // Compare against every entry so timing does not reveal which one matched.
-                let mut found = None;
-                for entry in &snapshot.service_keys {
-                    if credentials::constant_time_eq(entry.digest.as_bytes(), digest.as_bytes()) {
-                        found = Some(entry.user_id.clone());
-                    }
-                }
-                found
-                    .map(|user_id| Principal::Service { user_id })
-                    .ok_or_else(|| ApiError::invalid_api_key("Invalid service key"))
+                self.cached_credential(format!("k:{digest}"), Principal::ApiKey { digest })
             }
-            Credential::UserKey(key) => Ok(Principal::ApiKey {
-                digest: credentials::digest(key),
-            }),
-            Credential::Jwt(_) | Credential::Session(_) => Err(ApiError::invalid_api_key(
-                "JWT and session authentication are not enabled on this gateway.",
-            )),
+            Credential::Session(cookie) => {
+                let digest = credentials::digest(cookie);
+                self.cached_credential(format!("s:{digest}"), Principal::Session { digest })
+            }
+            Credential::Jwt(token) => self.jwt_principal(token),
         }
+    }
+
+    fn service_principal(&self, key: &str) -> Result<Principal, ApiError> {
+        let snapshot = self
+            .shared
+            .borrow()
+            .snapshot
+            .clone()
+            .ok_or_else(starting_up)?;
+        let digest = credentials::digest(key);
+        // Compare against every entry so timing does not reveal which one matched.
+        let mut found = None;
+        for entry in &snapshot.service_keys {
+            if credentials::constant_time_eq(entry.digest.as_bytes(), digest.as_bytes()) {
+                found = Some(entry.user_id.clone());
+            }
+        }
+        found
+            .map(|user_id| Principal::Service { user_id })
+            .ok_or_else(|| ApiError::invalid_api_key("Invalid service key"))
+    }
+
+    /// A `uc_` key or session: refused locally when the control plane refused it lately,
+    /// else passed on (the control plane decides).
+    fn cached_credential(&mut self, key: String, principal: Principal) -> Authn {
+        let now = self.get_current_time();
+        let shared = self.shared.clone();
+        let mut s = shared.borrow_mut();
+        match s.credentials.get(&key, now).cloned() {
+            Some(CredentialState::Bad(err)) => {
+                s.metrics.inc(Counter::CredentialCacheNegativeHit);
+                return Authn::Refused(err);
+            }
+            Some(CredentialState::Good) => s.metrics.inc(Counter::CredentialCacheHit),
+            None => s.metrics.inc(Counter::CredentialCacheMiss),
+        }
+        self.credential_key = Some(key);
+        Authn::Ready(principal)
+    }
+
+    /// Remembers what authorize said about this request's `uc_` key or session.
+    fn remember_credential(&mut self, refusal: Option<&ApiError>) {
+        let Some(key) = self.credential_key.take() else {
+            return;
+        };
+        let now = self.get_current_time();
+        let mut s = self.shared.borrow_mut();
+        match refusal {
+            Some(err) if err.kind == ErrorKind::InvalidApiKey => {
+                let ttl = s.config.negative_cache_ttl;
+                if ttl.is_zero() {
+                    s.credentials.remove(&key);
+                } else {
+                    s.credentials
+                        .insert(key, CredentialState::Bad(err.clone()), now + ttl);
+                }
+            }
+            _ => {
+                let ttl = s.config.credential_cache_ttl;
+                s.credentials.insert(key, CredentialState::Good, now + ttl);
+            }
+        }
+    }
+
+    fn jwt_principal(&mut self, token: &str) -> Authn {
+        let Some(jwt) = self.shared.borrow().config.jwt.clone() else {
+            return Authn::Refused(ApiError::invalid_api_key(
+                "JWT authentication is not enabled on this gateway; use an API key.",
+            ));
+        };
+        let now = self.get_current_time();
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let keys = {
+            let shared = self.shared.clone();
+            let mut s = shared.borrow_mut();
+            match s.tokens.get(&hash, now).cloned() {
+                Some(TokenState::Verified(p)) => {
+                    s.metrics.inc(Counter::JwtCacheHit);
+                    return Authn::Ready(p);
+                }
+                Some(TokenState::Refused(err)) => {
+                    s.metrics.inc(Counter::CredentialCacheNegativeHit);
+                    return Authn::Refused(err);
+                }
+                None => {}
+            }
+            s.jwks.keys.clone()
+        };
+        let Some(keys) = keys else {
+            return Authn::Refused(ApiError::new(
+                ErrorKind::Unavailable,
+                "The gateway has not loaded its identity provider's keys yet; retry in a moment.",
+            ));
+        };
+        let result = jwt::verify(token, &keys, &jwt.validation, unix_secs(now));
+        if let Err(JwtError::UnknownKid(_)) = &result {
+            if jwks::claim_unknown_kid_refetch(&self.shared, now) {
+                match jwks::dispatch(self, &jwt) {
+                    Ok(call) => {
+                        self.pending_jwt = Some(token.to_string());
+                        return Authn::AwaitingKeys(call);
+                    }
+                    Err(e) => log(
+                        LogLevel::Warn,
+                        &format!(
+                            "opsgate: JWKS refetch not sent to cluster {}: {e:?}",
+                            jwt.jwks_cluster
+                        ),
+                    ),
+                }
+            }
+            // No refetch now: refused, but not remembered (the keys may change).
+            return self.jwt_outcome(&hash, result, now, false);
+        }
+        self.jwt_outcome(&hash, result, now, true)
+    }
+
+    /// Counts and caches a verification result.
+    fn jwt_outcome(
+        &mut self,
+        hash: &[u8; 32],
+        result: Result<jwt::Claims, JwtError>,
+        now: SystemTime,
+        remember_refusal: bool,
+    ) -> Authn {
+        let mut s = self.shared.borrow_mut();
+        match result {
+            Ok(claims) => {
+                s.metrics.inc(Counter::JwtVerified);
+                // Cached until `exp`, and never longer than MAX_TOKEN_CACHE (a token may
+                // claim any `exp`; the arithmetic must not overflow either).
+                let exp =
+                    UNIX_EPOCH.checked_add(Duration::from_secs(claims.expires_at.max(0) as u64));
+                let cap = now.checked_add(MAX_TOKEN_CACHE);
+                let expires = match (exp, cap) {
+                    (Some(e), Some(c)) => Some(e.min(c)),
+                    (e, c) => e.or(c),
+                };
+                let principal = Principal::Jwt {
+                    subject: claims.subject,
+                    email: claims.email,
+                    roles: claims.roles,
+                };
+                if let Some(expires) = expires.filter(|e| *e > now) {
+                    s.tokens
+                        .insert(*hash, TokenState::Verified(principal.clone()), expires);
+                }
+                Authn::Ready(principal)
+            }
+            Err(e) => {
+                s.metrics.inc(Counter::JwtVerifyFailed);
+                log(
+                    LogLevel::Debug,
+                    &format!("opsgate: JWT refused ({})", e.label()),
+                );
+                let err = ApiError::invalid_api_key(e.message());
+                let ttl = s.config.negative_cache_ttl;
+                if remember_refusal && !ttl.is_zero() {
+                    s.tokens
+                        .insert(*hash, TokenState::Refused(err.clone()), now + ttl);
+                }
+                Authn::Refused(err)
+            }
+        }
+    }
+
+    /// The JWKS refetch this request waited for has answered (or failed): verify again with
+    /// whatever keys there are now, then go on.
+    fn keys_arrived(&mut self, status: u16, body: &[u8]) {
+        let now = self.get_current_time();
+        jwks::apply(&self.shared, status, body, now);
+        let Some(token) = self.pending_jwt.take() else {
+            self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
+            return;
+        };
+        let (jwt, keys) = {
+            let s = self.shared.borrow();
+            (s.config.jwt.clone(), s.jwks.keys.clone())
+        };
+        let (Some(jwt), Some(keys)) = (jwt, keys) else {
+            self.reply(&ApiError::new(
+                ErrorKind::Unavailable,
+                "The gateway could not load its identity provider's keys; retry in a moment.",
+            ));
+            return;
+        };
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let result = jwt::verify(&token, &keys, &jwt.validation, unix_secs(now));
+        match self.jwt_outcome(&hash, result, now, true) {
+            Authn::Ready(p) => {
+                if self.proceed(p) == Action::Continue {
+                    self.resume_http_request();
+                }
+            }
+            Authn::Refused(e) => self.reply(&e),
+            Authn::AwaitingKeys(_) => {}
+        }
+    }
+
+    /// The credential is established: go on with the request (the rest of the request
+    /// headers' checks). Returns the action for the headers callback.
+    fn proceed(&mut self, principal: Principal) -> Action {
+        if self.endpoint.is_none() {
+            // Non-metered: authenticated here, answered by the control plane, which checks
+            // the credential again itself.
+            self.count(Counter::Passed);
+            self.phase = Phase::Pass;
+            return Action::Continue;
+        }
+        if self.method != "POST" {
+            let route = self.route.clone();
+            self.reply(&ApiError::new(
+                ErrorKind::MethodNotAllowed,
+                format!("Use POST for {route}."),
+            ));
+            return Action::Pause;
+        }
+        if self.headers_eos {
+            self.reply(&ApiError::bad_request(
+                "Request body is empty: send a JSON object.",
+            ));
+            return Action::Pause;
+        }
+        self.principal = Some(principal);
+        self.phase = Phase::ReadingBody;
+        if let Some(size) = self.body_ready.take() {
+            self.body_complete(size);
+        }
+        Action::Pause
     }
 
     fn authorize(&mut self, body: &[u8]) -> Result<(), ApiError> {
@@ -217,6 +494,7 @@ impl Filter {
             );
             cp_unavailable()
         })?;
+        self.authorize_sent = Some(self.get_current_time());
         self.phase = Phase::Authorizing { token };
         Ok(())
     }
@@ -262,6 +540,7 @@ impl Filter {
         self.started = Some(self.get_current_time());
         self.grant = Some(grant);
         self.phase = Phase::Forwarded;
+        self.count(Counter::Allowed);
         self.resume_http_request();
     }
 
@@ -342,6 +621,11 @@ fn new_request_id(now: SystemTime) -> String {
     format!("req_{nanos:016x}{random:016x}")
 }
 
+fn unix_secs(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn starting_up() -> ApiError {
     ApiError::new(
         ErrorKind::Unavailable,
@@ -364,16 +648,35 @@ impl Context for Filter {
         body_size: usize,
         _: usize,
     ) {
-        let Phase::Authorizing { token: expected } = self.phase else {
-            return;
-        };
-        if token != expected {
-            return;
+        match self.phase {
+            Phase::AwaitingKeys { token: expected } if token == expected => {
+                let status = callout_status(self, num_headers);
+                let body = if status == 200 {
+                    self.get_http_call_response_body(0, body_size)
+                        .unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                self.keys_arrived(status, &body);
+                return;
+            }
+            Phase::Authorizing { token: expected } if token == expected => {}
+            _ => return,
         }
         let status = callout_status(self, num_headers);
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
+        if let Some(sent) = self.authorize_sent.take() {
+            let ms = self
+                .get_current_time()
+                .duration_since(sent)
+                .map_or(0, |d| d.as_millis() as u64);
+            self.shared
+                .borrow()
+                .metrics
+                .record(Histogram::AuthorizeLatencyMs, ms);
+        }
         let decision = match (status, serde_json::from_slice::<AuthorizeResponse>(&body)) {
             (200, Ok(d)) => d,
             (status, _) => {
@@ -386,8 +689,15 @@ impl Context for Filter {
             }
         };
         match decision {
-            AuthorizeResponse::Allow(grant) => self.forward(*grant),
-            AuthorizeResponse::Deny(denial) => self.reply(&ApiError::from(denial)),
+            AuthorizeResponse::Allow(grant) => {
+                self.remember_credential(None);
+                self.forward(*grant)
+            }
+            AuthorizeResponse::Deny(denial) => {
+                let err = ApiError::from(denial);
+                self.remember_credential(Some(&err));
+                self.reply(&err)
+            }
         }
     }
 }
@@ -410,47 +720,48 @@ impl HttpContext for Filter {
             "/image/generations" | "/images/generations" => Some(Endpoint::ImageGenerations),
             _ => None,
         };
+        self.endpoint = endpoint;
+        self.method = method;
+        self.route = route;
+        self.headers_eos = end_of_stream;
+        self.power_header = self.get_http_request_header("x-power-level");
         let auth = self.get_http_request_header("authorization");
         let cookie = self.get_http_request_header("cookie");
-        let principal = match credentials::extract(auth.as_deref(), cookie.as_deref()) {
-            Ok(cred) => self.principal_for(&cred),
-            Err(e) => Err(ApiError::invalid_api_key(e.message())),
+        let authn = match credentials::extract(auth.as_deref(), cookie.as_deref()) {
+            Ok(cred) => self.authenticate(&cred),
+            Err(e) => Authn::Refused(ApiError::invalid_api_key(e.message())),
         };
-        let principal = match principal {
-            Ok(p) => p,
-            Err(e) => {
+        match authn {
+            Authn::Ready(principal) => self.proceed(principal),
+            Authn::Refused(e) => {
                 self.reply(&e);
-                return Action::Pause;
+                Action::Pause
             }
-        };
-        let Some(endpoint) = endpoint else {
-            // Non-metered: authenticated here, answered by the control plane, which checks
-            // the credential again itself.
-            return Action::Continue;
-        };
-        if method != "POST" {
-            self.reply(&ApiError::new(
-                ErrorKind::MethodNotAllowed,
-                format!("Use POST for {route}."),
-            ));
-            return Action::Pause;
+            Authn::AwaitingKeys(token) => {
+                self.phase = Phase::AwaitingKeys { token };
+                Action::Pause
+            }
         }
-        if end_of_stream {
-            self.reply(&ApiError::bad_request(
-                "Request body is empty: send a JSON object.",
-            ));
-            return Action::Pause;
-        }
-        self.endpoint = Some(endpoint);
-        self.principal = Some(principal);
-        self.power_header = self.get_http_request_header("x-power-level");
-        self.phase = Phase::ReadingBody;
-        Action::Pause
     }
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
+            Phase::AwaitingKeys { .. } => {
+                // Buffered until the credential is settled; a metered body is bounded.
+                let max = self.shared.borrow().config.max_body_bytes;
+                if self.endpoint.is_some() && body_size > max {
+                    self.reply(&ApiError::new(
+                        ErrorKind::PayloadTooLarge,
+                        format!("Request body is larger than {max} bytes."),
+                    ));
+                } else if end_of_stream {
+                    self.body_ready = Some(body_size);
+                } else {
+                    self.body_buffered = body_size;
+                }
+                return Action::Pause;
+            }
             Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
             Phase::Pass | Phase::Forwarded => return Action::Continue,
         }
@@ -477,6 +788,10 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
+            Phase::AwaitingKeys { .. } => {
+                self.body_ready = Some(self.body_buffered);
+                return Action::Pause;
+            }
             Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
             Phase::Pass | Phase::Forwarded => return Action::Continue,
         }
@@ -498,6 +813,19 @@ impl HttpContext for Filter {
         if !(200..300).contains(&self.upstream_status) {
             // The provider failed: nothing is charged, the quota slot is released.
             self.settle(Outcome::Failed, Usage::default());
+            if grant.byok && matches!(self.upstream_status, 401 | 403) {
+                // The caller's own key was refused: say so, naming the provider; the call is
+                // never retried on platform credits. The provider's body is replaced.
+                self.byok_rejected = true;
+                self.set_http_response_header(":status", Some("403"));
+                self.set_http_response_header("content-type", Some("application/json"));
+                self.set_http_response_header("content-length", None);
+                return if end_of_stream {
+                    Action::Continue
+                } else {
+                    Action::Pause
+                };
+            }
             return Action::Continue;
         }
         let is_sse = self
@@ -520,6 +848,21 @@ impl HttpContext for Filter {
         let Some(grant) = self.grant.clone() else {
             return Action::Continue;
         };
+        if self.byok_rejected {
+            if !end_of_stream {
+                return Action::Pause;
+            }
+            let err = ApiError::new(
+                ErrorKind::ByokKeyRejected,
+                format!(
+                    "Your own {p} key was rejected by {p} (HTTP {s}). Update it with POST /api/v1/llm/byok/keys, or delete it to use platform credits; nothing was charged.",
+                    p = grant.provider,
+                    s = self.upstream_status
+                ),
+            );
+            self.set_http_response_body(0, body_size, err.to_json().as_bytes());
+            return Action::Continue;
+        }
         if !(200..300).contains(&self.upstream_status) {
             return Action::Continue;
         }

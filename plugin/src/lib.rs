@@ -4,9 +4,15 @@
 //! * [`filter`] — one per request: credentials, request shaping, authorize, metering.
 //! * [`config`] — raw JSON configuration compiled into a validated [`config::FilterConfig`].
 //! * [`shared`] — the state a worker's root context shares with its requests.
+//! * [`jwks`] — the identity provider's keys: fetch, refresh, refetch on an unknown `kid`.
+//! * [`cache`] — bounded, expiring caches (credentials, verified tokens).
+//! * [`metrics`] — Envoy stats (`opsgate.*`).
 
+pub mod cache;
 pub mod config;
 pub mod filter;
+pub mod jwks;
+pub mod metrics;
 pub mod root;
 pub mod shared;
 

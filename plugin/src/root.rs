@@ -1,7 +1,10 @@
-//! The root context of a worker VM: configuration, the snapshot poll and the settle queue.
+//! The root context of a worker VM: configuration, the snapshot poll, the JWKS fetch and
+//! the settle queue.
 
 use crate::config::FilterConfig;
 use crate::filter::Filter;
+use crate::jwks;
+use crate::metrics::Metrics;
 use crate::shared::{call_control_plane, callout_status, log, Shared, SharedRef};
 use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -19,6 +22,7 @@ pub struct Root {
     shutting_down: bool,
     /// The last poll failed: log the next failure only after a success.
     snapshot_failing: bool,
+    jwks_call: Option<u32>,
 }
 
 impl Root {
@@ -49,6 +53,34 @@ impl Root {
                 LogLevel::Warn,
                 &format!("opsgate: snapshot poll not sent: {e:?}"),
             ),
+        }
+    }
+
+    /// Fetches the JWKS on the first tick, then every `refresh_interval` (sooner after a
+    /// failure).
+    fn poll_jwks(&mut self, shared: &SharedRef) {
+        if self.jwks_call.is_some() {
+            return;
+        }
+        let Some(jwt) = shared.borrow().config.jwt.clone() else {
+            return;
+        };
+        let now = self.get_current_time();
+        if !jwks::due(shared, now) {
+            return;
+        }
+        match jwks::dispatch(self, &jwt) {
+            Ok(token) => self.jwks_call = Some(token),
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: JWKS fetch not sent to cluster {}: {e:?}",
+                        jwt.jwks_cluster
+                    ),
+                );
+                jwks::apply(shared, 0, &[], now);
+            }
         }
     }
 
@@ -132,6 +164,17 @@ impl Context for Root {
             return;
         };
         let status = callout_status(self, num_headers);
+        if self.jwks_call == Some(token) {
+            self.jwks_call = None;
+            let body = if status == 200 {
+                self.get_http_call_response_body(0, body_size)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            jwks::apply(&shared, status, &body, self.get_current_time());
+            return;
+        }
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
             let body = self
@@ -214,7 +257,10 @@ impl RootContext for Root {
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
                 self.set_tick_period(config.tick().min(Duration::from_millis(200)));
-                self.shared = Some(Rc::new(RefCell::new(Shared::new(config))));
+                self.shared = Some(Rc::new(RefCell::new(Shared::new(
+                    config,
+                    Metrics::define(),
+                ))));
                 true
             }
             Err(e) => {
@@ -229,6 +275,7 @@ impl RootContext for Root {
             return;
         };
         self.poll_snapshot(&shared);
+        self.poll_jwks(&shared);
         self.flush_settlements(&shared);
     }
 

@@ -1,11 +1,47 @@
 //! What a worker's root context shares with the requests it creates. A VM is
 //! single-threaded, so `Rc<RefCell<…>>` is enough.
 
+use crate::cache::BoundedCache;
 use crate::config::FilterConfig;
-use opsgate_core::contract::{Settlement, Snapshot};
+use crate::metrics::{Counter, Metrics};
+use opsgate_core::contract::{Principal, Settlement, Snapshot};
+use opsgate_core::jwt::KeySet;
+use opsgate_core::ApiError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
+use std::time::SystemTime;
+
+/// What the control plane last said about a `uc_` key or session digest.
+#[derive(Debug, Clone)]
+pub enum CredentialState {
+    /// Accepted (allowed, or refused for another reason than the credential).
+    Good,
+    /// Refused with 401: answered locally with the same error until the entry expires.
+    Bad(ApiError),
+}
+
+/// A JWT seen before, keyed by the SHA-256 of the token.
+#[derive(Debug, Clone)]
+pub enum TokenState {
+    /// Verified; live until the token's `exp`.
+    Verified(Principal),
+    /// Refused; live for the negative TTL.
+    Refused(ApiError),
+}
+
+/// The JWKS as this worker knows it.
+#[derive(Debug, Default)]
+pub struct JwksState {
+    /// The last good keys; `None` until the first fetch succeeds.
+    pub keys: Option<Rc<KeySet>>,
+    /// When the root fetches again; `None`: on the next tick.
+    pub next_fetch: Option<SystemTime>,
+    /// The last refetch an unknown `kid` triggered (at most one per cooldown).
+    pub last_unknown_kid_refetch: Option<SystemTime>,
+    /// The last fetch failed: log the next failure only after a success.
+    pub failing: bool,
+}
 
 pub struct Shared {
     pub config: FilterConfig,
@@ -16,15 +52,26 @@ pub struct Shared {
     /// Settlements dropped because the queue was full (their holds expire and are charged
     /// as held: the ledger stays safe, the caller pays the bound).
     pub settle_dropped: u64,
+    /// `uc_` keys and sessions by cache key (`k:`/`s:` + digest).
+    pub credentials: BoundedCache<String, CredentialState>,
+    /// JWTs by the SHA-256 of the token.
+    pub tokens: BoundedCache<[u8; 32], TokenState>,
+    pub jwks: JwksState,
+    pub metrics: Metrics,
 }
 
 impl Shared {
-    pub fn new(config: FilterConfig) -> Self {
+    pub fn new(config: FilterConfig, metrics: Metrics) -> Self {
+        let bound = config.cache_max_entries;
         Shared {
             config,
             snapshot: None,
             settle_queue: VecDeque::new(),
             settle_dropped: 0,
+            credentials: BoundedCache::new(bound),
+            tokens: BoundedCache::new(bound),
+            jwks: JwksState::default(),
+            metrics,
         }
     }
 
@@ -32,6 +79,7 @@ impl Shared {
     pub fn enqueue(&mut self, s: Settlement) {
         if self.settle_queue.len() >= self.config.settle_queue_max {
             self.settle_dropped += 1;
+            self.metrics.inc(Counter::SettleDropped);
             proxy_wasm::hostcalls::log(
                 proxy_wasm::types::LogLevel::Error,
                 &format!("opsgate: settle queue full; hold {} will expire", s.hold_id),

@@ -120,12 +120,18 @@ fn jwt_is_not_enabled_yet() {
 }
 
 #[test]
-fn session_cookie_is_not_enabled_yet() {
+fn session_cookie_goes_to_the_control_plane_as_its_digest() {
     let mut host = gateway();
     let id = chat_with(&mut host, &[("cookie", "session_token=s3cr3t-session")]);
-    let (reply, _) = expect_reply(&host, id, 401, "invalid_api_key");
-    assert!(!reply.body_str().contains("s3cr3t-session"));
-    assert_eq!(host.pending_calls().len(), 0);
+    assert!(host.local_reply(id).is_none());
+    let call = authorize_call(&mut host);
+    assert_eq!(
+        authorize_request(&call).principal,
+        Principal::Session {
+            digest: digest("s3cr3t-session")
+        }
+    );
+    assert!(!String::from_utf8_lossy(&call.body).contains("s3cr3t-session"));
 }
 
 #[test]

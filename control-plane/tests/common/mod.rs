@@ -11,6 +11,7 @@ use opsgate_control_plane::accounts::{self, User};
 use opsgate_control_plane::app::Metrics;
 use opsgate_control_plane::catalogue::{Catalogue, DEFAULT_CATALOGUE};
 use opsgate_control_plane::clock::ManualClock;
+use opsgate_control_plane::crypto::{Keyring, MasterKey};
 use opsgate_control_plane::db::{Backend, Db};
 use opsgate_control_plane::ledger::Routing;
 use opsgate_control_plane::{AppState, Settings};
@@ -31,6 +32,12 @@ pub const HOLD_TTL: i64 = 900;
 /// 2025-06-15 12:00:00 UTC.
 pub const T0: i64 = 1_749_988_800;
 pub const ACTOR: &str = "test";
+/// The master key of the tests' control planes (never a real one).
+pub const MASTER_KEY_HEX: &str = "6f70736761746520746573742d6f6e6c79206d6173746572206b657920212121";
+
+pub fn keyring() -> Keyring {
+    Keyring::new(MasterKey::parse(MASTER_KEY_HEX).expect("test master key"))
+}
 
 /// PostgreSQL tests of one test binary run one at a time: each pool may open 16
 /// connections and the server allows 100, and the machine has two cores.
@@ -263,17 +270,23 @@ pub fn platform_keys(c: &Catalogue) -> BTreeMap<String, String> {
 pub struct Router {
     pub catalogue: Catalogue,
     pub keys: BTreeMap<String, String>,
+    pub keyring: Keyring,
 }
 
 impl Router {
     pub fn new(catalogue: Catalogue) -> Router {
         let keys = platform_keys(&catalogue);
-        Router { catalogue, keys }
+        Router {
+            catalogue,
+            keys,
+            keyring: keyring(),
+        }
     }
     pub fn routing(&self) -> Routing<'_> {
         Routing {
             catalogue: &self.catalogue,
             platform_keys: &self.keys,
+            keyring: &self.keyring,
             hold_ttl_secs: HOLD_TTL,
         }
     }
@@ -284,6 +297,7 @@ pub fn state(db: &Db, clock: &ManualClock, catalogue: Catalogue) -> AppState {
     AppState {
         db: db.clone(),
         catalogue: Arc::new(catalogue),
+        keyring: Arc::new(keyring()),
         clock: Arc::new(clock.clone()),
         settings: Arc::new(Settings {
             internal_token: INTERNAL_TOKEN.into(),
@@ -487,5 +501,188 @@ impl Prng {
     }
     pub fn chance(&mut self, percent: u64) -> bool {
         self.below(100) < percent
+    }
+}
+
+/// A minimal HTTP/1.1 client: one request per connection, `Connection: close`. Returns the
+/// status and the (de-chunked) body.
+pub async fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(t) = bearer {
+        request.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if !body.is_empty() || method == "POST" || method == "PUT" {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    let mut out = request.as_bytes();
+    while !out.is_empty() {
+        stream.writable().await.expect("writable");
+        match stream.try_write(out) {
+            Ok(n) => out = &out[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        stream.readable().await.expect("readable");
+        match stream.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {text:?}"));
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return (status, body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").expect("chunk size");
+        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+    (status, out)
+}
+
+/// A running `opsgate serve`; killed when dropped. Its stdout and stderr go to files.
+pub struct Served {
+    pub child: std::process::Child,
+    pub addr: String,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real binary with `args` after `serve --port 0` and the given environment
+/// (nothing else of the test's environment that names opsgate or a provider key), logging
+/// to `<dir>/<name>.stdout|stderr`, and waits for its address.
+pub fn serve(dir: &std::path::Path, name: &str, args: &[&str], env: &[(&str, &str)]) -> Served {
+    let stdout = dir.join(format!("{name}.stdout"));
+    let stderr = dir.join(format!("{name}.stderr"));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opsgate"));
+    cmd.args(["serve", "--port", "0"]).args(args);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPSGATE_") || k.ends_with("_API_KEY") {
+            cmd.env_remove(k);
+        }
+    }
+    let child = cmd
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&stdout).expect("stdout file"))
+        .stderr(std::fs::File::create(&stderr).expect("stderr file"))
+        .spawn()
+        .expect("start the opsgate binary");
+    let mut served = Served {
+        child,
+        addr: String::new(),
+        stdout,
+        stderr,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let out = std::fs::read_to_string(&served.stdout).unwrap_or_default();
+        if let Some(line) = out.lines().next().filter(|_| out.contains('\n')) {
+            served.addr = line
+                .strip_prefix("opsgate control plane listening on ")
+                .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+                .trim()
+                .to_string();
+            return served;
+        }
+        if let Ok(Some(status)) = served.child.try_wait() {
+            panic!(
+                "opsgate serve exited with {status}: {}",
+                std::fs::read_to_string(&served.stderr).unwrap_or_default()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the control plane never announced its address"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs a CLI command of the real binary; returns (success, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opsgate"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("OPSGATE_") || k.ends_with("_API_KEY") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run the opsgate binary");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A temporary directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("opsgate-{tag}-{}", random_suffix()));
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }

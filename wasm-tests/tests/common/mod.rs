@@ -307,3 +307,35 @@ pub fn deny(host: &mut Host, call: &HttpCall, denial: Denial) {
 pub fn envelope(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).expect("a JSON error envelope")
 }
+
+pub mod jwt;
+
+/// A counter's value, 0 when the filter never defined it.
+pub fn counter(host: &Host, name: &str) -> i64 {
+    host.metric(name).unwrap_or(0)
+}
+
+/// Sends a metered chat call with extra headers (credentials); returns the stream.
+pub fn chat_with_headers(host: &mut Host, headers: &[(&str, &str)]) -> StreamId {
+    send(
+        host,
+        "/api/v1/llm/chat/completions",
+        headers,
+        Some(QUICKSTART),
+    )
+    .0
+}
+
+/// Answers an authorize callout with a denial of `kind`.
+pub fn deny_with(host: &mut Host, call: &HttpCall, kind: opsgate_core::ErrorKind, message: &str) {
+    deny(
+        host,
+        call,
+        Denial {
+            kind,
+            message: message.into(),
+            param: None,
+            retry_after: None,
+        },
+    );
+}

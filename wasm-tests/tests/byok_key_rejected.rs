@@ -1,0 +1,79 @@
+//! A provider refusing the caller's own (BYOK) key: the client gets a clear 403 naming the
+//! provider, in the error envelope, never the provider's body; nothing is charged and the
+//! call is not retried on platform credits.
+
+mod common;
+use common::*;
+use opsgate_core::contract::Outcome;
+use opsgate_wasm_tests::Action;
+
+const PROVIDER_401: &str = r#"{"error":{"message":"Incorrect API key provided: sk-or-v1-*****xyz","type":"invalid_request_error","code":"invalid_api_key"}}"#;
+
+fn byok_grant() -> opsgate_core::contract::Grant {
+    let mut g = grant();
+    g.byok = true;
+    g.hold_mc = 0;
+    g.provider = "openrouter".into();
+    g.upstream.api_key = "sk-or-v1-users-own-key-000000".into();
+    g
+}
+
+#[test]
+fn a_rejected_byok_key_is_reported_naming_the_provider() {
+    for status in ["401", "403"] {
+        let mut host = gateway();
+        let id = forwarded_chat(&mut host, QUICKSTART, byok_grant());
+        let a = host
+            .response_headers(
+                id,
+                &[
+                    (":status", status),
+                    ("content-type", "application/json"),
+                    ("content-length", "120"),
+                ],
+                false,
+            )
+            .unwrap();
+        assert_eq!(
+            a,
+            Action::Pause,
+            "the provider's answer is held to be replaced"
+        );
+        host.response_body(id, PROVIDER_401.as_bytes(), true)
+            .unwrap();
+        assert_eq!(host.response_header(id, ":status").as_deref(), Some("403"));
+        assert!(host.response_header(id, "content-length").is_none());
+        let body = host.forwarded_response_body(id);
+        let err = envelope(&body);
+        assert_eq!(err["error"]["code"], "byok_key_rejected");
+        assert_eq!(err["error"]["type"], "permission_error");
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains("openrouter") && msg.contains(status), "{msg}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("sk-or-v1"),
+            "no key in the reply"
+        );
+        host.done(id).unwrap();
+        let settled = flush_settlements(&mut host);
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].outcome, Outcome::Failed);
+    }
+}
+
+#[test]
+fn a_platform_key_refusal_passes_through_unchanged() {
+    let mut host = gateway();
+    let id = forwarded_chat(&mut host, QUICKSTART, grant());
+    let a = host
+        .response_headers(
+            id,
+            &[(":status", "401"), ("content-type", "application/json")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    host.response_body(id, PROVIDER_401.as_bytes(), true)
+        .unwrap();
+    assert_eq!(host.response_header(id, ":status").as_deref(), Some("401"));
+    assert_eq!(host.forwarded_response_body(id), PROVIDER_401.as_bytes());
+}

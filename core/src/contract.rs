@@ -235,3 +235,56 @@ mod tests {
         assert_eq!(p, r#"{"kind":"service","user_id":"loopnet-service"}"#);
     }
 }
+
+/// On requests the filter passes to the control plane's public routes, the identity it
+/// verified at the edge (a JWT's subject, email and roles) travels in this header, as
+/// base64url JSON of [`Identity`], together with [`IDENTITY_AUTH_HEADER`] carrying the
+/// internal token. The filter strips both from every client request, so only it can set
+/// them; the control plane trusts the identity only when the token matches.
+pub const IDENTITY_HEADER: &str = "x-opsgate-identity";
+pub const IDENTITY_AUTH_HEADER: &str = "x-opsgate-identity-auth";
+
+/// A caller verified at the edge.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    pub subject: String,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub roles: Vec<String>,
+}
+
+impl Identity {
+    /// The header value: base64url (no padding) of the JSON.
+    pub fn encode(&self) -> String {
+        use base64::Engine;
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    pub fn decode(value: &str) -> Option<Identity> {
+        use base64::Engine;
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(value.trim())
+            .ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn identity_round_trips_through_a_header_value() {
+        let id = Identity {
+            subject: "f3a1-uuid".into(),
+            email: Some("zoë@example.com".into()),
+            roles: vec!["opsgate-admin".into()],
+        };
+        let v = id.encode();
+        assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert_eq!(Identity::decode(&v), Some(id));
+        assert_eq!(Identity::decode("not base64!"), None);
+    }
+}

@@ -636,3 +636,96 @@ pub async fn user_by_service_key_digest(
         None => Ok(None),
     }
 }
+
+/// Moves a user to another plan (limits and model access follow at once).
+pub async fn set_user_plan(
+    db: &Db,
+    actor: &str,
+    user_id: &str,
+    plan: Plan,
+    now: i64,
+) -> Result<User, AppError> {
+    let mut tx = db.begin().await?;
+    let r = sqlx::query("UPDATE users SET plan = $1 WHERE id = $2")
+        .bind(plan.as_str())
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(AppError::not_found(format!("user '{user_id}' not found")));
+    }
+    audit(
+        &mut tx,
+        actor,
+        "user.plan",
+        user_id,
+        &format!("plan={}", plan.as_str()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    get_user(db, user_id)
+        .await?
+        .ok_or_else(|| AppError::internal("user vanished"))
+}
+
+/// Changes an organisation's plan (its tier as shown; users keep their own plans).
+pub async fn set_org_plan(
+    db: &Db,
+    actor: &str,
+    org_id: &str,
+    plan: Plan,
+    now: i64,
+) -> Result<Organization, AppError> {
+    let mut tx = db.begin().await?;
+    let r = sqlx::query("UPDATE organizations SET plan = $1 WHERE id = $2")
+        .bind(plan.as_str())
+        .bind(org_id)
+        .execute(&mut *tx)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(AppError::not_found(format!(
+            "organization '{org_id}' not found"
+        )));
+    }
+    audit(
+        &mut tx,
+        actor,
+        "org.plan",
+        org_id,
+        &format!("plan={}", plan.as_str()),
+        now,
+    )
+    .await?;
+    tx.commit().await?;
+    get_org(db, org_id)
+        .await?
+        .ok_or_else(|| AppError::internal("organization vanished"))
+}
+
+/// A service key as listed: its name and owner, never its digest.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ServiceKeyInfo {
+    pub name: String,
+    pub user_id: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+pub async fn list_service_keys(db: &Db) -> Result<Vec<ServiceKeyInfo>, AppError> {
+    let rows = sqlx::query(
+        "SELECT name, user_id, created_at, revoked_at FROM service_keys ORDER BY created_at, name",
+    )
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ServiceKeyInfo {
+                name: r.try_get("name")?,
+                user_id: r.try_get("user_id")?,
+                created_at: r.try_get("created_at")?,
+                revoked_at: r.try_get("revoked_at")?,
+            })
+        })
+        .collect()
+}

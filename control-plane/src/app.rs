@@ -19,7 +19,7 @@ use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Denial, Principal, ServiceKeyEntry, SettleBatch,
     SettleResponse, SettleResult, Snapshot,
 };
-use opsgate_core::credentials::{self, Credential};
+use opsgate_core::credentials;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
 use serde::de::DeserializeOwned;
@@ -37,6 +37,12 @@ pub struct Settings {
     /// Platform provider keys, by provider name.
     pub platform_keys: BTreeMap<String, String>,
     pub hold_ttl_secs: i64,
+    /// How long a browser session lasts.
+    pub session_ttl_secs: i64,
+    /// Mark the session cookie `Secure` (off only for plain-HTTP development).
+    pub cookie_secure: bool,
+    /// The JWT role that grants the admin API.
+    pub admin_role: String,
 }
 
 #[derive(Default)]
@@ -66,6 +72,7 @@ pub fn app(state: AppState) -> Router {
         .route(opsgate_core::contract::SNAPSHOT_PATH, get(snapshot))
         .route(opsgate_core::contract::AUTHORIZE_PATH, post(authorize))
         .route(opsgate_core::contract::SETTLE_PATH, post(settle))
+        .route("/internal/v1/credentials", post(credential_lookup))
         .route("/api/v1/llm/models", get(models))
         .route("/api/v1/llm/models/categorized", get(models_categorized))
         .route("/api/v1/llm/credits", get(credits))
@@ -89,8 +96,20 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/users/{id}/api-keys", post(admin_issue_key))
         .route("/admin/v1/api-keys", get(admin_list_keys))
         .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
-        .route("/admin/v1/service-keys", post(admin_add_service_key))
+        .route(
+            "/admin/v1/service-keys",
+            post(admin_add_service_key).get(admin_list_service_keys),
+        )
         .route("/admin/v1/audit", get(admin_audit))
+        .route(
+            "/api/v1/llm/auth/session",
+            post(crate::identity::create_session).delete(crate::identity::delete_session),
+        )
+        .route("/admin/v1/analytics/top-users", get(admin_top_users))
+        .route("/admin/v1/analytics/models", get(admin_expensive_models))
+        .route("/admin/v1/analytics/orgs", get(admin_org_usage))
+        .route("/admin/v1/users/{id}/plan", put(admin_set_user_plan))
+        .route("/admin/v1/orgs/{id}/plan", put(admin_set_org_plan))
         .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
         .route(
             "/admin/v1/provider-keys/{provider}",
@@ -140,53 +159,7 @@ fn require_internal(state: &AppState, headers: &HeaderMap) -> AppResult<()> {
     }
 }
 
-fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
-    let Some(expected) = &state.settings.admin_token else {
-        return Err(AppError::forbidden(
-            "The admin API is disabled: start the control plane with an admin token.",
-        ));
-    };
-    match bearer(headers) {
-        Some(t) if credentials::constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
-            Ok("admin-token".to_string())
-        }
-        Some(_) => Err(AppError::forbidden("Admin routes need the admin token.")),
-        None => Err(AppError::unauthorized(
-            "Admin routes need 'Authorization: Bearer <admin token>'.",
-        )),
-    }
-}
-
-/// The caller of a public route, from the same credentials the filter accepts.
-async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
-    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    let cookie = headers.get("cookie").and_then(|v| v.to_str().ok());
-    let cred =
-        credentials::extract(auth, cookie).map_err(|e| AppError::unauthorized(e.message()))?;
-    let user = match cred {
-        Credential::ServiceKey(k) => {
-            accounts::user_by_service_key_digest(&state.db, &credentials::digest(k)).await?
-        }
-        Credential::UserKey(k) => {
-            accounts::user_by_api_key_digest(&state.db, &credentials::digest(k), state.clock.now())
-                .await?
-        }
-        Credential::Jwt(_) | Credential::Session(_) => {
-            return Err(AppError::unauthorized(
-                "JWT and session authentication are not enabled on this gateway.",
-            ))
-        }
-    };
-    user.ok_or_else(|| AppError::unauthorized(invalid_key_message(&cred)))
-}
-
-fn invalid_key_message(cred: &Credential<'_>) -> &'static str {
-    match cred {
-        Credential::ServiceKey(_) => "Invalid service key",
-        Credential::UserKey(_) => "Invalid or revoked API key",
-        _ => "Invalid credentials",
-    }
-}
+use crate::identity::{caller, require_admin};
 
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.db.ping().await {
@@ -261,20 +234,43 @@ async fn authorize(
     }))
 }
 
+/// `POST /internal/v1/credentials`: who a principal is (API key digest, session digest,
+/// service user, JWT subject), for the filter's credential cache; 401 envelope when unknown.
+async fn credential_lookup(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    require_internal(&state, &headers)?;
+    let principal: Principal = parse(&body)?;
+    let user = principal_user(&state, &principal)
+        .await?
+        .ok_or_else(|| AppError::unauthorized("Invalid or revoked credential"))?;
+    Ok(Json(
+        json!({"user_id": user.id, "org_id": user.org_id, "plan": user.plan.as_str()}),
+    ))
+}
+
+async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Option<User>> {
+    let now = state.clock.now();
+    match principal {
+        Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await,
+        Principal::ApiKey { digest } => {
+            accounts::user_by_api_key_digest(&state.db, digest, now).await
+        }
+        Principal::Session { digest } => crate::identity::user_for_session(state, digest).await,
+        Principal::Jwt { subject, .. } => accounts::get_user(&state.db, subject).await,
+    }
+}
+
 async fn authorize_inner(
     state: &AppState,
     req: &AuthorizeRequest,
 ) -> AppResult<opsgate_core::contract::Grant> {
     let now = state.clock.now();
-    let user = match &req.principal {
-        Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await?,
-        Principal::ApiKey { digest } => {
-            accounts::user_by_api_key_digest(&state.db, digest, now).await?
-        }
-        Principal::Session { .. } => None,
-        Principal::Jwt { subject, .. } => accounts::get_user(&state.db, subject).await?,
-    }
-    .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
+    let user = principal_user(state, &req.principal)
+        .await?
+        .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
     let routing = Routing {
         catalogue: &state.catalogue,
         platform_keys: &state.settings.platform_keys,
@@ -955,4 +951,105 @@ async fn admin_remove_provider_key(
     )
     .await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Period {
+    /// Look back this many days from now (default 30).
+    days: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn period(
+    state: &AppState,
+    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+    default_days: i64,
+) -> AppResult<(i64, i64, i64)> {
+    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+    let days = q.days.unwrap_or(default_days);
+    let limit = q.limit.unwrap_or(10);
+    if !(1..=3660).contains(&days) || !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request(
+            "'days' must be 1-3660 and 'limit' 1-1000",
+        ));
+    }
+    let now = state.clock.now();
+    Ok((now - days * 86_400, now + 1, limit))
+}
+
+async fn admin_top_users(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let (start, end, limit) = period(&state, q, 30)?;
+    Ok(Json(
+        json!({"data": crate::analytics::top_users(&state.db, start, end, limit).await?}),
+    ))
+}
+
+async fn admin_expensive_models(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let (start, end, limit) = period(&state, q, 7)?;
+    Ok(Json(
+        json!({"data": crate::analytics::expensive_models(&state.db, start, end, limit).await?}),
+    ))
+}
+
+async fn admin_org_usage(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    let (start, end, _) = period(&state, q, 30)?;
+    Ok(Json(
+        json!({"data": crate::analytics::org_usage(&state.db, start, end).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanReq {
+    plan: Plan,
+}
+
+async fn admin_set_user_plan(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let actor = require_admin(&state, &headers)?;
+    let req: PlanReq = parse(&body)?;
+    let u = accounts::set_user_plan(&state.db, &actor, &id, req.plan, state.clock.now()).await?;
+    Ok(Json(json!(u)))
+}
+
+async fn admin_set_org_plan(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let actor = require_admin(&state, &headers)?;
+    let req: PlanReq = parse(&body)?;
+    let o = accounts::set_org_plan(&state.db, &actor, &id, req.plan, state.clock.now()).await?;
+    Ok(Json(json!(o)))
+}
+
+async fn admin_list_service_keys(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> AppResult<Json<Value>> {
+    require_admin(&state, &headers)?;
+    Ok(Json(
+        json!({"data": accounts::list_service_keys(&state.db).await?}),
+    ))
 }

@@ -29,6 +29,10 @@ const USAGE: &str = "usage: opsgate <command> [options]
   key list [--user USER]
   service-key add KEY --user USER           bind a service key (stored as a digest)
   service-key revoke KEY
+  service-key list                          names and owners (never digests)
+  user plan ID PLAN | org plan ID PLAN      change a plan
+  analytics top-users|models|orgs [--days N] [--limit N]
+                                            the guide's Appendix C reports
   provider-key set PROVIDER --key-file FILE [--description TEXT] [--catalogue FILE]
                                             store the platform's key for a provider, encrypted
                                             (FILE '-' reads standard input); needs the master key
@@ -341,6 +345,72 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             println!("service key bound to {}", a.need("user")?);
             Ok(())
         }
+        ["service-key", "list"] => {
+            print_json(
+                &accounts::list_service_keys(&open_db(&a).await?)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["user", "plan", id, plan] => {
+            let db = open_db(&a).await?;
+            print_json(
+                &accounts::set_user_plan(&db, &actor(), id, plan_arg(plan)?, now)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["org", "plan", id, plan] => {
+            let db = open_db(&a).await?;
+            print_json(
+                &accounts::set_org_plan(&db, &actor(), id, plan_arg(plan)?, now)
+                    .await
+                    .map_err(e)?,
+            );
+            Ok(())
+        }
+        ["analytics", which] => {
+            let db = open_db(&a).await?;
+            let days: i64 = match a.flag("days") {
+                Some(d) => d
+                    .parse()
+                    .map_err(|_| "--days must be a number".to_string())?,
+                None if *which == "models" => 7,
+                None => 30,
+            };
+            let limit: i64 = match a.flag("limit") {
+                Some(l) => l
+                    .parse()
+                    .map_err(|_| "--limit must be a number".to_string())?,
+                None => 10,
+            };
+            let (start, end) = (now - days * 86_400, now + 1);
+            match *which {
+                "top-users" => print_json(
+                    &crate::analytics::top_users(&db, start, end, limit)
+                        .await
+                        .map_err(e)?,
+                ),
+                "models" => print_json(
+                    &crate::analytics::expensive_models(&db, start, end, limit)
+                        .await
+                        .map_err(e)?,
+                ),
+                "orgs" => print_json(
+                    &crate::analytics::org_usage(&db, start, end)
+                        .await
+                        .map_err(e)?,
+                ),
+                other => {
+                    return Err(format!(
+                        "unknown analytics report '{other}' (top-users, models, orgs)"
+                    ))
+                }
+            }
+            Ok(())
+        }
         ["service-key", "revoke", key] => {
             accounts::revoke_service_key(&open_db(&a).await?, &actor(), key, now)
                 .await
@@ -603,6 +673,14 @@ async fn serve(a: &Args) -> Result<(), String> {
             admin_token,
             platform_keys,
             hold_ttl_secs,
+            session_ttl_secs: a
+                .flag("session-ttl-secs")
+                .map(|s| s.parse().map_err(|_| "--session-ttl-secs must be a number"))
+                .transpose()?
+                .unwrap_or(8 * 3600),
+            // Plain-HTTP development (demo) cannot keep a Secure cookie.
+            cookie_secure: !demo,
+            admin_role: a.flag("admin-role").unwrap_or("opsgate-admin").to_string(),
         }),
         metrics: Arc::new(Metrics::default()),
     };

@@ -21,6 +21,7 @@ pub struct Db {
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/001_init.sql")),
     (2, include_str!("../migrations/002_provider_secrets.sql")),
+    (3, include_str!("../migrations/003_sessions.sql")),
 ];
 
 impl Db {

@@ -12,6 +12,7 @@ pub mod clock;
 pub mod crypto;
 pub mod db;
 pub mod error;
+pub mod identity;
 pub mod ledger;
 
 pub use app::{app, AppState, Settings};

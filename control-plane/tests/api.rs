@@ -540,6 +540,9 @@ async fn admin_routes_need_the_admin_token() {
             admin_token: None,
             platform_keys: Default::default(),
             hold_ttl_secs: HOLD_TTL,
+            session_ttl_secs: 3600,
+            cookie_secure: true,
+            admin_role: "opsgate-admin".into(),
         });
         let closed = Api {
             state: closed,
@@ -950,6 +953,9 @@ async fn local_models_need_no_platform_key() {
             admin_token: None,
             platform_keys: [("openai".to_string(), "platform-key-openai".to_string())].into(),
             hold_ttl_secs: HOLD_TTL,
+            session_ttl_secs: 3600,
+            cookie_secure: true,
+            admin_role: "opsgate-admin".into(),
         });
         let api = Api {
             state: st,

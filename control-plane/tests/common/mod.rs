@@ -304,6 +304,9 @@ pub fn state(db: &Db, clock: &ManualClock, catalogue: Catalogue) -> AppState {
             admin_token: Some(ADMIN_TOKEN.into()),
             platform_keys,
             hold_ttl_secs: HOLD_TTL,
+            session_ttl_secs: 3600,
+            cookie_secure: true,
+            admin_role: "opsgate-admin".into(),
         }),
         metrics: Arc::new(Metrics::default()),
     }

@@ -1,0 +1,417 @@
+//! Edge-verified identities (JWTs checked by the filter), browser sessions, admin by JWT
+//! role, and the remaining admin routes (plans, service keys, analytics).
+
+mod common;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use common::*;
+use http_body_util::BodyExt;
+use opsgate_control_plane::accounts;
+use opsgate_control_plane::clock::ManualClock;
+use opsgate_control_plane::{app, AppState};
+use opsgate_core::contract::{
+    AuthorizeRequest, Identity, Principal, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
+};
+use opsgate_core::credentials::digest;
+use opsgate_core::plan::Plan;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+struct Reply {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    json: Value,
+    text: String,
+}
+
+async fn send(
+    state: &AppState,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<Value>,
+) -> Reply {
+    let mut req = Request::builder().method(method).uri(path);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .expect("request");
+    let resp = app(state.clone()).oneshot(req).await.expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    Reply {
+        status,
+        headers,
+        json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    }
+}
+
+fn identity(sub: &str, roles: &[&str]) -> String {
+    Identity {
+        subject: sub.into(),
+        email: Some(format!("{sub}@example.com")),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+    }
+    .encode()
+}
+
+async fn setup(db: &opsgate_control_plane::db::Db) -> AppState {
+    seed(
+        db,
+        "org_id",
+        "alice",
+        Plan::Professional,
+        1_000_000,
+        None,
+        T0,
+    )
+    .await;
+    state(db, &ManualClock::at(T0), catalogue())
+}
+
+#[tokio::test]
+async fn an_edge_identity_is_trusted_only_with_the_internal_token() {
+    for_each_backend("edge_identity", |db| async move {
+        let st = setup(&db).await;
+        let id = identity("alice", &[]);
+        let ok = send(
+            &st,
+            Method::GET,
+            "/api/v1/llm/credits",
+            &[
+                (IDENTITY_HEADER, &id),
+                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
+        assert_eq!(ok.json["user_id"], "alice");
+        // Forged: no token, or a wrong one.
+        for auth in [None, Some("not-the-internal-token-000")] {
+            let mut h = vec![(IDENTITY_HEADER, id.as_str())];
+            if let Some(a) = auth {
+                h.push((IDENTITY_AUTH_HEADER, a));
+            }
+            let r = send(&st, Method::GET, "/api/v1/llm/credits", &h, None).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+        }
+        // A raw JWT sent straight to the control plane is not accepted here.
+        let r = send(
+            &st,
+            Method::GET,
+            "/api/v1/llm/models",
+            &[("authorization", "Bearer aaa.bbb.ccc")],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        // An unknown subject is 401.
+        let ghost = identity("ghost", &[]);
+        let r = send(
+            &st,
+            Method::GET,
+            "/api/v1/llm/credits",
+            &[
+                (IDENTITY_HEADER, &ghost),
+                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_are_opened_with_a_jwt_used_by_cookie_and_closed() {
+    for_each_backend("sessions", |db| async move {
+        let st = setup(&db).await;
+        let id = identity("alice", &[]);
+        let r = send(
+            &st,
+            Method::POST,
+            "/api/v1/llm/auth/session",
+            &[
+                (IDENTITY_HEADER, &id),
+                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            ],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let cookie = r.headers["set-cookie"].to_str().unwrap().to_string();
+        assert!(
+            cookie.contains("HttpOnly")
+                && cookie.contains("SameSite=Lax")
+                && cookie.contains("Secure"),
+            "{cookie}"
+        );
+        let token = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_start_matches("session_token=")
+            .to_string();
+        assert!(
+            token.starts_with("st_") && !r.text.contains(&token),
+            "the token is only in the cookie"
+        );
+        let stored: i64 = scalar(
+            &db,
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM sessions WHERE digest = $1",
+            &[&digest(&token)],
+        )
+        .await;
+        assert_eq!(stored, 1, "stored as a digest");
+
+        let jar = format!("session_token={token}");
+        let r = send(
+            &st,
+            Method::GET,
+            "/api/v1/llm/credits",
+            &[("cookie", &jar)],
+            None,
+        )
+        .await;
+        assert_eq!(r.json["user_id"], "alice", "{}", r.text);
+        // The filter's authorize for a cookie-authenticated call.
+        let req = AuthorizeRequest {
+            principal: Principal::Session {
+                digest: digest(&token),
+            },
+            ..chat("", "gpt-4o-mini", 300, Some(50))
+        };
+        let r = send(
+            &st,
+            Method::POST,
+            "/internal/v1/authorize",
+            &[
+                ("authorization", &format!("Bearer {INTERNAL_TOKEN}")),
+                ("content-type", "application/json"),
+            ],
+            Some(serde_json::to_value(&req).unwrap()),
+        )
+        .await;
+        assert_eq!(r.json["decision"], "allow", "{}", r.text);
+
+        // Without a verified JWT, no session.
+        let r = send(&st, Method::POST, "/api/v1/llm/auth/session", &[], None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+        // Logout revokes it and clears the cookie.
+        let r = send(
+            &st,
+            Method::DELETE,
+            "/api/v1/llm/auth/session",
+            &[("cookie", &jar)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert!(r.headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0"));
+        let r = send(
+            &st,
+            Method::GET,
+            "/api/v1/llm/credits",
+            &[("cookie", &jar)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_expire() {
+    let db = TestDb::sqlite().await;
+    seed(
+        &db.db,
+        "org_id",
+        "alice",
+        Plan::Professional,
+        1_000_000,
+        None,
+        T0,
+    )
+    .await;
+    let clock = ManualClock::at(T0);
+    let st = state(&db.db, &clock, catalogue());
+    let id = identity("alice", &[]);
+    let r = send(
+        &st,
+        Method::POST,
+        "/api/v1/llm/auth/session",
+        &[
+            (IDENTITY_HEADER, &id),
+            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+        ],
+        None,
+    )
+    .await;
+    let cookie = r.headers["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    clock.advance(3601);
+    let r = send(
+        &st,
+        Method::GET,
+        "/api/v1/llm/credits",
+        &[("cookie", &cookie)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    db.close().await;
+}
+
+#[tokio::test]
+async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
+    for_each_backend("admin_jwt", |db| async move {
+        let st = setup(&db).await;
+        accounts::add_service_key(&db, "t", "sk-idtest-service-key-2025", "alice", T0)
+            .await
+            .unwrap();
+        let admin = identity("root", &["opsgate-admin"]);
+        let user = identity("alice", &["user"]);
+        let as_admin = [
+            (IDENTITY_HEADER, admin.as_str()),
+            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+        ];
+        let as_user = [
+            (IDENTITY_HEADER, user.as_str()),
+            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+        ];
+
+        let r = send(&st, Method::GET, "/admin/v1/orgs", &as_user, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::FORBIDDEN,
+            "non-admin JWT refused: {}",
+            r.text
+        );
+        let forged = [(IDENTITY_HEADER, admin.as_str())];
+        let r = send(&st, Method::GET, "/admin/v1/orgs", &forged, None).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNAUTHORIZED,
+            "a forged identity is ignored"
+        );
+
+        let r = send(
+            &st,
+            Method::PUT,
+            "/admin/v1/users/alice/plan",
+            &as_admin,
+            Some(json!({"plan": "enterprise"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json["plan"], "enterprise");
+        let r = send(
+            &st,
+            Method::PUT,
+            "/admin/v1/users/alice/plan",
+            &as_admin,
+            Some(json!({"plan": "gold"})),
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        let r = send(
+            &st,
+            Method::PUT,
+            "/admin/v1/orgs/org_id/plan",
+            &as_admin,
+            Some(json!({"plan": "starter"})),
+        )
+        .await;
+        assert_eq!(r.json["plan"], "starter", "{}", r.text);
+
+        let r = send(&st, Method::GET, "/admin/v1/service-keys", &as_admin, None).await;
+        assert_eq!(r.json["data"][0]["name"], "idtest", "{}", r.text);
+        assert!(
+            !r.text.contains(&digest("sk-idtest-service-key-2025")),
+            "never a digest"
+        );
+
+        for path in [
+            "/admin/v1/analytics/top-users?days=30",
+            "/admin/v1/analytics/models",
+            "/admin/v1/analytics/orgs?days=7&limit=5",
+        ] {
+            let r = send(&st, Method::GET, path, &as_admin, None).await;
+            assert_eq!(r.status, StatusCode::OK, "{path}: {}", r.text);
+            assert!(r.json["data"].is_array());
+        }
+        let r = send(
+            &st,
+            Method::GET,
+            "/admin/v1/analytics/models?days=0",
+            &as_admin,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+        let audit = send(&st, Method::GET, "/admin/v1/audit", &as_admin, None).await;
+        assert!(
+            audit.text.contains("jwt:root") && audit.text.contains("user.plan"),
+            "{}",
+            audit.text
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn credential_lookup_for_the_filter() {
+    let db = TestDb::sqlite().await;
+    let st = setup(&db.db).await;
+    let (key, _) = accounts::issue_api_key(&db.db, "t", "alice", None, T0)
+        .await
+        .unwrap();
+    let auth = format!("Bearer {INTERNAL_TOKEN}");
+    let h = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let ok = json!({"kind": "api_key", "digest": digest(&key)});
+    let r = send(
+        &st,
+        Method::POST,
+        "/internal/v1/credentials",
+        &h,
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(
+        (r.json["user_id"].as_str(), r.json["plan"].as_str()),
+        (Some("alice"), Some("professional")),
+        "{}",
+        r.text
+    );
+    let bad = json!({"kind": "api_key", "digest": digest("uc_nope")});
+    let r = send(&st, Method::POST, "/internal/v1/credentials", &h, Some(bad)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(&st, Method::POST, "/internal/v1/credentials", &[], Some(ok)).await;
+    assert_eq!(
+        r.status,
+        StatusCode::UNAUTHORIZED,
+        "internal token required"
+    );
+    db.close().await;
+}

@@ -131,6 +131,23 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Query parameters, refused in the error envelope when malformed.
+pub struct Q<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> axum::extract::FromRequestParts<S> for Q<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Q(q))
+            .map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))
+    }
+}
+
 /// Parses a JSON body strictly (unknown fields refused), answering in the error envelope.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> AppResult<T> {
     serde_json::from_slice(body)
@@ -495,10 +512,9 @@ struct ByokSelector {
 async fn byok_remove(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<ByokSelector>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<ByokSelector>,
 ) -> AppResult<Json<Value>> {
     let user = caller(&state, &headers).await?;
-    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
     let which = match (&q.id, &q.provider) {
         (Some(id), None) => Which::Id(id),
         (None, Some(p)) => Which::Provider(p),
@@ -555,10 +571,9 @@ struct UsageQuery {
 async fn usage(
     State(state): State<AppState>,
     headers: HeaderMap,
-    query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<UsageQuery>,
 ) -> AppResult<Json<Value>> {
     let user = caller(&state, &headers).await?;
-    let Query(q) = query.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
     let start = q.start.unwrap_or(0);
     let end = q.end.unwrap_or(i64::MAX);
     let rows = crate::analytics::usage_by_provider(&state.db, &user.id, start, end).await?;
@@ -724,10 +739,9 @@ struct OrgFilter {
 async fn admin_list_users(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<OrgFilter>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<OrgFilter>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
-    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
     Ok(Json(
         json!({"data": accounts::list_users(&state.db, q.org_id.as_deref()).await?}),
     ))
@@ -790,10 +804,9 @@ struct UserFilter {
 async fn admin_list_keys(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<UserFilter>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<UserFilter>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
-    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
     Ok(Json(
         json!({"data": accounts::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
     ))
@@ -961,12 +974,7 @@ struct Period {
     limit: Option<i64>,
 }
 
-fn period(
-    state: &AppState,
-    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
-    default_days: i64,
-) -> AppResult<(i64, i64, i64)> {
-    let Query(q) = q.map_err(|e| AppError::bad_request(format!("Invalid query: {e}")))?;
+fn period(state: &AppState, q: Period, default_days: i64) -> AppResult<(i64, i64, i64)> {
     let days = q.days.unwrap_or(default_days);
     let limit = q.limit.unwrap_or(10);
     if !(1..=3660).contains(&days) || !(1..=1000).contains(&limit) {
@@ -981,7 +989,7 @@ fn period(
 async fn admin_top_users(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<Period>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
     let (start, end, limit) = period(&state, q, 30)?;
@@ -993,7 +1001,7 @@ async fn admin_top_users(
 async fn admin_expensive_models(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<Period>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
     let (start, end, limit) = period(&state, q, 7)?;
@@ -1005,7 +1013,7 @@ async fn admin_expensive_models(
 async fn admin_org_usage(
     State(state): State<AppState>,
     headers: HeaderMap,
-    q: Result<Query<Period>, axum::extract::rejection::QueryRejection>,
+    Q(q): Q<Period>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
     let (start, end, _) = period(&state, q, 30)?;

@@ -61,7 +61,20 @@ impl SseMeter {
         &mut self,
         chunk: &[u8],
         end_of_stream: bool,
+        before_done: impl FnMut(&SseMeter) -> Vec<u8>,
+    ) -> Vec<u8> {
+        self.process_annotated(chunk, end_of_stream, before_done, |_| None)
+    }
+
+    /// As [`SseMeter::process`]; besides, when the provider's usage chunk is passed on (the
+    /// client asked for it), `annotate` may return a JSON value that is added to that chunk
+    /// as its `opsgate` field — a data event SDKs parse like any usage chunk.
+    pub fn process_annotated(
+        &mut self,
+        chunk: &[u8],
+        end_of_stream: bool,
         mut before_done: impl FnMut(&SseMeter) -> Vec<u8>,
+        mut annotate: impl FnMut(&Usage) -> Option<Value>,
     ) -> Vec<u8> {
         self.carry.extend_from_slice(chunk);
         let cut = if end_of_stream {
@@ -89,7 +102,7 @@ impl SseMeter {
                         self.done = true;
                         out.extend_from_slice(&before_done(self));
                     }
-                } else if let Ok(v) = serde_json::from_slice::<Value>(data) {
+                } else if let Ok(mut v) = serde_json::from_slice::<Value>(data) {
                     if let Some(u) = usage_of(&v) {
                         self.usage = Some(u);
                         let no_choices = v
@@ -98,6 +111,13 @@ impl SseMeter {
                             .is_some_and(Vec::is_empty);
                         if self.drop_usage_chunk && no_choices {
                             self.skip_blank = true;
+                            continue;
+                        }
+                        if let (Some(extra), Some(obj)) = (annotate(&u), v.as_object_mut()) {
+                            obj.insert("opsgate".into(), extra);
+                            out.extend_from_slice(b"data: ");
+                            out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                            out.push(b'\n');
                             continue;
                         }
                     }
@@ -201,6 +221,28 @@ data: [DONE]\n\n";
         assert!(!text.contains("usage"), "{text}");
         assert!(text.ends_with(": cost\n\ndata: [DONE]\n\n"), "{text}");
         assert_eq!(m.usage.map(|u| u.prompt_tokens), Some(9));
+    }
+
+    #[test]
+    fn the_usage_chunk_can_carry_the_cost() {
+        let mut m = SseMeter::default();
+        let out = m.process_annotated(
+            STREAM.as_bytes(),
+            true,
+            |_| Vec::new(),
+            |u| Some(serde_json::json!({"cost": u.prompt_tokens + u.completion_tokens})),
+        );
+        let text = String::from_utf8(out).unwrap();
+        let usage_line = text
+            .lines()
+            .find(|l| l.contains("\"usage\""))
+            .unwrap();
+        let v: Value = serde_json::from_str(usage_line.trim_start_matches("data: ")).unwrap();
+        assert_eq!(v["opsgate"]["cost"], 11);
+        assert_eq!(v["usage"]["completion_tokens"], 2);
+        assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+        // Event framing is intact: every data line is followed by a blank line.
+        assert_eq!(text.matches("data: ").count(), text.matches("\n\n").count());
     }
 
     #[test]

@@ -98,7 +98,9 @@ pub fn app(state: AppState) -> Router {
         .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
         .route(
             "/admin/v1/service-keys",
-            post(admin_add_service_key).get(admin_list_service_keys),
+            post(admin_add_service_key)
+                .get(admin_list_service_keys)
+                .delete(admin_revoke_service_key),
         )
         .route("/admin/v1/audit", get(admin_audit))
         .route(
@@ -1060,4 +1062,23 @@ async fn admin_list_service_keys(
     Ok(Json(
         json!({"data": accounts::list_service_keys(&state.db).await?}),
     ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceKeyReq {
+    key: String,
+}
+
+/// `DELETE /admin/v1/service-keys` with `{"key": "sk-…"}`: the key itself identifies it (only
+/// its digest is stored); the filter refuses it from its next snapshot on.
+async fn admin_revoke_service_key(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> AppResult<StatusCode> {
+    let actor = require_admin(&state, &headers)?;
+    let r: ServiceKeyReq = parse(&body)?;
+    accounts::revoke_service_key(&state.db, &actor, &r.key, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

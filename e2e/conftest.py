@@ -1,12 +1,16 @@
 """End-to-end fixtures: a real stack on ephemeral loopback ports.
 
 One stack per test session: the fake provider, the control plane (SQLite, demo seed, a test
-catalogue with tiny starter limits) and a real Envoy running the built filter. Everything
-is torn down at the end, whatever happened.
+catalogue with tiny starter limits), a local OIDC identity provider (an RSA key made for the
+run, its JWKS served over HTTP) and a real Envoy running the built filter, from the
+development template plus what the end-to-end tests need (the JWKS cluster, `jwt`, `cors`
+and `admin_prefix`, see `e2e_envoy_config`). Everything is torn down at the end, whatever
+happened.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -15,11 +19,15 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,6 +36,11 @@ PROVIDER_KEY = "e2e-platform-key-canary-7f3a"
 # A user's own OpenRouter key that the fake provider accepts (canary: must never leak).
 BYOK_KEY = "sk-or-v1-e2e-canary-byok-5d1c9a7e20"
 INTERNAL_TOKEN = "e2e-internal-token-0123456789"
+ADMIN_TOKEN = "e2e-admin-token-0123456789"
+# What the e2e gateway accepts: tokens for this audience, browsers from this origin.
+AUDIENCE = "opsgate-gateway"
+APP_ORIGIN = "https://app.example.com"
+ADMIN_PREFIX = "/admin/v1"
 
 
 def _target_dir() -> Path:
@@ -58,11 +71,124 @@ def test_catalogue() -> str:
     return text.replace("daily_calls = 34", "daily_calls = 2", 1)
 
 
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class IdentityProvider:
+    """A Keycloak-like issuer on loopback: an RSA key made for this run, its JWKS served at
+    Keycloak's path, and RS256 access tokens signed with it."""
+
+    REALM = "/realms/opsgate"
+    KID = "e2e-rsa-1"
+
+    def __init__(self):
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.fetches = 0
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path != idp.jwks_path:
+                    self.send_error(404)
+                    return
+                idp.fetches += 1
+                body = json.dumps(idp.jwks()).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.issuer = f"http://127.0.0.1:{self.port}{self.REALM}"
+        self.jwks_path = f"{self.REALM}/protocol/openid-connect/certs"
+        self.thread = threading.Thread(target=self.server.serve_forever, name="jwks", daemon=True)
+
+    def start(self) -> "IdentityProvider":
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()
+
+    @staticmethod
+    def jwk(key: rsa.RSAPrivateKey, kid: str) -> dict:
+        n = key.public_key().public_numbers()
+        return {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
+                "n": b64url(n.n.to_bytes((n.n.bit_length() + 7) // 8, "big")),
+                "e": b64url(n.e.to_bytes((n.e.bit_length() + 7) // 8, "big"))}
+
+    def jwks(self) -> dict:
+        return {"keys": [self.jwk(self.key, self.KID)]}
+
+    def claims(self, sub: str, *, lifetime: int = 300, email: str | None = None,
+               roles: tuple[str, ...] = ()) -> dict:
+        now = int(time.time())
+        c = {"iss": self.issuer, "aud": ["account", AUDIENCE], "sub": sub, "typ": "Bearer",
+             "iat": now - 5, "nbf": now - 5, "exp": now + lifetime, "azp": "opsgate-web",
+             "realm_access": {"roles": list(roles)}}
+        if email:
+            c["email"] = email
+        return c
+
+    def sign(self, claims: dict, *, key: rsa.RSAPrivateKey | None = None, kid: str | None = None) -> str:
+        header = {"alg": "RS256", "typ": "JWT", "kid": kid or self.KID}
+        signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+        sig = (key or self.key).sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+        return f"{signing_input}.{b64url(sig)}"
+
+    def token(self, sub: str, **kw) -> str:
+        """A valid RS256 access token for `sub`."""
+        return self.sign(self.claims(sub, **kw))
+
+
+def e2e_envoy_config(config: str, idp: IdentityProvider) -> str:
+    """The rendered development config plus what the end-to-end tests exercise: the JWKS
+    cluster, the filter's `jwt`, `cors` and `admin_prefix` settings, and a route sending the
+    admin prefix to the control plane. Each insertion point must be found exactly once."""
+
+    def insert(text: str, anchor: str, new: str, before: bool = False) -> str:
+        assert text.count(anchor) == 1, f"the Envoy template changed: {anchor!r} found {text.count(anchor)} times"
+        return text.replace(anchor, new + anchor if before else anchor + new)
+
+    plugin = {
+        "jwt": {"issuer": idp.issuer, "audiences": [AUDIENCE], "algorithm": "RS256", "jwks_cluster": "jwks",
+                "refresh_interval_ms": 60000, "timeout_ms": 2000},
+        "cors": {"allowed_origins": [APP_ORIGIN], "allow_credentials": True, "max_age_secs": 600},
+        "admin_prefix": ADMIN_PREFIX,
+    }
+    config = insert(config, '"max_body_bytes": 1048576', ", " + json.dumps(plugin)[1:-1])
+    route = (f'              - match: {{ prefix: "{ADMIN_PREFIX}/" }}\n'
+             "                route: { cluster: opsgate_control_plane, timeout: 30s }\n")
+    config = insert(config, '              - match: { prefix: "/api/v1/llm/" }', route, before=True)
+    cluster = f"""  - name: jwks
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: jwks
+      endpoints:
+      - lb_endpoints:
+        - endpoint:
+            address:
+              socket_address: {{ address: 127.0.0.1, port_value: {idp.port} }}
+"""
+    return insert(config, "\n  clusters:\n", cluster)
+
+
 class Stack:
     def __init__(self, tmp: Path):
         self.tmp = tmp
         self.procs: list[subprocess.Popen] = []
         self.logs: dict[str, Path] = {}
+        self.idp: IdentityProvider | None = None
 
     def _spawn(self, name: str, args: list[str], env=None) -> subprocess.Popen:
         log = self.tmp / f"{name}.log"
@@ -100,23 +226,25 @@ class Stack:
         cp = self._spawn(
             "control-plane",
             [str(BIN_DIR / "opsgate"), "serve", "--demo", "--port", "0", "--data-dir", str(self.tmp),
-             "--catalogue", str(self.tmp / "catalogue.toml"), "--admin-token", "e2e-admin-token-0123456789"],
+             "--catalogue", str(self.tmp / "catalogue.toml"), "--admin-token", ADMIN_TOKEN],
             env={"OPSGATE_INTERNAL_TOKEN": INTERNAL_TOKEN, "OPSGATE_DEMO_PROVIDER_KEY": PROVIDER_KEY},
         )
         self.cp_port = self._port_from(cp, "control-plane")
+        self.idp = IdentityProvider().start()
         self.port = free_port()
         self.admin_port = free_port()
-        config = render(
+        config = e2e_envoy_config(render(
             (ROOT / "envoy/opsgate-dev.yaml.in").read_text(),
             dict(ADMIN_PORT=self.admin_port, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=self.port, WASM_PATH=WASM,
                  INTERNAL_TOKEN=INTERNAL_TOKEN, SNAPSHOT_MS=500, CP_PORT=self.cp_port, FAKE_PORT=self.fake_port),
-        )
+        ), self.idp)
         self.envoy_config = self.tmp / "envoy.yaml"
         self.envoy_config.write_text(config)
         self._spawn("envoy", [str(ENVOY), "-c", str(self.envoy_config), "--disable-hot-restart", "--log-level", "warn"])
         self.base = f"http://127.0.0.1:{self.port}"
         self.api = f"{self.base}/api/v1/llm"
         self._wait_ready()
+        self._wait_jwks()
         self.user_key = (self.tmp / "demo-user-key.txt").read_text().strip()
         return self
 
@@ -135,6 +263,24 @@ class Stack:
             time.sleep(0.1)
         raise RuntimeError(f"the gateway did not become ready (last: {last}); logs in {self.tmp}")
 
+    def _wait_jwks(self):
+        """Every worker has loaded the JWKS once an expired token is refused (401) rather
+        than answered 503 (keys not loaded yet) several times in a row, on new connections."""
+        expired = self.idp.token("readiness-probe", lifetime=-3600)
+        deadline = time.time() + 30
+        streak, last = 0, None
+        while time.time() < deadline and streak < 6:
+            try:
+                last = httpx.get(f"{self.api}/models", headers={"Authorization": f"Bearer {expired}"},
+                                 timeout=2).status_code
+            except httpx.HTTPError as e:
+                last = repr(e)
+            streak = streak + 1 if last == 401 else 0
+            if streak == 0:
+                time.sleep(0.1)
+        if streak < 6:
+            raise RuntimeError(f"the gateway did not load the JWKS (last: {last}); logs in {self.tmp}")
+
     def cli(self, *args: str) -> dict | list | str:
         out = subprocess.run([str(BIN_DIR / "opsgate"), *args, "--database-url", self.db_url],
                              capture_output=True, text=True, timeout=30)
@@ -151,6 +297,8 @@ class Stack:
         httpx.delete(f"http://127.0.0.1:{self.fake_port}/_fake/requests")
 
     def stop(self):
+        if self.idp is not None:
+            self.idp.stop()
         for p in self.procs:
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGTERM)

@@ -5,21 +5,36 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ENVOY, ROOT, WASM, render
+from conftest import ENVOY, ROOT, WASM, IdentityProvider, e2e_envoy_config, render
 
 VALUES = dict(ADMIN_PORT=9901, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=8084, WASM_PATH=WASM,
               INTERNAL_TOKEN="validate-token-0123456789", SNAPSHOT_MS=5000, CP_PORT=8085, FAKE_PORT=8090)
 
 
-@pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])
-def test_config_validates(name, tmp_path: Path):
-    text = render((ROOT / "envoy" / name).read_text(), VALUES)
+def validate(text: str, tmp_path: Path):
     cfg = tmp_path / "envoy.yaml"
     cfg.write_text(text)
     out = subprocess.run([str(ENVOY), "--mode", "validate", "-c", str(cfg), "--disable-hot-restart"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:] + out.stdout[-2000:]
     assert "OK" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])
+def test_config_validates(name, tmp_path: Path):
+    validate(render((ROOT / "envoy" / name).read_text(), VALUES), tmp_path)
+
+
+def test_e2e_config_validates(tmp_path: Path):
+    """The development config as the end-to-end stack runs it (JWKS cluster, jwt, cors,
+    admin_prefix)."""
+    idp = IdentityProvider()
+    try:
+        text = e2e_envoy_config(render((ROOT / "envoy/opsgate-dev.yaml.in").read_text(), VALUES), idp)
+    finally:
+        idp.stop()
+    assert '"jwks_cluster": "jwks"' in text and "- name: jwks" in text
+    validate(text, tmp_path)
 
 
 def test_filter_fails_closed():

@@ -283,7 +283,9 @@ mod identity_tests {
             roles: vec!["opsgate-admin".into()],
         };
         let v = id.encode();
-        assert!(v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
         assert_eq!(Identity::decode(&v), Some(id));
         assert_eq!(Identity::decode("not base64!"), None);
     }

@@ -233,10 +233,7 @@ data: [DONE]\n\n";
             |u| Some(serde_json::json!({"cost": u.prompt_tokens + u.completion_tokens})),
         );
         let text = String::from_utf8(out).unwrap();
-        let usage_line = text
-            .lines()
-            .find(|l| l.contains("\"usage\""))
-            .unwrap();
+        let usage_line = text.lines().find(|l| l.contains("\"usage\"")).unwrap();
         let v: Value = serde_json::from_str(usage_line.trim_start_matches("data: ")).unwrap();
         assert_eq!(v["opsgate"]["cost"], 11);
         assert_eq!(v["usage"]["completion_tokens"], 2);

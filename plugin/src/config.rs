@@ -31,6 +31,24 @@ struct RawConfig {
     negative_cache_ttl_ms: u64,
     #[serde(default = "default_cache_entries")]
     credential_cache_max_entries: usize,
+    /// Where the control plane's admin API is exposed through this Envoy; absent = it is not
+    /// handled by the filter.
+    #[serde(default)]
+    admin_prefix: Option<String>,
+    /// Cross-origin (browser) access; absent = no CORS headers, preflights refused, and
+    /// cookie-authenticated requests from another origin refused.
+    #[serde(default)]
+    cors: Option<RawCors>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCors {
+    allowed_origins: Vec<String>,
+    #[serde(default)]
+    allow_credentials: bool,
+    #[serde(default = "default_cors_max_age")]
+    max_age_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -103,6 +121,9 @@ fn default_jwks_refresh_ms() -> u64 {
 }
 fn default_unknown_kid_cooldown_ms() -> u64 {
     30_000
+}
+fn default_cors_max_age() -> u64 {
+    600
 }
 
 /// JWT verification: what tokens must satisfy and where the keys come from.
@@ -204,6 +225,84 @@ fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
     })
 }
 
+/// Cross-origin access for browser applications.
+#[derive(Debug, Clone)]
+pub struct CorsConfig {
+    /// Exact origins (`scheme://host[:port]`, lower-case), never `*`.
+    pub allowed_origins: Vec<String>,
+    /// Send `access-control-allow-credentials: true` (cookies, authorization headers).
+    pub allow_credentials: bool,
+    /// `access-control-max-age` of preflight answers, seconds.
+    pub max_age_secs: u64,
+}
+
+impl CorsConfig {
+    /// Is `origin` (a request's `Origin` header) one of the configured origins?
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.trim();
+        self.allowed_origins
+            .iter()
+            .any(|o| o.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// Is `origin` a serialized web origin: `http(s)://host[:port]`, no path, no userinfo?
+fn is_origin(origin: &str) -> bool {
+    let Some(rest) = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        // An IPv6 literal `[::1]` without a port has colons inside its brackets.
+        Some((h, p)) if !p.contains(']') => (h, Some(p)),
+        _ => (rest, None),
+    };
+    let host_ok = !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    host_ok && port_ok
+}
+
+fn cors_config(raw: RawCors) -> Result<CorsConfig, String> {
+    let field = |name: &str, why: &str| format!("opsgate plugin_config: cors.{name} {why}");
+    if raw.allowed_origins.is_empty() {
+        return Err(field(
+            "allowed_origins",
+            "must list at least one origin (leave `cors` out to allow none)",
+        ));
+    }
+    let mut origins = Vec::with_capacity(raw.allowed_origins.len());
+    for o in &raw.allowed_origins {
+        if o == "*" || o == "null" {
+            return Err(field(
+                "allowed_origins",
+                "must list exact origins: `*` and `null` are not accepted",
+            ));
+        }
+        let lower = o.to_ascii_lowercase();
+        if !is_origin(&lower) {
+            return Err(field(
+                "allowed_origins",
+                &format!("has {o:?}, which is not an origin like \"https://app.example.com\" (scheme, host and optional port; no path, no trailing slash)"),
+            ));
+        }
+        origins.push(lower);
+    }
+    if raw.max_age_secs > 86_400 {
+        return Err(field("max_age_secs", "must be from 0 to 86400"));
+    }
+    Ok(CorsConfig {
+        allowed_origins: origins,
+        allow_credentials: raw.allow_credentials,
+        max_age_secs: raw.max_age_secs,
+    })
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct FilterConfig {
@@ -226,6 +325,10 @@ pub struct FilterConfig {
     pub negative_cache_ttl: Duration,
     /// Bound of each per-worker cache (credentials, verified JWTs).
     pub cache_max_entries: usize,
+    /// The admin API's prefix (e.g. `/admin/v1`): authenticated here, never metered.
+    pub admin_prefix: Option<String>,
+    /// `None`: no cross-origin access.
+    pub cors: Option<CorsConfig>,
 }
 
 impl FilterConfig {
@@ -302,7 +405,25 @@ impl FilterConfig {
                 "must be from 1 to 1000000",
             ));
         }
+        if let Some(admin) = &raw.admin_prefix {
+            if !admin.starts_with('/') || admin.ends_with('/') || admin.len() < 2 {
+                return Err(field(
+                    "admin_prefix",
+                    "must start with '/' and not end with '/'",
+                ));
+            }
+            let nested = |outer: &str, inner: &str| {
+                inner == outer
+                    || inner
+                        .strip_prefix(outer)
+                        .is_some_and(|rest| rest.starts_with('/'))
+            };
+            if nested(&raw.route_prefix, admin) || nested(admin, &raw.route_prefix) {
+                return Err(field("admin_prefix", "must not overlap route_prefix"));
+            }
+        }
         let jwt = raw.jwt.map(jwt_config).transpose()?;
+        let cors = raw.cors.map(cors_config).transpose()?;
         Ok(FilterConfig {
             cp_cluster: raw.control_plane.cluster,
             cp_authority: raw.control_plane.authority,
@@ -318,6 +439,8 @@ impl FilterConfig {
             credential_cache_ttl: Duration::from_millis(raw.credential_cache_ttl_ms),
             negative_cache_ttl: Duration::from_millis(raw.negative_cache_ttl_ms),
             cache_max_entries: raw.credential_cache_max_entries,
+            admin_prefix: raw.admin_prefix,
+            cors,
         })
     }
 

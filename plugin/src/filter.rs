@@ -15,15 +15,26 @@
 //!   changes), a refused one for the negative TTL. A token
 //!   whose `kid` is unknown triggers one JWKS refetch per cooldown, and the request that
 //!   triggered it waits for the answer; others in the cooldown get 401.
+//!
+//! Non-metered calls (every path under the route prefix but the metered ones, and every
+//! path under the optional admin prefix) are authenticated here and passed on. A verified
+//! JWT travels to the control plane as [`IDENTITY_HEADER`] with [`IDENTITY_AUTH_HEADER`]
+//! (the internal token); service keys, `uc_` keys and sessions pass with their own
+//! credential, which the control plane checks itself. Under the admin prefix a bearer that
+//! is not a JWT (the admin token) passes untouched. Every `x-opsgate-*` header a client
+//! sends is removed first, so only the filter sets them.
+//!
+//! CORS and the cookie CSRF rule: see [`crate::cors`].
 
+use crate::cors::{self, BrowserContext};
 use crate::jwks;
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
     call_control_plane, callout_status, log, CredentialState, SharedRef, TokenState,
 };
 use opsgate_core::contract::{
-    AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Outcome, Principal, Settlement,
-    AUTHORIZE_PATH,
+    AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal, Settlement,
+    AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
 };
 use opsgate_core::credentials::{self, Credential};
 use opsgate_core::jwt::{self, JwtError};
@@ -41,8 +52,18 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The longest a verified token is cached, whatever its `exp`.
 const MAX_TOKEN_CACHE: Duration = Duration::from_secs(3600);
 
-/// Headers only the gateway may set; whatever a client sends under these names is removed.
-const INTERNAL_HEADERS: [&str; 1] = ["x-opsgate-cluster"];
+/// Headers only the gateway may set (`x-opsgate-cluster`, the identity headers, ...):
+/// whatever a client sends under a name with this prefix is removed.
+const INTERNAL_HEADER_PREFIX: &str = "x-opsgate-";
+
+/// Which of the gateway's surfaces a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Area {
+    /// Under `route_prefix`: metered calls and the control plane's public routes.
+    Api,
+    /// Under `admin_prefix`: the control plane's admin API, never metered.
+    Admin,
+}
 
 enum Phase {
     /// Not ours, or non-metered: let it pass.
@@ -105,6 +126,9 @@ pub struct Filter {
     authorize_sent: Option<SystemTime>,
     /// The provider refused the caller's own key: the response is rewritten.
     byok_rejected: bool,
+    /// CORS headers for the response: the full set for an allowed origin, else only
+    /// `vary: origin` when CORS is configured.
+    cors_headers: Vec<(&'static str, String)>,
 }
 
 impl Filter {
@@ -133,6 +157,7 @@ impl Filter {
             pending_jwt: None,
             credential_key: None,
             authorize_sent: None,
+            cors_headers: Vec::new(),
         }
     }
 
@@ -141,26 +166,148 @@ impl Filter {
     }
 
     fn reply(&mut self, err: &ApiError) {
-        self.phase = Phase::Replied;
         self.count(Counter::for_status(err.status()));
         let retry = err.retry_after.map(|s| s.to_string());
         let mut headers = vec![("content-type", "application/json")];
         if let Some(r) = retry.as_deref() {
             headers.push(("retry-after", r));
         }
-        self.send_http_response(
-            u32::from(err.status()),
-            headers,
-            Some(err.to_json().as_bytes()),
+        self.send_local(err.status(), headers, err.to_json().as_bytes());
+    }
+
+    /// Sends a local reply, with the request's CORS headers (a browser must be able to read
+    /// the error).
+    fn send_local(&mut self, status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
+        self.phase = Phase::Replied;
+        let mut all = headers;
+        for (k, v) in &self.cors_headers {
+            all.push((k, v.as_str()));
+        }
+        let body = (!body.is_empty()).then_some(body);
+        self.send_http_response(u32::from(status), all, body);
+    }
+
+    /// A 403 for an origin that may not do this (preflight or cookie CSRF rule).
+    fn refuse_origin(&mut self, message: &str, counter: Counter) {
+        self.count(counter);
+        self.count(Counter::Denied403);
+        let body = cors::origin_refused(message);
+        self.send_local(
+            403,
+            vec![("content-type", "application/json")],
+            body.as_bytes(),
         );
     }
 
-    /// The request's path without its query string, relative to the route prefix.
-    fn route(&self, path: &str) -> Option<String> {
-        let prefix = self.shared.borrow().config.route_prefix.clone();
+    /// The request's path without its query string, relative to the route prefix or the
+    /// admin prefix.
+    fn route(&self, path: &str) -> Option<(Area, String)> {
+        let (api, admin) = {
+            let s = self.shared.borrow();
+            (s.config.route_prefix.clone(), s.config.admin_prefix.clone())
+        };
         let path = path.split('?').next().unwrap_or_default();
-        let rest = path.strip_prefix(&prefix)?;
-        (rest.is_empty() || rest.starts_with('/')).then(|| rest.to_string())
+        let under = |prefix: &str| {
+            path.strip_prefix(prefix)
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                .map(str::to_string)
+        };
+        if let Some(rest) = under(&api) {
+            return Some((Area::Api, rest));
+        }
+        admin
+            .as_deref()
+            .and_then(under)
+            .map(|rest| (Area::Admin, rest))
+    }
+
+    /// Removes every `x-opsgate-*` header the client sent.
+    fn strip_internal_headers(&self) {
+        let mut names: Vec<String> = self
+            .get_http_request_headers()
+            .into_iter()
+            .map(|(k, _)| k.to_ascii_lowercase())
+            .filter(|k| k.starts_with(INTERNAL_HEADER_PREFIX))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        for name in names {
+            self.set_http_request_header(&name, None);
+        }
+    }
+
+    /// A CORS preflight: answered here, 204 for an allowed origin, 403 otherwise.
+    fn preflight(&mut self, origin: &str) -> Action {
+        let cors = self.shared.borrow().config.cors.clone();
+        let Some(cors) = cors else {
+            self.refuse_origin(
+                "Cross-origin requests are not enabled on this gateway.",
+                Counter::CorsRefused,
+            );
+            return Action::Pause;
+        };
+        if !cors.allows(origin) {
+            self.refuse_origin(
+                &format!(
+                    "Origin {} is not allowed to call this API from a browser; ask the operator to add it to the gateway's cors.allowed_origins.",
+                    origin.trim()
+                ),
+                Counter::CorsRefused,
+            );
+            return Action::Pause;
+        }
+        let requested = self.get_http_request_header("access-control-request-headers");
+        let headers = cors::preflight_headers(&cors, origin, requested.as_deref());
+        self.count(Counter::CorsPreflight);
+        self.phase = Phase::Replied;
+        self.send_http_response(
+            204,
+            headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
+            None,
+        );
+        Action::Pause
+    }
+
+    /// The cookie CSRF rule (see [`crate::cors`]): `Some(message)` when refused.
+    fn cookie_refusal(&self) -> Option<String> {
+        let origin = self.get_http_request_header("origin");
+        let site = self.get_http_request_header("sec-fetch-site");
+        let own = cors::own_origin(
+            self.get_http_request_header(":scheme").as_deref(),
+            self.get_http_request_header(":authority").as_deref(),
+        );
+        let s = self.shared.borrow();
+        cors::cookie_refusal(
+            s.config.cors.as_ref(),
+            &BrowserContext {
+                method: &self.method,
+                origin: origin.as_deref(),
+                sec_fetch_site: site.as_deref(),
+                own_origin: own.as_deref(),
+            },
+        )
+    }
+
+    /// A non-metered call verified by a JWT goes to the control plane with the identity
+    /// headers.
+    fn add_identity(&self, principal: &Principal) {
+        let Principal::Jwt {
+            subject,
+            email,
+            roles,
+        } = principal
+        else {
+            return;
+        };
+        let identity = Identity {
+            subject: subject.clone(),
+            email: email.clone(),
+            roles: roles.clone(),
+        };
+        let token = self.shared.borrow().config.cp_token.clone();
+        self.set_http_request_header(IDENTITY_HEADER, Some(&identity.encode()));
+        self.set_http_request_header(IDENTITY_AUTH_HEADER, Some(&token));
+        self.count(Counter::IdentityForwarded);
     }
 
     fn authenticate(&mut self, cred: &Credential<'_>) -> Authn {
@@ -383,7 +530,9 @@ impl Filter {
     fn proceed(&mut self, principal: Principal) -> Action {
         if self.endpoint.is_none() {
             // Non-metered: authenticated here, answered by the control plane, which checks
-            // the credential again itself.
+            // the credential again itself (or, for a JWT, trusts the identity header that
+            // comes with the internal token).
+            self.add_identity(&principal);
             self.count(Counter::Passed);
             self.phase = Phase::Pass;
             return Action::Continue;
@@ -704,20 +853,39 @@ impl Context for Filter {
 
 impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        for h in INTERNAL_HEADERS {
-            self.set_http_request_header(h, None);
-        }
+        self.strip_internal_headers();
         let path = self.get_http_request_header(":path").unwrap_or_default();
-        let Some(route) = self.route(&path) else {
+        let Some((area, route)) = self.route(&path) else {
             return Action::Continue;
         };
         let method = self.get_http_request_header(":method").unwrap_or_default();
+        let origin = self
+            .get_http_request_header("origin")
+            .filter(|o| !o.trim().is_empty());
         if method == "OPTIONS" {
-            return Action::Continue;
+            let preflight = self
+                .get_http_request_header("access-control-request-method")
+                .is_some();
+            return match origin {
+                Some(origin) if preflight => self.preflight(&origin),
+                // Not a preflight: passed on, without credentials, as before.
+                _ => Action::Continue,
+            };
         }
-        let endpoint = match route.as_str() {
-            "/chat/completions" => Some(Endpoint::ChatCompletions),
-            "/image/generations" | "/images/generations" => Some(Endpoint::ImageGenerations),
+        self.cors_headers = {
+            let s = self.shared.borrow();
+            match (s.config.cors.as_ref(), origin.as_deref()) {
+                (Some(c), Some(o)) if c.allows(o) => cors::response_headers(c, o),
+                // The answer depends on the origin: caches must keep them apart.
+                (Some(_), _) => vec![("vary", "origin".to_string())],
+                (None, _) => Vec::new(),
+            }
+        };
+        let endpoint = match (area, route.as_str()) {
+            (Area::Api, "/chat/completions") => Some(Endpoint::ChatCompletions),
+            (Area::Api, "/image/generations" | "/images/generations") => {
+                Some(Endpoint::ImageGenerations)
+            }
             _ => None,
         };
         self.endpoint = endpoint;
@@ -727,7 +895,26 @@ impl HttpContext for Filter {
         self.power_header = self.get_http_request_header("x-power-level");
         let auth = self.get_http_request_header("authorization");
         let cookie = self.get_http_request_header("cookie");
-        let authn = match credentials::extract(auth.as_deref(), cookie.as_deref()) {
+        let extracted = credentials::extract(auth.as_deref(), cookie.as_deref());
+        if area == Area::Admin {
+            // The admin token (any bearer that is not a JWT) is the control plane's to check.
+            let bearer = auth
+                .as_deref()
+                .and_then(|a| a.trim().split_once(' '))
+                .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+            if bearer && !matches!(extracted, Ok(Credential::Jwt(_))) {
+                self.count(Counter::Passed);
+                self.phase = Phase::Pass;
+                return Action::Continue;
+            }
+        }
+        if matches!(extracted, Ok(Credential::Session(_))) {
+            if let Some(why) = self.cookie_refusal() {
+                self.refuse_origin(&why, Counter::CookieOriginRefused);
+                return Action::Pause;
+            }
+        }
+        let authn = match extracted {
             Ok(cred) => self.authenticate(&cred),
             Err(e) => Authn::Refused(ApiError::invalid_api_key(e.message())),
         };
@@ -800,6 +987,25 @@ impl HttpContext for Filter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        for (k, v) in &self.cors_headers {
+            if *k == "vary" {
+                // Keep what the upstream varies on.
+                let vary = match self.get_http_response_header("vary") {
+                    Some(old)
+                        if !old
+                            .split(',')
+                            .any(|t| t.trim().eq_ignore_ascii_case("origin")) =>
+                    {
+                        format!("{old}, {v}")
+                    }
+                    Some(old) => old,
+                    None => v.clone(),
+                };
+                self.set_http_response_header("vary", Some(&vary));
+            } else {
+                self.set_http_response_header(k, Some(v));
+            }
+        }
         let Some(grant) = self.grant.clone() else {
             return Action::Continue;
         };

@@ -5,11 +5,13 @@
 //! * [`config`] — raw JSON configuration compiled into a validated [`config::FilterConfig`].
 //! * [`shared`] — the state a worker's root context shares with its requests.
 //! * [`jwks`] — the identity provider's keys: fetch, refresh, refetch on an unknown `kid`.
+//! * [`cors`] — CORS preflights and headers, the cookie CSRF rule.
 //! * [`cache`] — bounded, expiring caches (credentials, verified tokens).
 //! * [`metrics`] — Envoy stats (`opsgate.*`).
 
 pub mod cache;
 pub mod config;
+pub mod cors;
 pub mod filter;
 pub mod jwks;
 pub mod metrics;

@@ -43,10 +43,18 @@ pub enum Counter {
     JwksRefetchUnknownKid,
     /// Settlements dropped because the queue was full.
     SettleDropped,
+    /// CORS preflights answered 204 (allowed origin).
+    CorsPreflight,
+    /// CORS preflights refused (origin not allowed, or CORS not configured).
+    CorsRefused,
+    /// Cookie-authenticated requests refused by the CSRF rule.
+    CookieOriginRefused,
+    /// Non-metered calls passed on with the edge-verified identity (JWT).
+    IdentityForwarded,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 29] = [
         Counter::Allowed,
         Counter::Passed,
         Counter::Denied400,
@@ -72,6 +80,10 @@ impl Counter {
         Counter::JwksFetchFailed,
         Counter::JwksRefetchUnknownKid,
         Counter::SettleDropped,
+        Counter::CorsPreflight,
+        Counter::CorsRefused,
+        Counter::CookieOriginRefused,
+        Counter::IdentityForwarded,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +113,10 @@ impl Counter {
             Counter::JwksFetchFailed => "opsgate.jwt.jwks_fetch_failures",
             Counter::JwksRefetchUnknownKid => "opsgate.jwt.jwks_unknown_kid_refetches",
             Counter::SettleDropped => "opsgate.settle.dropped",
+            Counter::CorsPreflight => "opsgate.cors.preflights",
+            Counter::CorsRefused => "opsgate.cors.preflights_refused",
+            Counter::CookieOriginRefused => "opsgate.cors.cookie_origin_refused",
+            Counter::IdentityForwarded => "opsgate.identity.forwarded",
         }
     }
 

@@ -38,8 +38,11 @@ def test_streaming_with_usage_requested(sdk):
         model="gpt-4o-mini", messages=[{"role": "user", "content": "count"}], stream=True,
         stream_options={"include_usage": True},
     ))
-    usage = [c.usage for c in chunks if c.usage]
-    assert len(usage) == 1 and usage[0].completion_tokens > 0
+    usage = [c for c in chunks if c.usage]
+    assert len(usage) == 1 and usage[0].usage.completion_tokens > 0
+    # The gateway's cost rides on the usage chunk as an extra field the SDK keeps.
+    cost = usage[0].model_extra["opsgate"]
+    assert float(cost["cost"]) > 0 and cost["provider"] == "openai"
 
 
 def test_models_list_is_filtered_by_plan(sdk, stack):

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Forbidden,
     /// The provider refused the caller's own (BYOK) key.
     ByokKeyRejected,
+    /// A browser request from an origin the gateway does not allow.
+    OriginNotAllowed,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -32,7 +34,7 @@ impl ErrorKind {
             ErrorKind::BadRequest => 400,
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::InsufficientCredits => 402,
-            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected => 403,
+            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected | ErrorKind::OriginNotAllowed => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -53,7 +55,9 @@ impl ErrorKind {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::InsufficientCredits => "insufficient_credits",
-            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected => "permission_error",
+            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected | ErrorKind::OriginNotAllowed => {
+                "permission_error"
+            }
             ErrorKind::QuotaExceeded => "rate_limit_error",
             ErrorKind::Internal => "server_error",
             ErrorKind::UpstreamError | ErrorKind::Unavailable | ErrorKind::Timeout => {
@@ -70,6 +74,7 @@ impl ErrorKind {
             ErrorKind::InsufficientCredits => "payment_required",
             ErrorKind::Forbidden => "model_not_allowed",
             ErrorKind::ByokKeyRejected => "byok_key_rejected",
+            ErrorKind::OriginNotAllowed => "origin_not_allowed",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",

@@ -16,7 +16,7 @@
 //! Pure functions: the filter reads the headers and sends what these return.
 
 use crate::config::CorsConfig;
-use opsgate_core::error::{ErrorBody, ErrorEnvelope};
+use opsgate_core::{ApiError, ErrorKind};
 
 /// The methods a preflight may be answered for (the API's and the admin API's).
 pub const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
@@ -164,17 +164,7 @@ pub fn cookie_refusal(cors: Option<&CorsConfig>, ctx: &BrowserContext<'_>) -> Op
 /// The 403 envelope of a refused origin (`type` permission_error, `code`
 /// origin_not_allowed).
 pub fn origin_refused(message: &str) -> String {
-    let env = ErrorEnvelope {
-        error: ErrorBody {
-            message: message.to_string(),
-            r#type: "permission_error".to_string(),
-            code: "origin_not_allowed".to_string(),
-            param: None,
-        },
-    };
-    serde_json::to_string(&env).unwrap_or_else(|_| {
-        String::from(r#"{"error":{"message":"origin not allowed","type":"permission_error","code":"origin_not_allowed","param":null}}"#)
-    })
+    ApiError::new(ErrorKind::OriginNotAllowed, message).to_json()
 }
 
 #[cfg(test)]

@@ -740,21 +740,38 @@ impl Filter {
         self.shared.borrow_mut().enqueue(settlement);
     }
 
-    fn cost_event(grant: &Grant, usage: Option<Usage>) -> Vec<u8> {
-        let usage = usage.unwrap_or_default();
-        let cost = Self::cost_of(grant, &usage);
-        let remaining = grant.balance_mc + grant.hold_mc - cost;
-        format!(
-            ": opsgate {{\"provider\":\"{}\",\"model\":\"{}\",\"cost\":\"{}\",\"credits_remaining\":\"{}\",\"prompt_tokens\":{},\"completion_tokens\":{}}}\n\n",
-            grant.provider,
-            grant.model,
-            MilliCredits(cost),
-            MilliCredits(remaining),
-            usage.prompt_tokens,
-            usage.completion_tokens
-        )
-        .into_bytes()
+    /// What the call cost, as the client sees it at the end of a stream.
+    fn cost_info<'g>(grant: &'g Grant, usage: &Usage) -> CostInfo<'g> {
+        let cost = Self::cost_of(grant, usage);
+        CostInfo {
+            provider: &grant.provider,
+            model: &grant.model,
+            cost: MilliCredits(cost).to_credits_string(),
+            credits_remaining: MilliCredits(grant.balance_mc + grant.hold_mc - cost)
+                .to_credits_string(),
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+        }
     }
+
+    /// The SSE comment line before `[DONE]` that carries the cost; SSE parsers, and so the
+    /// OpenAI SDKs, skip comments, so clients that do not look for it are unaffected.
+    fn cost_event(grant: &Grant, usage: Option<Usage>) -> Vec<u8> {
+        let info = Self::cost_info(grant, &usage.unwrap_or_default());
+        let json = serde_json::to_string(&info).unwrap_or_default();
+        format!(": opsgate {json}\n\n").into_bytes()
+    }
+}
+
+/// The cost of a streamed call, as sent to the client.
+#[derive(serde::Serialize)]
+struct CostInfo<'g> {
+    provider: &'g str,
+    model: &'g str,
+    cost: String,
+    credits_remaining: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
 }
 
 /// A unique id for one call: the time and 64 random bits (std seeds its hash keys from
@@ -1076,9 +1093,12 @@ impl HttpContext for Filter {
             let chunk = self
                 .get_http_response_body(0, body_size)
                 .unwrap_or_default();
-            let out = self
-                .sse
-                .process(&chunk, end_of_stream, |m| Self::cost_event(&grant, m.usage));
+            let out = self.sse.process_annotated(
+                &chunk,
+                end_of_stream,
+                |m| Self::cost_event(&grant, m.usage),
+                |u| serde_json::to_value(Self::cost_info(&grant, u)).ok(),
+            );
             self.set_http_response_body(0, body_size, &out);
             if end_of_stream || self.sse.done {
                 let usage = self.sse.partial_usage(self.prompt_bytes);

@@ -141,21 +141,33 @@ fn crlf_framed_streams_are_handled_too() {
 }
 
 #[test]
-fn usage_chunk_is_kept_when_the_client_asked_for_it() {
+fn usage_chunk_is_kept_and_carries_the_cost_when_the_client_asked_for_it() {
     let mut host = gateway();
     let id = streaming(&mut host, STREAM_REQ_WITH_USAGE);
     deliver(&mut host, id, provider_stream().as_bytes(), 11);
     let out = String::from_utf8(host.forwarded_response_body(id)).unwrap();
-    let expected = [
-        CHUNK_1,
-        CHUNK_2,
-        CHUNK_STOP,
-        USAGE_CHUNK,
-        &cost_comment(),
-        DONE,
-    ]
-    .concat();
-    assert_eq!(out, expected);
+    let prefix = [CHUNK_1, CHUNK_2, CHUNK_STOP].concat();
+    assert!(out.starts_with(&prefix), "{out}");
+    let suffix = [cost_comment().as_str(), DONE].concat();
+    assert!(out.ends_with(&suffix), "{out}");
+    // Between them: the provider's usage chunk, unchanged but for the gateway's cost.
+    let usage_event = &out[prefix.len()..out.len() - suffix.len()];
+    let json = usage_event
+        .strip_prefix("data: ")
+        .and_then(|e| e.strip_suffix("\n\n"))
+        .expect("one data event");
+    let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(v["opsgate"]["cost"], "0.009");
+    assert_eq!(v["opsgate"]["credits_remaining"], "9999.991");
+    assert_eq!(v["opsgate"]["provider"], "openai");
+    v.as_object_mut().unwrap().remove("opsgate");
+    let original: serde_json::Value = serde_json::from_str(
+        USAGE_CHUNK
+            .trim_start_matches("data: ")
+            .trim_end_matches('\n'),
+    )
+    .unwrap();
+    assert_eq!(v, original);
 }
 
 #[test]

@@ -69,3 +69,9 @@ def test_unknown_route_is_404_envelope(client):
     r = client.get("/nothing-here", headers=auth(SERVICE_KEY))
     assert r.status_code == 404
     envelope(r)
+
+
+def test_unknown_model_is_404_at_the_edge(client):
+    r = client.post("/chat/completions", headers=auth(SERVICE_KEY), json={**CHAT, "model": "gpt-9-turbo"})
+    assert r.status_code == 404, r.text
+    assert "gpt-9-turbo" in envelope(r)["message"]

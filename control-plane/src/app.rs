@@ -207,15 +207,42 @@ async fn metrics(State(state): State<AppState>) -> String {
 
 // ---- internal ---------------------------------------------------------------------------
 
-pub async fn build_snapshot(db: &Db) -> AppResult<Snapshot> {
+pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapshot> {
     let service_keys: Vec<ServiceKeyEntry> = accounts::service_key_digests(db)
         .await?
         .into_iter()
         .map(|(digest, user_id)| ServiceKeyEntry { digest, user_id })
         .collect();
+    let models = catalogue
+        .models
+        .iter()
+        .map(|m| opsgate_core::contract::ModelEntry {
+            id: m.id.clone(),
+            provider: m.provider.clone(),
+            tier: m.tier.clone(),
+            kind: match m.kind {
+                ModelKind::Chat => "chat".into(),
+                ModelKind::Image => "image".into(),
+            },
+            local: m.local,
+        })
+        .collect();
+    let plans = catalogue
+        .plans
+        .iter()
+        .map(|(plan, p)| opsgate_core::contract::PlanEntry {
+            plan: plan.as_str().into(),
+            daily_calls: p.daily_calls,
+            period_calls: p.period_calls,
+            markup_percent: p.markup_percent,
+            tiers: p.tiers.clone(),
+        })
+        .collect();
     let mut snap = Snapshot {
         version: String::new(),
         service_keys,
+        models,
+        plans,
     };
     let body = serde_json::to_string(&snap).map_err(AppError::internal)?;
     snap.version = credentials::digest(&body)[..16].to_string();
@@ -224,7 +251,7 @@ pub async fn build_snapshot(db: &Db) -> AppResult<Snapshot> {
 
 async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Snapshot>> {
     require_internal(&state, &headers)?;
-    Ok(Json(build_snapshot(&state.db).await?))
+    Ok(Json(build_snapshot(&state.db, &state.catalogue).await?))
 }
 
 async fn authorize(

@@ -17,6 +17,41 @@ pub struct Snapshot {
     pub version: String,
     /// Service keys, as SHA-256 digests; never the keys themselves.
     pub service_keys: Vec<ServiceKeyEntry>,
+    /// The model catalogue: a request naming a model that is not here (and is not an
+    /// OpenRouter-style `vendor/model` id) is refused at the edge, without a callout.
+    #[serde(default)]
+    pub models: Vec<ModelEntry>,
+    /// The plan table, for reference at the edge.
+    #[serde(default)]
+    pub plans: Vec<PlanEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelEntry {
+    pub id: String,
+    pub provider: String,
+    pub tier: String,
+    /// `chat` or `image`.
+    pub kind: String,
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    pub plan: String,
+    pub daily_calls: Option<u64>,
+    pub period_calls: Option<u64>,
+    pub markup_percent: i64,
+    pub tiers: Vec<String>,
+}
+
+impl Snapshot {
+    /// Whether a requested model id can be served at all: a catalogue model, or (for
+    /// callers with an OpenRouter key) a `vendor/model` id. An empty catalogue knows nothing
+    /// and refuses nothing.
+    pub fn knows_model(&self, id: &str) -> bool {
+        self.models.is_empty() || id.contains('/') || self.models.iter().any(|m| m.id == id)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -624,6 +624,23 @@ impl Filter {
             p.body = map;
         }
         self.prompt_bytes = req.prompt_bytes;
+        if let Some(model) = req.model.as_deref() {
+            // A model the catalogue does not have is refused here, without a callout.
+            let known = self
+                .shared
+                .borrow()
+                .snapshot
+                .as_ref()
+                .is_none_or(|s| s.knows_model(model));
+            if !known {
+                return Err(ApiError::new(
+                    ErrorKind::NotFound,
+                    format!(
+                        "The model '{model}' does not exist. GET /api/v1/llm/models lists the models you can use."
+                    ),
+                ));
+            }
+        }
         let request_id = new_request_id(self.get_current_time());
         let req = AuthorizeRequest {
             request_id: Some(request_id.clone()),

@@ -29,6 +29,7 @@ pub fn snapshot() -> Snapshot {
             digest: digest(SERVICE_KEY),
             user_id: "loopnet-service".into(),
         }],
+        ..Snapshot::default()
     }
 }
 

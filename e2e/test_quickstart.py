@@ -69,3 +69,13 @@ def test_power_level_header_reaches_the_provider_and_halves_the_cost(stack, clie
     assert eco.status_code == 200
     assert dict(stack.provider_requests()[0]["headers"])["x-power-level"] == "eco"
     assert float(eco.headers["x-cost-incurred"]) <= float(balanced.headers["x-cost-incurred"]) / 2 + 0.001
+
+
+def test_reasoning_models_get_max_completion_tokens(stack, client):
+    stack.clear_provider_requests()
+    r = client.post("/chat/completions", headers=auth(SERVICE_KEY),
+                    json={"model": "o3-mini", "max_tokens": 300, "messages": [{"role": "user", "content": "plan"}]})
+    assert r.status_code == 200, r.text
+    [seen] = stack.provider_requests()
+    assert seen["body"]["max_completion_tokens"] == 300
+    assert "max_tokens" not in seen["body"]

@@ -52,6 +52,9 @@ struct RawModel {
     per_image: i64,
     #[serde(default = "default_max_output")]
     max_output_tokens: u64,
+    /// `max_completion_tokens` for models that refuse `max_tokens` (OpenAI's o-series).
+    #[serde(default)]
+    completion_limit: opsgate_core::contract::CompletionLimit,
     #[serde(default = "default_quality")]
     quality: u32,
     #[serde(default)]
@@ -112,6 +115,7 @@ pub struct Model {
     pub kind: ModelKind,
     pub price: Price,
     pub max_output_tokens: u64,
+    pub completion_limit: opsgate_core::contract::CompletionLimit,
     pub quality: u32,
     pub tasks: Vec<TaskType>,
     pub local: bool,
@@ -218,6 +222,7 @@ impl Catalogue {
                     per_image: m.per_image,
                 },
                 max_output_tokens: m.max_output_tokens,
+                completion_limit: m.completion_limit,
                 quality: m.quality,
                 tasks: m.tasks,
                 openrouter_model: m.openrouter_model,

@@ -13,7 +13,7 @@ use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
 use crate::error::AppError;
 use opsgate_core::contract::{
-    AuthorizeRequest, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
+    AuthorizeRequest, CompletionLimit, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
 };
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
@@ -105,6 +105,7 @@ struct Route<'c> {
     price: Price,
     /// The catalogue's completion bound; `None` for models outside the catalogue.
     max_output_tokens: Option<u64>,
+    completion_limit: CompletionLimit,
     provider: &'c Provider,
     upstream_model: String,
     api_key: Secret,
@@ -207,6 +208,7 @@ async fn route<'c>(
             model_id: id.clone(),
             price: Price::default(),
             max_output_tokens: None,
+            completion_limit: CompletionLimit::MaxTokens,
             provider,
             upstream_model: id,
             byok: true,
@@ -234,6 +236,7 @@ async fn route<'c>(
                         model_id: model.id.clone(),
                         price: model.price,
                         max_output_tokens: Some(model.max_output_tokens),
+                        completion_limit: model.completion_limit,
                         provider,
                         upstream_model,
                         api_key,
@@ -281,6 +284,7 @@ async fn route<'c>(
         model_id: model.id.clone(),
         price: model.price,
         max_output_tokens: Some(model.max_output_tokens),
+        completion_limit: model.completion_limit,
         provider,
         upstream_model: model.provider_model.clone(),
         api_key,
@@ -589,6 +593,7 @@ pub async fn authorize(
             ),
             model: route.upstream_model.clone(),
             api_key: route.api_key.expose().to_string(),
+            completion_limit: route.completion_limit,
         },
         max_tokens,
         rate,

@@ -28,8 +28,13 @@ fn bench(c: &mut Criterion) {
     g.bench_function("opsgate: parse, rewrite, meter, price", |b| {
         b.iter(|| {
             let (map, req) = parse_chat(black_box(BODY), Some("balanced")).ok()?;
-            let out =
-                rewrite_for_provider(map, "gpt-4o-mini-2024-07-18", req.max_tokens, req.stream);
+            let out = rewrite_for_provider(
+                map,
+                "gpt-4o-mini-2024-07-18",
+                req.max_tokens,
+                req.stream,
+                Default::default(),
+            );
             let usage = chat_usage(black_box(REPLY))?;
             Some((out.len(), rate.cost(&usage)))
         })

@@ -127,6 +127,19 @@ pub struct Upstream {
     pub model: String,
     /// The key that goes upstream (platform or the caller's own). Never logged.
     pub api_key: String,
+    /// The field that carries the completion bound for this provider and model.
+    #[serde(default)]
+    pub completion_limit: CompletionLimit,
+}
+
+/// Which request field bounds the completion: most OpenAI-compatible providers take
+/// `max_tokens`; OpenAI's reasoning models (o1, o3, …) take only `max_completion_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CompletionLimit {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -137,6 +150,7 @@ impl std::fmt::Debug for Upstream {
             .field("authority", &self.authority)
             .field("path", &self.path)
             .field("model", &self.model)
+            .field("completion_limit", &self.completion_limit)
             .field("api_key", &"<redacted>")
             .finish()
     }

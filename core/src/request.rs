@@ -2,6 +2,7 @@
 //! extensions (`power_level`, `task_type`, `privacy_required`), which are validated here and
 //! removed before a provider sees the request.
 
+use crate::contract::CompletionLimit;
 use crate::error::ApiError;
 use crate::plan::{PowerLevel, TaskType};
 use serde_json::{Map, Value};
@@ -205,13 +206,17 @@ pub fn rewrite_for_provider(
     provider_model: &str,
     max_tokens: Option<u64>,
     stream: bool,
+    limit: CompletionLimit,
 ) -> Vec<u8> {
     for f in EXTENSION_FIELDS {
         map.remove(f);
     }
     map.insert("model".into(), Value::String(provider_model.to_string()));
     if let Some(n) = max_tokens {
-        let field = if map.contains_key("max_completion_tokens") {
+        let field = if map.contains_key("max_completion_tokens")
+            || limit == CompletionLimit::MaxCompletionTokens
+        {
+            map.remove("max_tokens");
             "max_completion_tokens"
         } else {
             "max_tokens"
@@ -328,6 +333,7 @@ mod tests {
             "openai/gpt-4o-mini",
             Some(77),
             true,
+            CompletionLimit::MaxTokens,
         ))
         .unwrap();
         for f in EXTENSION_FIELDS {
@@ -348,12 +354,33 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.max_tokens, Some(500));
-        let out: Value =
-            serde_json::from_slice(&rewrite_for_provider(map, "o3-mini", Some(100), false))
-                .unwrap();
+        let out: Value = serde_json::from_slice(&rewrite_for_provider(
+            map,
+            "o3-mini",
+            Some(100),
+            false,
+            CompletionLimit::MaxTokens,
+        ))
+        .unwrap();
         assert_eq!(out["max_completion_tokens"], 100);
         assert!(out.get("max_tokens").is_none());
         assert!(out.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens() {
+        let (map, _) =
+            parse_chat(br#"{"messages":[{"role":"user"}],"max_tokens":500}"#, None).unwrap();
+        let out: Value = serde_json::from_slice(&rewrite_for_provider(
+            map,
+            "o1-preview",
+            Some(300),
+            false,
+            CompletionLimit::MaxCompletionTokens,
+        ))
+        .unwrap();
+        assert_eq!(out["max_completion_tokens"], 300);
+        assert!(out.get("max_tokens").is_none(), "{out}");
     }
 
     #[test]

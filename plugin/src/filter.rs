@@ -683,6 +683,7 @@ impl Filter {
             &grant.upstream.model,
             grant.max_tokens,
             parsed.stream,
+            grant.upstream.completion_limit,
         );
         self.set_http_request_body(0, parsed.body_len, &body);
         self.set_http_request_header(":path", Some(&grant.upstream.path));

@@ -262,6 +262,7 @@ pub fn grant() -> Grant {
             path: "/v1/chat/completions".into(),
             model: "gpt-4o-mini-2024-07-18".into(),
             api_key: "platform-key-123".into(),
+            completion_limit: Default::default(),
         },
         max_tokens: Some(512),
         rate: RateCard {

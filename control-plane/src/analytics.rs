@@ -195,3 +195,24 @@ pub async fn org_usage(db: &Db, start: i64, end: i64) -> Result<Vec<OrgUsage>, A
         })
         .collect()
 }
+
+/// The reports the admin API and CLI offer (the guide's Appendix C), with their default
+/// look-back in days.
+pub const REPORTS: [(&str, i64); 3] = [("top-users", 30), ("models", 7), ("orgs", 30)];
+
+/// The named report over `[start, end)` as JSON rows; `None` for an unknown name.
+pub async fn report(
+    db: &Db,
+    name: &str,
+    start: i64,
+    end: i64,
+    limit: i64,
+) -> Result<Option<serde_json::Value>, AppError> {
+    let rows = match name {
+        "top-users" => serde_json::to_value(top_users(db, start, end, limit).await?),
+        "models" => serde_json::to_value(expensive_models(db, start, end, limit).await?),
+        "orgs" => serde_json::to_value(org_usage(db, start, end).await?),
+        _ => return Ok(None),
+    };
+    rows.map(Some).map_err(AppError::internal)
+}

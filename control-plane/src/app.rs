@@ -107,9 +107,7 @@ pub fn app(state: AppState) -> Router {
             "/api/v1/llm/auth/session",
             post(crate::identity::create_session).delete(crate::identity::delete_session),
         )
-        .route("/admin/v1/analytics/top-users", get(admin_top_users))
-        .route("/admin/v1/analytics/models", get(admin_expensive_models))
-        .route("/admin/v1/analytics/orgs", get(admin_org_usage))
+        .route("/admin/v1/analytics/{report}", get(admin_analytics))
         .route("/admin/v1/users/{id}/plan", put(admin_set_user_plan))
         .route("/admin/v1/orgs/{id}/plan", put(admin_set_org_plan))
         .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
@@ -1015,40 +1013,23 @@ fn period(state: &AppState, q: Period, default_days: i64) -> AppResult<(i64, i64
     Ok((now - days * 86_400, now + 1, limit))
 }
 
-async fn admin_top_users(
+/// `GET /admin/v1/analytics/{report}?days=&limit=`: top-users, models, orgs.
+async fn admin_analytics(
     State(state): State<AppState>,
     headers: HeaderMap,
+    Path(report): Path<String>,
     Q(q): Q<Period>,
 ) -> AppResult<Json<Value>> {
     require_admin(&state, &headers)?;
-    let (start, end, limit) = period(&state, q, 30)?;
-    Ok(Json(
-        json!({"data": crate::analytics::top_users(&state.db, start, end, limit).await?}),
-    ))
-}
-
-async fn admin_expensive_models(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Q(q): Q<Period>,
-) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
-    let (start, end, limit) = period(&state, q, 7)?;
-    Ok(Json(
-        json!({"data": crate::analytics::expensive_models(&state.db, start, end, limit).await?}),
-    ))
-}
-
-async fn admin_org_usage(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Q(q): Q<Period>,
-) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
-    let (start, end, _) = period(&state, q, 30)?;
-    Ok(Json(
-        json!({"data": crate::analytics::org_usage(&state.db, start, end).await?}),
-    ))
+    let Some((_, default_days)) = crate::analytics::REPORTS.iter().find(|(n, _)| *n == report)
+    else {
+        return Err(AppError::not_found(format!(
+            "No report '{report}': top-users, models or orgs."
+        )));
+    };
+    let (start, end, limit) = period(&state, q, *default_days)?;
+    let rows = crate::analytics::report(&state.db, &report, start, end, limit).await?;
+    Ok(Json(json!({ "data": rows })))
 }
 
 #[derive(Deserialize)]

@@ -373,42 +373,21 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["analytics", which] => {
             let db = open_db(&a).await?;
-            let days: i64 = match a.flag("days") {
-                Some(d) => d
-                    .parse()
-                    .map_err(|_| "--days must be a number".to_string())?,
-                None if *which == "models" => 7,
-                None => 30,
+            let default_days = crate::analytics::REPORTS
+                .iter()
+                .find(|(n, _)| n == which)
+                .map(|(_, d)| *d)
+                .ok_or_else(|| format!("unknown report '{which}' (top-users, models, orgs)"))?;
+            let number = |flag: &str, default: i64| -> Result<i64, String> {
+                a.flag(flag).map_or(Ok(default), |v| {
+                    v.parse().map_err(|_| format!("--{flag} must be a number"))
+                })
             };
-            let limit: i64 = match a.flag("limit") {
-                Some(l) => l
-                    .parse()
-                    .map_err(|_| "--limit must be a number".to_string())?,
-                None => 10,
-            };
-            let (start, end) = (now - days * 86_400, now + 1);
-            match *which {
-                "top-users" => print_json(
-                    &crate::analytics::top_users(&db, start, end, limit)
-                        .await
-                        .map_err(e)?,
-                ),
-                "models" => print_json(
-                    &crate::analytics::expensive_models(&db, start, end, limit)
-                        .await
-                        .map_err(e)?,
-                ),
-                "orgs" => print_json(
-                    &crate::analytics::org_usage(&db, start, end)
-                        .await
-                        .map_err(e)?,
-                ),
-                other => {
-                    return Err(format!(
-                        "unknown analytics report '{other}' (top-users, models, orgs)"
-                    ))
-                }
-            }
+            let (days, limit) = (number("days", default_days)?, number("limit", 10)?);
+            let rows = crate::analytics::report(&db, which, now - days * 86_400, now + 1, limit)
+                .await
+                .map_err(e)?;
+            print_json(&rows);
             Ok(())
         }
         ["service-key", "revoke", key] => {

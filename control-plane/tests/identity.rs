@@ -360,6 +360,15 @@ async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
         let r = send(
             &st,
             Method::GET,
+            "/admin/v1/analytics/weather",
+            &as_admin,
+            None,
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text);
+        let r = send(
+            &st,
+            Method::GET,
             "/admin/v1/analytics/models?days=0",
             &as_admin,
             None,

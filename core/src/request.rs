@@ -2,7 +2,7 @@
 //! extensions (`power_level`, `task_type`, `privacy_required`), which are validated here and
 //! removed before a provider sees the request.
 
-use crate::contract::CompletionLimit;
+use crate::contract::{AuthorizeRequest, CompletionLimit, Endpoint, Principal};
 use crate::error::ApiError;
 use crate::plan::{PowerLevel, TaskType};
 use serde_json::{Map, Value};
@@ -31,6 +31,44 @@ pub struct ImageRequest {
     pub power_level: PowerLevel,
     pub images: u64,
     pub prompt_bytes: u64,
+}
+
+impl ChatRequest {
+    /// The control plane's question for this call.
+    pub fn authorize_request(&self, principal: Principal) -> AuthorizeRequest {
+        AuthorizeRequest {
+            request_id: None,
+            principal,
+            endpoint: Endpoint::ChatCompletions,
+            model: self.model.clone(),
+            power_level: self.power_level,
+            task_type: self.task_type,
+            privacy_required: self.privacy_required,
+            stream: self.stream,
+            prompt_bytes: self.prompt_bytes,
+            max_tokens: self.max_tokens,
+            images: 0,
+        }
+    }
+}
+
+impl ImageRequest {
+    /// The control plane's question for this call.
+    pub fn authorize_request(&self, principal: Principal) -> AuthorizeRequest {
+        AuthorizeRequest {
+            request_id: None,
+            principal,
+            endpoint: Endpoint::ImageGenerations,
+            model: self.model.clone(),
+            power_level: self.power_level,
+            task_type: TaskType::default(),
+            privacy_required: false,
+            stream: false,
+            prompt_bytes: self.prompt_bytes,
+            max_tokens: None,
+            images: self.images,
+        }
+    }
 }
 
 fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {

@@ -568,61 +568,23 @@ impl Filter {
             .clone()
             .ok_or_else(|| ApiError::new(ErrorKind::Internal, "no principal"))?;
         let power = self.power_header.as_deref();
-        let (map, req) = match endpoint {
+        let (map, req, stream, include_usage) = match endpoint {
             Endpoint::ChatCompletions => {
                 let (map, r) = parse_chat(body, power)?;
-                self.parsed = Some(Parsed {
-                    body: Map::new(),
-                    body_len: body.len(),
-                    stream: r.stream,
-                    include_usage: r.include_usage,
-                });
-                (
-                    map,
-                    AuthorizeRequest {
-                        request_id: None,
-                        principal,
-                        endpoint,
-                        model: r.model,
-                        power_level: r.power_level,
-                        task_type: r.task_type,
-                        privacy_required: r.privacy_required,
-                        stream: r.stream,
-                        prompt_bytes: r.prompt_bytes,
-                        max_tokens: r.max_tokens,
-                        images: 0,
-                    },
-                )
+                let req = r.authorize_request(principal);
+                (map, req, r.stream, r.include_usage)
             }
             Endpoint::ImageGenerations => {
                 let (map, r) = parse_image(body, power)?;
-                self.parsed = Some(Parsed {
-                    body: Map::new(),
-                    body_len: body.len(),
-                    stream: false,
-                    include_usage: false,
-                });
-                (
-                    map,
-                    AuthorizeRequest {
-                        request_id: None,
-                        principal,
-                        endpoint,
-                        model: r.model,
-                        power_level: r.power_level,
-                        task_type: Default::default(),
-                        privacy_required: false,
-                        stream: false,
-                        prompt_bytes: r.prompt_bytes,
-                        max_tokens: None,
-                        images: r.images,
-                    },
-                )
+                (map, r.authorize_request(principal), false, false)
             }
         };
-        if let Some(p) = self.parsed.as_mut() {
-            p.body = map;
-        }
+        self.parsed = Some(Parsed {
+            body: map,
+            body_len: body.len(),
+            stream,
+            include_usage,
+        });
         self.prompt_bytes = req.prompt_bytes;
         if let Some(model) = req.model.as_deref() {
             // A model the catalogue does not have is refused here, without a callout.

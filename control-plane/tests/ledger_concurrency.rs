@@ -410,68 +410,9 @@ fn start_replica(database_url: &str) -> Replica {
     replica
 }
 
-/// A minimal HTTP/1.1 client: one request per connection.
+/// One POST through the shared minimal HTTP client.
 async fn http_post(addr: &str, path: &str, token: &str, body: &str) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut out = request.as_bytes();
-    while !out.is_empty() {
-        stream.writable().await.expect("writable");
-        match stream.try_write(out) {
-            Ok(n) => out = &out[n..],
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        stream.readable().await.expect("readable");
-        match stream.try_read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {text:?}"));
-    let status: u16 = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    let chunked = head.lines().any(|l| {
-        l.to_ascii_lowercase().starts_with("transfer-encoding:")
-            && l.to_ascii_lowercase().contains("chunked")
-    });
-    if !chunked {
-        return (status, body.to_string());
-    }
-    let mut out = String::new();
-    let mut rest = body;
-    loop {
-        let (size, after) = rest.split_once("\r\n").expect("chunk size");
-        let size = usize::from_str_radix(size.trim(), 16).expect("hex chunk size");
-        if size == 0 {
-            break;
-        }
-        out.push_str(&after[..size]);
-        rest = &after[size + 2..];
-    }
-    (status, out)
+    http(addr, "POST", path, Some(token), Some(body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

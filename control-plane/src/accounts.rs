@@ -547,12 +547,9 @@ pub async fn add_service_key(
     let user = get_user(db, user_id)
         .await?
         .ok_or_else(|| AppError::not_found(format!("user '{user_id}' not found")))?;
-    let name = key
-        .trim_start_matches("sk-")
-        .split("-service-key-")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    // The service part is most of a service key's secret: only a short hint is kept
+    // (`sk-lo…25`). Service keys are ASCII (checked above).
+    let name = format!("{}…{}", &key[..5], &key[key.len() - 2..]);
     let mut tx = db.begin().await?;
     let inserted = sqlx::query("INSERT INTO service_keys (digest, name, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
         .bind(digest(key))

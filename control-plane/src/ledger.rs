@@ -643,15 +643,21 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
         if s.outcome == Outcome::Failed {
             // The filter gave up on a call before its decision arrived. Leave a tombstone so
             // an authorize still on its way places nothing under this id.
-            sqlx::query(
+            let placed = sqlx::query(
                 "INSERT INTO holds (id, org_id, user_id, amount, charged, status, model, provider, rate, created_at, expires_at, settled_at) \
                  VALUES ($1, '', '', 0, 0, 'cancelled', '', '', '', $2, $2, $2) ON CONFLICT DO NOTHING",
             )
             .bind(&s.hold_id)
             .bind(now)
             .execute(&mut *tx)
-            .await?;
+            .await?
+            .rows_affected();
             tx.commit().await?;
+            if placed == 0 {
+                // An authorize committed this hold meanwhile (PostgreSQL: our insert waited for
+                // it): settle the real hold now instead of leaving it open until it expires.
+                return Box::pin(settle(db, s, now)).await;
+            }
             return Ok(0);
         }
         return Err(AppError::not_found(format!("no hold '{}'", s.hold_id)));
@@ -820,6 +826,16 @@ pub async fn expire_holds(db: &Db, now: i64) -> Result<u64, AppError> {
         if let Some(row) = row {
             let amount: i64 = row.try_get("amount")?;
             if close_hold(&mut tx, &id, &row, amount, "expired", true, now).await? {
+                // Charged without a reported outcome: logged so /usage and the analytics
+                // show where the credits went.
+                sqlx::query(
+                    "INSERT INTO usage_logs (hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at) \
+                     SELECT id, org_id, user_id, model, provider, 0, 0, 0, amount, 'expired', 0, 0, byok, $2 FROM holds WHERE id = $1",
+                )
+                .bind(&id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
                 n += 1;
             }
         }

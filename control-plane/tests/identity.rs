@@ -342,7 +342,7 @@ async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
         assert_eq!(r.json["plan"], "starter", "{}", r.text);
 
         let r = send(&st, Method::GET, "/admin/v1/service-keys", &as_admin, None).await;
-        assert_eq!(r.json["data"][0]["name"], "idtest", "{}", r.text);
+        assert_eq!(r.json["data"][0]["name"], "sk-id…25", "{}", r.text);
         assert!(
             !r.text.contains(&digest("sk-idtest-service-key-2025")),
             "never a digest"

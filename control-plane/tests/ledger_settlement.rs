@@ -371,6 +371,14 @@ async fn an_expired_hold_is_charged_as_held_and_a_late_settlement_changes_nothin
         clock.advance(2);
         assert_eq!(ledger::expire_holds(&db, clock.now()).await.expect("expire"), 1);
         assert_eq!(ledger::expire_holds(&db, clock.now()).await.expect("expire"), 0, "once");
+        // The charge is visible in the usage log, as an expired call.
+        let logged = scalar(
+            &db,
+            "SELECT CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS n FROM usage_logs WHERE outcome = 'expired'",
+            &[],
+        )
+        .await;
+        assert!(logged > 0, "the expired hold's charge is logged");
 
         let o = org(&db, "org_5").await;
         assert_eq!((o.credits_used, o.credits_held), (g.hold_mc, 0));
@@ -482,7 +490,7 @@ async fn check_books(db: &Db, org_id: &str, at: &str) {
     .await;
     let settled = scalar(
         db,
-        "SELECT CAST(COALESCE(SUM(charged), 0) AS BIGINT) AS n FROM holds WHERE status IN ('settled', 'released')",
+        "SELECT CAST(COALESCE(SUM(charged), 0) AS BIGINT) AS n FROM holds WHERE status IN ('settled', 'released', 'expired')",
         &[],
     )
     .await;

@@ -187,6 +187,14 @@ pub fn parse_chat(
             ))
         }
     };
+    // Several choices multiply the completion the hold has to cover; one is what the gateway
+    // meters and bounds.
+    if positive_int(&map, "n")?.is_some_and(|n| n > 1) {
+        return Err(ApiError::invalid_param(
+            "n",
+            "'n' greater than 1 is not supported by this gateway: send one request per completion.",
+        ));
+    }
     let max_tokens = match positive_int(&map, "max_completion_tokens")? {
         Some(n) => Some(n),
         None => positive_int(&map, "max_tokens")?,
@@ -224,6 +232,12 @@ pub fn parse_image(
             "'prompt' is required: a non-empty string.",
         ));
     }
+    if bool_field(&map, "stream")? {
+        return Err(ApiError::invalid_param(
+            "stream",
+            "Streaming is not supported for image generation.",
+        ));
+    }
     let images = positive_int(&map, "n")?.unwrap_or(1);
     if images > 10 {
         return Err(ApiError::invalid_param("n", "'n' must be from 1 to 10."));
@@ -251,14 +265,13 @@ pub fn rewrite_for_provider(
     }
     map.insert("model".into(), Value::String(provider_model.to_string()));
     if let Some(n) = max_tokens {
-        let field = if map.contains_key("max_completion_tokens")
-            || limit == CompletionLimit::MaxCompletionTokens
-        {
-            map.remove("max_tokens");
-            "max_completion_tokens"
-        } else {
-            "max_tokens"
+        // The provider's own field carries the bound, whatever the client used: a provider
+        // that ignores the other field would otherwise generate past what the hold covers.
+        let (field, other) = match limit {
+            CompletionLimit::MaxCompletionTokens => ("max_completion_tokens", "max_tokens"),
+            CompletionLimit::MaxTokens => ("max_tokens", "max_completion_tokens"),
         };
+        map.remove(other);
         map.insert(field.into(), Value::from(n));
     }
     if stream {
@@ -385,7 +398,7 @@ mod tests {
     }
 
     #[test]
-    fn rewrite_keeps_max_completion_tokens_naming() {
+    fn the_providers_field_carries_the_bound_whatever_the_client_used() {
         let (map, r) = parse_chat(
             br#"{"messages":[{"role":"user"}],"max_completion_tokens":500}"#,
             None,
@@ -394,15 +407,24 @@ mod tests {
         assert_eq!(r.max_tokens, Some(500));
         let out: Value = serde_json::from_slice(&rewrite_for_provider(
             map,
-            "o3-mini",
+            "llama3:8b",
             Some(100),
             false,
             CompletionLimit::MaxTokens,
         ))
         .unwrap();
-        assert_eq!(out["max_completion_tokens"], 100);
-        assert!(out.get("max_tokens").is_none());
+        assert_eq!(out["max_tokens"], 100);
+        assert!(out.get("max_completion_tokens").is_none(), "{out}");
         assert!(out.get("stream_options").is_none());
+    }
+
+    #[test]
+    fn several_choices_and_streamed_images_are_refused() {
+        let e = chat(r#"{"messages":[{"role":"user"}],"n":2}"#).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("n"));
+        assert!(chat(r#"{"messages":[{"role":"user"}],"n":1}"#).is_ok());
+        let e = parse_image(br#"{"prompt":"a","stream":true}"#, None).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("stream"));
     }
 
     #[test]

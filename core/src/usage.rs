@@ -43,7 +43,8 @@ pub struct SseMeter {
     pub usage: Option<Usage>,
     /// `data: [DONE]` has been seen.
     pub done: bool,
-    /// Bytes of `delta.content` seen: a bound for completion tokens of a cut-off stream.
+    /// Bytes generated so far (content, tool-call arguments, reasoning… of every choice): a
+    /// bound for the completion tokens of a cut-off stream.
     pub content_bytes: u64,
     /// Content chunks seen.
     pub content_chunks: u64,
@@ -121,11 +122,9 @@ impl SseMeter {
                             continue;
                         }
                     }
-                    if let Some(content) = v
-                        .pointer("/choices/0/delta/content")
-                        .and_then(Value::as_str)
-                    {
-                        self.content_bytes += content.len() as u64;
+                    let generated = delta_bytes(&v);
+                    if generated > 0 {
+                        self.content_bytes += generated;
                         self.content_chunks += 1;
                     }
                 }
@@ -144,6 +143,33 @@ impl SseMeter {
             images: 0,
         })
     }
+}
+
+/// The bytes a chunk generated: every string in every choice's `delta` except its `role`
+/// (content, refusal, reasoning, tool-call names and arguments).
+fn delta_bytes(chunk: &Value) -> u64 {
+    fn strings(v: &Value) -> u64 {
+        match v {
+            Value::String(s) => s.len() as u64,
+            Value::Array(a) => a.iter().map(strings).sum(),
+            Value::Object(o) => o
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "role" | "type" | "id"))
+                .map(|(_, v)| strings(v))
+                .sum(),
+            _ => 0,
+        }
+    }
+    chunk
+        .get("choices")
+        .and_then(Value::as_array)
+        .map_or(0, |choices| {
+            choices
+                .iter()
+                .filter_map(|c| c.get("delta"))
+                .map(strings)
+                .sum()
+        })
 }
 
 fn trim_line(line: &[u8]) -> &[u8] {
@@ -240,6 +266,16 @@ data: [DONE]\n\n";
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         // Event framing is intact: every data line is followed by a blank line.
         assert_eq!(text.matches("data: ").count(), text.matches("\n\n").count());
+    }
+
+    #[test]
+    fn tool_calls_and_every_choice_count_towards_a_cut_off_stream() {
+        let mut m = SseMeter::default();
+        let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"f\",\"arguments\":\"{\\\"a\\\":1}\"}}]}},{\"index\":1,\"delta\":{\"content\":\"xyz\"}}]}\n\n";
+        m.process(chunk.as_bytes(), false, |_| Vec::new());
+        // "f" + "{\"a\":1}" (7 bytes) + "xyz"
+        assert_eq!(m.content_bytes, 1 + 7 + 3);
+        assert_eq!(m.partial_usage(10).completion_tokens, 11);
     }
 
     #[test]

@@ -47,6 +47,7 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
+use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The longest a verified token is cached, whatever its `exp`.
@@ -102,14 +103,21 @@ pub struct Filter {
     principal: Option<Principal>,
     power_header: Option<String>,
     parsed: Option<Parsed>,
-    grant: Option<Grant>,
+    /// Shared, so the response callbacks (one per SSE chunk) do not copy it.
+    grant: Option<Rc<Grant>>,
+    /// Images asked for (the AuthorizeRequest's `images`): what an image call is charged
+    /// when the provider's body cannot be read.
+    images_requested: u64,
     started: Option<SystemTime>,
     upstream_status: u16,
+    /// The response is an SSE stream (decided by its `content-type`, not by the request).
     streaming: bool,
     sse: SseMeter,
     prompt_bytes: u64,
     /// Size of the request body buffered so far (the last body callback's `body_size`).
     body_buffered: usize,
+    /// Size of the response body buffered so far (held non-stream or replaced responses).
+    response_buffered: usize,
     settled: bool,
     /// The id sent with authorize, which becomes the hold's id.
     request_id: Option<String>,
@@ -124,8 +132,9 @@ pub struct Filter {
     /// The credential-cache key of a `uc_` key or session, updated from authorize's answer.
     credential_key: Option<String>,
     authorize_sent: Option<SystemTime>,
-    /// The provider refused the caller's own key: the response is rewritten.
-    byok_rejected: bool,
+    /// The provider refused a key (the caller's own, or the platform's): the response's
+    /// body is replaced with this envelope at the end of the stream.
+    replacement: Option<ApiError>,
     /// CORS headers for the response: the full set for an allowed origin, else only
     /// `vary: origin` when CORS is configured.
     cors_headers: Vec<(&'static str, String)>,
@@ -141,15 +150,17 @@ impl Filter {
             power_header: None,
             parsed: None,
             grant: None,
+            images_requested: 0,
             started: None,
             upstream_status: 0,
             streaming: false,
             sse: SseMeter::default(),
             prompt_bytes: 0,
             body_buffered: 0,
+            response_buffered: 0,
             settled: false,
             request_id: None,
-            byok_rejected: false,
+            replacement: None,
             method: String::new(),
             route: String::new(),
             headers_eos: false,
@@ -207,9 +218,11 @@ impl Filter {
             (s.config.route_prefix.clone(), s.config.admin_prefix.clone())
         };
         let path = path.split('?').next().unwrap_or_default();
+        // Only paths under `prefix/` are API paths: the bare prefix (with or without a query)
+        // is not the filter's, and passes untouched (once stripped of `x-opsgate-*`).
         let under = |prefix: &str| {
             path.strip_prefix(prefix)
-                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                .filter(|rest| rest.starts_with('/'))
                 .map(str::to_string)
         };
         if let Some(rest) = under(&api) {
@@ -586,6 +599,7 @@ impl Filter {
             include_usage,
         });
         self.prompt_bytes = req.prompt_bytes;
+        self.images_requested = req.images;
         if let Some(model) = req.model.as_deref() {
             // A model the catalogue does not have is refused here, without a callout.
             let known = self
@@ -608,7 +622,6 @@ impl Filter {
             request_id: Some(request_id.clone()),
             ..req
         };
-        self.request_id = Some(request_id);
         let payload = serde_json::to_vec(&req)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let token = {
@@ -622,6 +635,8 @@ impl Filter {
             );
             cp_unavailable()
         })?;
+        // Sent: the control plane may place a hold under this id from now on.
+        self.request_id = Some(request_id);
         self.authorize_sent = Some(self.get_current_time());
         self.phase = Phase::Authorizing { token };
         Ok(())
@@ -635,8 +650,24 @@ impl Filter {
         }
     }
 
+    /// Authorize was sent but the call will not be forwarded (the callout failed, or the
+    /// forward did after an Allow): the control plane may have placed a hold under the
+    /// request id, so it is released (settled `Failed`). At most once: the id is taken.
+    fn release_unforwarded(&mut self) {
+        if let Some(id) = self.request_id.take() {
+            self.shared.borrow_mut().enqueue(Settlement {
+                hold_id: id,
+                outcome: Outcome::Failed,
+                usage: Usage::default(),
+                upstream_status: 0,
+                latency_ms: 0,
+            });
+        }
+    }
+
     fn forward(&mut self, grant: Grant) {
         let Some(parsed) = self.parsed.take() else {
+            self.release_unforwarded();
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
             return;
         };
@@ -664,10 +695,13 @@ impl Filter {
         // uncompressed response (a compressor filter may still compress towards the client).
         self.set_http_request_header("accept-encoding", None);
         self.set_http_request_header("x-opsgate-cluster", Some(&grant.upstream.cluster));
+        // Whether the response is a stream is decided by its content-type (a `stream: true`
+        // request answered with plain JSON is metered from its `usage`).
         self.sse.drop_usage_chunk = parsed.stream && !parsed.include_usage;
-        self.streaming = parsed.stream;
         self.started = Some(self.get_current_time());
-        self.grant = Some(grant);
+        self.grant = Some(Rc::new(grant));
+        // Forwarded: the hold is settled through the grant from now on.
+        self.request_id = None;
         self.phase = Phase::Forwarded;
         self.count(Counter::Allowed);
         self.resume_http_request();
@@ -718,6 +752,65 @@ impl Filter {
             latency_ms,
         };
         self.shared.borrow_mut().enqueue(settlement);
+    }
+
+    /// The end of an SSE stream (end of stream, `[DONE]` or trailers): `Success` when the
+    /// provider's usage chunk was seen, else `Partial`, bounded by what was seen.
+    fn settle_stream(&mut self) {
+        let usage = self.sse.partial_usage(self.prompt_bytes);
+        let outcome = if self.sse.usage.is_some() {
+            Outcome::Success
+        } else {
+            Outcome::Partial
+        };
+        self.settle(outcome, usage);
+    }
+
+    /// The whole response body of a held (non-stream) or replaced response is buffered
+    /// (`body_size` bytes), at its last data frame or at its trailers: the refused key's
+    /// envelope replaces it, or the cost headers are set on the held headers and the call is
+    /// settled.
+    fn response_complete(&mut self, grant: &Grant, body_size: usize) {
+        if let Some(err) = self.replacement.as_ref() {
+            self.set_http_response_body(0, body_size, err.to_json().as_bytes());
+            return;
+        }
+        let body = self
+            .get_http_response_body(0, body_size)
+            .unwrap_or_default();
+        let usage = match self.endpoint {
+            Some(Endpoint::ImageGenerations) => Usage {
+                images: images_returned(&body).unwrap_or_else(|| {
+                    log(
+                        LogLevel::Warn,
+                        "opsgate: image response not readable; charging the images asked for",
+                    );
+                    self.images_requested
+                }),
+                ..Usage::default()
+            },
+            _ => chat_usage(&body).unwrap_or_else(|| {
+                log(
+                    LogLevel::Warn,
+                    "opsgate: provider response without usage; charging the hold",
+                );
+                Usage {
+                    prompt_tokens: self.prompt_bytes,
+                    completion_tokens: grant.max_tokens.unwrap_or(0),
+                    images: 0,
+                }
+            }),
+        };
+        let cost = Self::cost_of(grant, &usage);
+        self.set_http_response_header(
+            "x-cost-incurred",
+            Some(&MilliCredits(cost).to_credits_string()),
+        );
+        self.set_http_response_header(
+            "x-credits-remaining",
+            Some(&MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string()),
+        );
+        self.settle(Outcome::Success, usage);
     }
 
     /// What the call cost, as the client sees it at the end of a stream.
@@ -830,6 +923,8 @@ impl Context for Filter {
                     LogLevel::Error,
                     &format!("opsgate: authorize failed with status {status}"),
                 );
+                // The control plane may have placed a hold before failing to answer.
+                self.release_unforwarded();
                 self.reply(&cp_unavailable());
                 return;
             }
@@ -1016,13 +1111,15 @@ impl HttpContext for Filter {
         if !(200..300).contains(&self.upstream_status) {
             // The provider failed: nothing is charged, the quota slot is released.
             self.settle(Outcome::Failed, Usage::default());
-            if grant.byok && matches!(self.upstream_status, 401 | 403) {
-                // The caller's own key was refused: say so, naming the provider; the call is
-                // never retried on platform credits. The provider's body is replaced.
-                self.byok_rejected = true;
-                self.set_http_response_header(":status", Some("403"));
+            if matches!(self.upstream_status, 401 | 403) {
+                // A key was refused. The provider's body is replaced: it may carry a masked
+                // key or org ids. The caller's own key: say so, naming the provider (never
+                // retried on platform credits). The platform's key: the gateway's fault.
+                let err = key_refused(&grant, self.upstream_status);
+                self.set_http_response_header(":status", Some(&err.status().to_string()));
                 self.set_http_response_header("content-type", Some("application/json"));
                 self.set_http_response_header("content-length", None);
+                self.replacement = Some(err);
                 return if end_of_stream {
                     Action::Continue
                 } else {
@@ -1031,11 +1128,10 @@ impl HttpContext for Filter {
             }
             return Action::Continue;
         }
-        let is_sse = self
+        self.streaming = self
             .get_http_response_header("content-type")
             .is_some_and(|c| c.starts_with("text/event-stream"));
-        if self.streaming || is_sse {
-            self.streaming = true;
+        if self.streaming {
             self.set_http_response_header("content-length", None);
             return Action::Continue;
         }
@@ -1051,25 +1147,10 @@ impl HttpContext for Filter {
         let Some(grant) = self.grant.clone() else {
             return Action::Continue;
         };
-        if self.byok_rejected {
-            if !end_of_stream {
-                return Action::Pause;
-            }
-            let err = ApiError::new(
-                ErrorKind::ByokKeyRejected,
-                format!(
-                    "Your own {p} key was rejected by {p} (HTTP {s}). Update it with POST /api/v1/llm/byok/keys, or delete it to use platform credits; nothing was charged.",
-                    p = grant.provider,
-                    s = self.upstream_status
-                ),
-            );
-            self.set_http_response_body(0, body_size, err.to_json().as_bytes());
+        if self.replacement.is_none() && !(200..300).contains(&self.upstream_status) {
             return Action::Continue;
         }
-        if !(200..300).contains(&self.upstream_status) {
-            return Action::Continue;
-        }
-        if self.streaming {
+        if self.replacement.is_none() && self.streaming {
             let chunk = self
                 .get_http_response_body(0, body_size)
                 .unwrap_or_default();
@@ -1081,49 +1162,52 @@ impl HttpContext for Filter {
             );
             self.set_http_response_body(0, body_size, &out);
             if end_of_stream || self.sse.done {
-                let usage = self.sse.partial_usage(self.prompt_bytes);
-                let outcome = if self.sse.usage.is_some() {
-                    Outcome::Success
-                } else {
-                    Outcome::Partial
-                };
-                self.settle(outcome, usage);
+                self.settle_stream();
             }
             return Action::Continue;
         }
         if !end_of_stream {
+            self.response_buffered = body_size;
             return Action::Pause;
         }
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
-        let usage = match self.endpoint {
-            Some(Endpoint::ImageGenerations) => Usage {
-                images: images_returned(&body).unwrap_or(0),
-                ..Usage::default()
-            },
-            _ => chat_usage(&body).unwrap_or_else(|| {
-                log(
-                    LogLevel::Warn,
-                    "opsgate: provider response without usage; charging the hold",
-                );
-                Usage {
-                    prompt_tokens: self.prompt_bytes,
-                    completion_tokens: grant.max_tokens.unwrap_or(0),
-                    images: 0,
-                }
-            }),
+        self.response_complete(&grant, body_size);
+        Action::Continue
+    }
+
+    // An HTTP/2 (or gRPC-style) upstream can end the response with trailers instead of an
+    // end-of-stream data frame: the response is finished here exactly as at the end of its
+    // body (the SDK's default `Continue` would release a held body without its cost headers,
+    // a refused key's body unreplaced, and leave the settlement to `on_log`).
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(grant) = self.grant.clone() else {
+            return Action::Continue;
         };
-        let cost = Self::cost_of(&grant, &usage);
-        self.set_http_response_header(
-            "x-cost-incurred",
-            Some(&MilliCredits(cost).to_credits_string()),
-        );
-        self.set_http_response_header(
-            "x-credits-remaining",
-            Some(&MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string()),
-        );
-        self.settle(Outcome::Success, usage);
+        if self.replacement.is_none() && !(200..300).contains(&self.upstream_status) {
+            return Action::Continue;
+        }
+        if self.replacement.is_none() && self.streaming {
+            // Every chunk was passed on as it came; a line still incomplete cannot be added to
+            // the body from here (a well-formed stream ends with a blank line, so there is
+            // none), but what it says is metered.
+            let rest = self.sse.process_annotated(
+                &[],
+                true,
+                |m| Self::cost_event(&grant, m.usage),
+                |u| serde_json::to_value(Self::cost_info(&grant, u)).ok(),
+            );
+            if !rest.is_empty() {
+                log(
+                    LogLevel::Debug,
+                    &format!(
+                        "opsgate: stream ended with trailers after an incomplete line ({} bytes)",
+                        rest.len()
+                    ),
+                );
+            }
+            self.settle_stream();
+            return Action::Continue;
+        }
+        self.response_complete(&grant, self.response_buffered);
         Action::Continue
     }
 
@@ -1131,33 +1215,60 @@ impl HttpContext for Filter {
         // The stream is over, however it ended: whatever is still open is settled now.
         if matches!(self.phase, Phase::Authorizing { .. }) {
             // The client left before the decision arrived: release whatever it holds.
-            if let Some(id) = self.request_id.take() {
-                self.shared.borrow_mut().enqueue(Settlement {
-                    hold_id: id,
-                    outcome: Outcome::Failed,
-                    usage: Usage::default(),
-                    upstream_status: 0,
-                    latency_ms: 0,
-                });
-            }
+            self.release_unforwarded();
             return;
         }
-        if self.grant.is_none() || self.settled {
+        if self.settled {
             return;
         }
-        if self.streaming && (200..300).contains(&self.upstream_status) {
+        let Some(max_tokens) = self.grant.as_ref().map(|g| g.max_tokens) else {
+            return;
+        };
+        if self.upstream_status == 0 {
+            // Forwarded, but the client left before the response headers (a reply the router
+            // makes itself, 503 or 504, comes with a status): the provider was already asked,
+            // so the quota slot is used and the prompt is charged.
+            let prompt = Usage {
+                prompt_tokens: self.prompt_bytes,
+                completion_tokens: 0,
+                images: 0,
+            };
+            self.settle(Outcome::Partial, prompt);
+        } else if !(200..300).contains(&self.upstream_status) {
+            self.settle(Outcome::Failed, Usage::default());
+        } else if self.streaming {
             let usage = self.sse.partial_usage(self.prompt_bytes);
             self.settle(Outcome::Partial, usage);
-        } else if (200..300).contains(&self.upstream_status) {
+        } else {
             // The provider answered but the body never completed here: charge the bound.
             let bound = Usage {
                 prompt_tokens: self.prompt_bytes,
-                completion_tokens: self.grant.as_ref().and_then(|g| g.max_tokens).unwrap_or(0),
-                images: 0,
+                completion_tokens: max_tokens.unwrap_or(0),
+                images: self.images_requested,
             };
             self.settle(Outcome::Partial, bound);
-        } else {
-            self.settle(Outcome::Failed, Usage::default());
         }
+    }
+}
+
+/// The envelope that replaces a provider's 401/403 body: the caller's own key (BYOK) was
+/// refused, or the gateway's own credentials were.
+fn key_refused(grant: &Grant, status: u16) -> ApiError {
+    if grant.byok {
+        ApiError::new(
+            ErrorKind::ByokKeyRejected,
+            format!(
+                "Your own {p} key was rejected by {p} (HTTP {status}). Update it with POST /api/v1/llm/byok/keys, or delete it to use platform credits; nothing was charged.",
+                p = grant.provider,
+            ),
+        )
+    } else {
+        ApiError::new(
+            ErrorKind::UpstreamError,
+            format!(
+                "The provider {p} refused the gateway's own credentials (HTTP {status}); this is on the gateway's side, not your key. Nothing was charged.",
+                p = grant.provider,
+            ),
+        )
     }
 }

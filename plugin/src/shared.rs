@@ -49,9 +49,6 @@ pub struct Shared {
     pub snapshot: Option<Rc<Snapshot>>,
     /// Settlements waiting to be sent, oldest first.
     pub settle_queue: VecDeque<Settlement>,
-    /// Settlements dropped because the queue was full (their holds expire and are charged
-    /// as held: the ledger stays safe, the caller pays the bound).
-    pub settle_dropped: u64,
     /// `uc_` keys and sessions by cache key (`k:`/`s:` + digest).
     pub credentials: BoundedCache<String, CredentialState>,
     /// JWTs by the SHA-256 of the token.
@@ -67,7 +64,6 @@ impl Shared {
             config,
             snapshot: None,
             settle_queue: VecDeque::new(),
-            settle_dropped: 0,
             credentials: BoundedCache::new(bound),
             tokens: BoundedCache::new(bound),
             jwks: JwksState::default(),
@@ -75,10 +71,11 @@ impl Shared {
         }
     }
 
-    /// Queues a settlement; bounded in memory.
+    /// Queues a settlement; bounded in memory. A settlement dropped because the queue is full
+    /// is counted in `opsgate.settle.dropped` (its hold expires and is charged as held: the
+    /// ledger stays safe, the caller pays the bound).
     pub fn enqueue(&mut self, s: Settlement) {
         if self.settle_queue.len() >= self.config.settle_queue_max {
-            self.settle_dropped += 1;
             self.metrics.inc(Counter::SettleDropped);
             proxy_wasm::hostcalls::log(
                 proxy_wasm::types::LogLevel::Error,

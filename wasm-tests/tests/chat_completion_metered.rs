@@ -113,3 +113,53 @@ fn quick_start_is_authorized_forwarded_and_metered() {
     assert_eq!(batch.settlements[0].hold_id, "hold_1");
     assert_eq!(batch.settlements[0].usage.prompt_tokens, 1000);
 }
+
+#[test]
+fn a_response_ending_with_trailers_is_metered_like_one_ending_with_its_body() {
+    let mut host = gateway();
+    let id = forwarded_chat(&mut host, QUICKSTART, grant());
+    let a = host
+        .response_headers(
+            id,
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Pause);
+    let (first, rest) = PROVIDER_REPLY.split_at(40);
+    assert_eq!(
+        host.response_body(id, first.as_bytes(), false).unwrap(),
+        Action::Pause
+    );
+    assert_eq!(
+        host.response_body(id, rest.as_bytes(), false).unwrap(),
+        Action::Pause,
+        "held until the body is complete"
+    );
+    // HTTP/2 upstream: the stream ends with trailers, not an end-of-stream data frame.
+    let a = host
+        .response_trailers(id, &[("x-envoy-upstream-service-time", "12")])
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    assert_eq!(
+        host.response_header(id, "x-cost-incurred").as_deref(),
+        Some("0.400"),
+        "the cost headers are set on the held headers"
+    );
+    assert_eq!(
+        host.response_header(id, "x-credits-remaining").as_deref(),
+        Some("9999.600")
+    );
+    assert_eq!(host.forwarded_response_body(id), PROVIDER_REPLY.as_bytes());
+    // Settled at the trailers, from the body's usage (not the bound at on_log).
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    let s = &settled[0];
+    assert_eq!(s.outcome, opsgate_core::contract::Outcome::Success);
+    assert_eq!(
+        (s.usage.prompt_tokens, s.usage.completion_tokens),
+        (1000, 500)
+    );
+    host.done(id).unwrap();
+    assert!(flush_settlements(&mut host).is_empty(), "settled once");
+}

@@ -1,9 +1,13 @@
 //! Metered calls fail closed: when the control plane cannot answer the authorize callout
 //! (reset, timeout, an error status, a body that is not a decision, or no way to reach it),
-//! the client gets a 503 envelope at once — never a hang, never an unmetered forward.
+//! the client gets a 503 envelope at once — never a hang, never an unmetered forward. The
+//! control plane may have placed a hold before failing to answer, so the request id sent
+//! with authorize is released: exactly one `Failed` settlement, nothing charged.
 
 mod common;
 use common::*;
+use opsgate_core::contract::Outcome;
+use opsgate_core::pricing::Usage;
 use opsgate_wasm_tests::{Action, Host, HttpCall, StreamId, StreamKind};
 use std::time::Duration;
 
@@ -21,7 +25,7 @@ fn pending_authorize() -> (Host, StreamId, HttpCall) {
     (host, id, call)
 }
 
-fn assert_fails_closed(host: &mut Host, id: StreamId) {
+fn assert_fails_closed(host: &mut Host, id: StreamId, call: &HttpCall) {
     let (reply, env) = expect_reply(host, id, 503, "service_unavailable");
     assert_eq!(env["error"]["type"], "service_unavailable");
     assert!(
@@ -37,25 +41,34 @@ fn assert_fails_closed(host: &mut Host, id: StreamId) {
         "the stream was answered, not left waiting"
     );
     assert!(host.header(id, "x-opsgate-cluster").is_none());
+    // Changed: this used to assert "no hold, nothing to settle"; a hold the control plane
+    // may have placed under the request id is released (and only once, not again at on_log).
+    let request_id = authorize_request(call)
+        .request_id
+        .expect("authorize carries the request id");
     host.done(id).unwrap();
-    assert!(
-        flush_settlements(host).is_empty(),
-        "no hold, nothing to settle"
-    );
+    let settled = flush_settlements(host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    let s = &settled[0];
+    assert_eq!(s.hold_id, request_id);
+    assert_eq!(s.outcome, Outcome::Failed);
+    assert_eq!(s.usage, Usage::default());
+    assert_eq!((s.upstream_status, s.latency_ms), (0, 0));
+    assert!(flush_settlements(host).is_empty(), "released exactly once");
 }
 
 #[test]
 fn reset_callout_is_503() {
     let (mut host, id, call) = pending_authorize();
     host.fail_call(call.token).unwrap();
-    assert_fails_closed(&mut host, id);
+    assert_fails_closed(&mut host, id, &call);
 }
 
 #[test]
 fn timed_out_callout_is_503() {
     let (mut host, id, call) = pending_authorize();
     host.timeout_call(call.token).unwrap();
-    assert_fails_closed(&mut host, id);
+    assert_fails_closed(&mut host, id, &call);
 }
 
 #[test]
@@ -69,7 +82,7 @@ fn control_plane_500_is_503() {
         body,
     )
     .unwrap();
-    assert_fails_closed(&mut host, id);
+    assert_fails_closed(&mut host, id, &call);
     assert!(
         !host
             .local_reply(id)
@@ -90,7 +103,7 @@ fn non_json_answer_is_503() {
         b"<html>502 Bad Gateway</html>",
     )
     .unwrap();
-    assert_fails_closed(&mut host, id);
+    assert_fails_closed(&mut host, id, &call);
 }
 
 #[test]
@@ -98,7 +111,7 @@ fn json_that_is_not_a_decision_is_503() {
     let (mut host, id, call) = pending_authorize();
     host.respond(call.token, 200, &[], br#"{"decision":"maybe"}"#)
         .unwrap();
-    assert_fails_closed(&mut host, id);
+    assert_fails_closed(&mut host, id, &call);
 }
 
 #[test]
@@ -124,4 +137,8 @@ fn no_route_to_the_control_plane_is_503() {
     );
     assert!(host.pending_calls().is_empty());
     assert!(host.failed().is_none());
+    // Authorize was never sent: there is no hold to release.
+    host.add_cluster(CP);
+    host.done(id).unwrap();
+    assert!(flush_settlements(&mut host).is_empty());
 }

@@ -362,13 +362,64 @@ fn admin_jwts_are_verified_and_carry_the_identity() {
     // Nor a request without credentials, or with another scheme.
     let (id, _) = send_headers_only(&mut host, "GET", "/admin/v1/orgs", &[]);
     expect_reply(&host, id, 401, "invalid_api_key");
+    // Changed: this used `/admin/v1` itself, which is no longer the filter's (see
+    // `the_bare_prefixes_are_not_api_paths`).
     let (id, _) = send_headers_only(
         &mut host,
         "GET",
-        "/admin/v1",
+        "/admin/v1/orgs",
         &[("authorization", "Basic eDp5")],
     );
     expect_reply(&host, id, 401, "invalid_api_key");
+}
+
+#[test]
+fn the_bare_prefixes_are_not_api_paths() {
+    // Only paths under `route_prefix/` (and `admin_prefix/`) are the filter's: the bare
+    // prefix, with or without a query, gets no identity and is passed untouched, once
+    // stripped of x-opsgate-*.
+    let mut host = jwt_gateway_with("RS256", ADMIN, &["rsa-1"]);
+    let auth = bearer(&rs256(&claims("user-42")));
+    for path in [
+        "/api/v1/llm",
+        "/api/v1/llm?x=1",
+        "/admin/v1",
+        "/admin/v1?x=1",
+    ] {
+        let (id, action) = send_headers_only(
+            &mut host,
+            "GET",
+            path,
+            &[
+                ("authorization", &auth),
+                ("x-opsgate-identity", "forged"),
+                ("x-opsgate-identity-auth", TOKEN),
+            ],
+        );
+        assert_eq!(action, Action::Continue, "{path}");
+        assert!(host.local_reply(id).is_none(), "{path}");
+        no_identity(&host, id);
+        assert_eq!(host.header(id, ":path").as_deref(), Some(path));
+        assert_eq!(
+            host.header(id, "authorization").as_deref(),
+            Some(auth.as_str())
+        );
+        // Not authenticated here either: no credentials is not a 401 from the filter.
+        let (id, action) = send_headers_only(&mut host, "GET", path, &[]);
+        assert_eq!(action, Action::Continue, "{path}");
+        assert!(host.local_reply(id).is_none(), "{path}");
+    }
+    assert_eq!(counter(&host, "opsgate.identity.forwarded"), 0);
+    assert_eq!(counter(&host, "opsgate.decisions.passed"), 0);
+    // Just under the prefix is an API path.
+    let (id, action) = send_headers_only(
+        &mut host,
+        "GET",
+        "/api/v1/llm/",
+        &[("authorization", &auth)],
+    );
+    assert_eq!(action, Action::Continue);
+    assert_eq!(identity_of(&host, id), Some(expected("user-42")));
 }
 
 #[test]

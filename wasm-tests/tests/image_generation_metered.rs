@@ -162,3 +162,54 @@ fn image_requests_are_validated() {
     }
     assert_eq!(pending_to(&host, AUTHORIZE), 0);
 }
+
+#[test]
+fn an_unreadable_image_body_is_charged_the_images_asked_for() {
+    let mut host = gateway();
+    let id = image_call(&mut host, IMAGES, REQUEST);
+    let a = host
+        .response_headers(
+            id,
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Pause);
+    // Cut off mid-JSON (or not JSON at all): the images returned cannot be counted.
+    let body = br#"{"created":1,"data":[{"url":"https://img.example/0.png"},{"ur"#;
+    host.response_body(id, body, true).unwrap();
+    assert_eq!(host.forwarded_response_body(id), body);
+    assert_eq!(
+        host.response_header(id, "x-cost-incurred").as_deref(),
+        Some("80.000"),
+        "the 2 images asked for, not 0"
+    );
+    host.done(id).unwrap();
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0].outcome, Outcome::Success);
+    assert_eq!(settled[0].usage.images, 2);
+}
+
+#[test]
+fn an_image_body_that_never_completes_is_charged_the_images_asked_for() {
+    let mut host = gateway();
+    let id = image_call(&mut host, IMAGES, REQUEST);
+    host.response_headers(
+        id,
+        &[(":status", "200"), ("content-type", "application/json")],
+        false,
+    )
+    .unwrap();
+    host.response_body(id, br#"{"created":1,"data":[{"url":"#, false)
+        .unwrap();
+    // The client leaves before the rest arrives.
+    host.done(id).unwrap();
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    let s = &settled[0];
+    assert_eq!(s.hold_id, "hold_img");
+    assert_eq!(s.outcome, Outcome::Partial);
+    assert_eq!(s.usage.images, 2, "the bound is the images asked for");
+    assert_eq!(s.usage.completion_tokens, 0);
+}

@@ -1,6 +1,9 @@
 //! When the provider fails, its answer reaches the client unchanged and the hold is settled
-//! as `Failed` with zero usage (nothing charged, the quota slot released); a provider that
-//! never answers is settled the same way.
+//! as `Failed` with zero usage (nothing charged, the quota slot released); so is a reply the
+//! router makes itself (503/504, which comes with a status). A provider refusing the
+//! gateway's own key (401/403) is not passed through: see `byok_key_rejected.rs`. A client
+//! that leaves after the forward but before any response headers is settled `Partial` with
+//! the prompt bound: the provider was already asked.
 
 mod common;
 use common::*;
@@ -23,9 +26,11 @@ fn provider_errors_pass_through_and_settle_failed() {
             "429",
             r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
         ),
+        // Changed: 401 was in this list; a refused platform key is now replaced with a 502
+        // envelope (byok_key_rejected.rs).
         (
-            "401",
-            r#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","code":"invalid_api_key"}}"#,
+            "503",
+            r#"{"error":{"message":"The engine is currently overloaded","type":"server_error"}}"#,
         ),
     ] {
         let id = forwarded_chat(&mut host, QUICKSTART, grant());
@@ -95,26 +100,60 @@ fn streamed_call_failing_upstream_settles_failed() {
     assert_eq!(settled[0].upstream_status, 503);
 }
 
+// Changed: this was `provider_never_answering_settles_failed` (Failed, zero usage). When
+// Envoy gives up on the upstream it answers 503/504 itself, which reaches the response
+// callbacks with a status; no status at all means the client left after the provider was
+// asked, so the quota slot is used and the prompt is charged (never the completion bound).
 #[test]
-fn provider_never_answering_settles_failed() {
+fn client_gone_before_the_response_settles_partial_with_the_prompt_bound() {
+    let mut host = gateway();
+    for body in [QUICKSTART, STREAM_REQ] {
+        let id = forwarded_chat(&mut host, body, grant());
+        host.done(id).unwrap();
+        let settled = flush_settlements(&mut host);
+        assert_eq!(settled.len(), 1, "{settled:?}");
+        let s = &settled[0];
+        assert_eq!(s.hold_id, "hold_1");
+        assert_eq!(s.outcome, Outcome::Partial, "{body}");
+        assert_eq!(
+            s.usage,
+            Usage {
+                prompt_tokens: body.len() as u64,
+                completion_tokens: 0,
+                images: 0,
+            },
+            "{body}"
+        );
+        assert_eq!(s.upstream_status, 0);
+        assert!(flush_settlements(&mut host).is_empty(), "settled once");
+    }
+}
+
+#[test]
+fn a_router_timeout_reply_settles_failed() {
     let mut host = gateway();
     let id = forwarded_chat(&mut host, QUICKSTART, grant());
-    // Envoy gives up on the upstream (or the client leaves) before any response.
-    host.done(id).unwrap();
-    let settled = flush_settlements(&mut host);
-    assert_eq!(settled.len(), 1, "{settled:?}");
-    let s = &settled[0];
-    assert_eq!(s.outcome, Outcome::Failed);
-    assert_eq!(s.usage, Usage::default());
-    assert_eq!(s.upstream_status, 0);
-
-    // Same for a stream.
-    let id = forwarded_chat(&mut host, STREAM_REQ, grant());
+    // Envoy's own upstream timeout: a 504 with a short text body.
+    let a = host
+        .response_headers(
+            id,
+            &[(":status", "504"), ("content-type", "text/plain")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Continue);
+    host.response_body(id, b"upstream request timeout", true)
+        .unwrap();
+    assert_eq!(
+        host.forwarded_response_body(id),
+        b"upstream request timeout"
+    );
     host.done(id).unwrap();
     let settled = flush_settlements(&mut host);
     assert_eq!(settled.len(), 1);
     assert_eq!(settled[0].outcome, Outcome::Failed);
     assert_eq!(settled[0].usage, Usage::default());
+    assert_eq!(settled[0].upstream_status, 504);
 }
 
 #[test]

@@ -263,3 +263,76 @@ fn sse_without_stream_flag_is_still_metered_as_a_stream() {
     assert_eq!(settled[0].outcome, Outcome::Success);
     assert_eq!(settled[0].usage.completion_tokens, 10);
 }
+
+const JSON_REPLY: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","created":1,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":20,"completion_tokens":10,"total_tokens":30}}"#;
+
+#[test]
+fn a_stream_request_answered_with_json_is_metered_from_its_usage() {
+    // The response decides: a `stream: true` request the provider answers with plain JSON is
+    // metered like a normal call (the request still asked for the usage chunk).
+    let mut host = gateway();
+    let id = forwarded_chat(&mut host, STREAM_REQ, grant());
+    let sent = forwarded_json(&host, id);
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"]["include_usage"], true, "{sent}");
+    let a = host
+        .response_headers(
+            id,
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        )
+        .unwrap();
+    assert_eq!(a, Action::Pause, "held until the body tells the cost");
+    let a = host.response_body(id, JSON_REPLY.as_bytes(), true).unwrap();
+    assert_eq!(a, Action::Continue);
+    assert_eq!(host.forwarded_response_body(id), JSON_REPLY.as_bytes());
+    assert_eq!(
+        host.response_header(id, "x-cost-incurred").as_deref(),
+        Some("0.009")
+    );
+    host.done(id).unwrap();
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0].outcome, Outcome::Success);
+    assert_eq!(
+        (
+            settled[0].usage.prompt_tokens,
+            settled[0].usage.completion_tokens
+        ),
+        (20, 10)
+    );
+}
+
+#[test]
+fn a_stream_ending_with_trailers_settles_at_the_trailers() {
+    // Usage seen, no [DONE], then trailers: Success with the usage, at once.
+    let mut host = gateway();
+    let id = streaming(&mut host, STREAM_REQ);
+    let input = [CHUNK_1, CHUNK_STOP, USAGE_CHUNK].concat();
+    host.response_body(id, input.as_bytes(), false).unwrap();
+    let a = host.response_trailers(id, &[("grpc-status", "0")]).unwrap();
+    assert_eq!(a, Action::Continue);
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "settled at the trailers: {settled:?}");
+    assert_eq!(settled[0].outcome, Outcome::Success);
+    assert_eq!(
+        (
+            settled[0].usage.prompt_tokens,
+            settled[0].usage.completion_tokens
+        ),
+        (20, 10)
+    );
+    host.done(id).unwrap();
+    assert!(flush_settlements(&mut host).is_empty(), "settled once");
+
+    // No usage either: Partial, bounded by the content seen, at the trailers.
+    let id = streaming(&mut host, STREAM_REQ);
+    host.response_body(id, CHUNK_1.as_bytes(), false).unwrap();
+    host.response_trailers(id, &[]).unwrap();
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1, "{settled:?}");
+    assert_eq!(settled[0].outcome, Outcome::Partial);
+    assert_eq!(settled[0].usage.completion_tokens, 3);
+    host.done(id).unwrap();
+    assert!(flush_settlements(&mut host).is_empty());
+}

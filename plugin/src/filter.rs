@@ -53,6 +53,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The longest a verified token is cached, whatever its `exp`.
 const MAX_TOKEN_CACHE: Duration = Duration::from_secs(3600);
 
+/// Provider response headers that identify the account behind the upstream key.
+const PROVIDER_ACCOUNT_HEADERS: [&str; 4] = [
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+    "set-cookie",
+];
+
 /// Headers only the gateway may set (`x-opsgate-cluster`, the identity headers, ...):
 /// whatever a client sends under a name with this prefix is removed.
 const INTERNAL_HEADER_PREFIX: &str = "x-opsgate-";
@@ -1105,6 +1113,11 @@ impl HttpContext for Filter {
             .get_http_response_header(":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
+        // Headers that name the account behind the key (the platform's, or the caller's own)
+        // stay at the gateway; so do provider-set cookies.
+        for h in PROVIDER_ACCOUNT_HEADERS {
+            self.set_http_response_header(h, None);
+        }
         self.set_http_response_header("x-provider-used", Some(&grant.provider));
         self.set_http_response_header("x-model-used", Some(&grant.model));
         self.rate_limit_headers(&grant);

@@ -163,3 +163,31 @@ fn a_response_ending_with_trailers_is_metered_like_one_ending_with_its_body() {
     host.done(id).unwrap();
     assert!(flush_settlements(&mut host).is_empty(), "settled once");
 }
+
+#[test]
+fn provider_account_headers_stay_at_the_gateway() {
+    let mut host = gateway();
+    let id = forwarded_chat(&mut host, QUICKSTART, grant());
+    host.response_headers(
+        id,
+        &[
+            (":status", "200"),
+            ("content-type", "application/json"),
+            ("openai-organization", "org-platform-secret"),
+            ("openai-project", "proj_platform"),
+            ("set-cookie", "__cf_bm=provider; Path=/"),
+            ("x-request-id", "req_123"),
+        ],
+        false,
+    )
+    .unwrap();
+    host.response_body(id, PROVIDER_REPLY.as_bytes(), true)
+        .unwrap();
+    for h in ["openai-organization", "openai-project", "set-cookie"] {
+        assert!(host.response_header(id, h).is_none(), "{h} leaked");
+    }
+    assert_eq!(
+        host.response_header(id, "x-request-id").as_deref(),
+        Some("req_123")
+    );
+}

@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use opsgate_core::contract::{Identity, IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
+use opsgate_core::contract::{identity_auth, Identity, IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
 use opsgate_core::credentials::{self, Credential};
 use serde_json::json;
 use sqlx::Row;
@@ -23,7 +23,8 @@ pub const SESSION_COOKIE: &str = "session_token";
 /// The identity the filter verified, when the request carries it with the internal token.
 pub fn edge_identity(state: &AppState, headers: &HeaderMap) -> Option<Identity> {
     let auth = headers.get(IDENTITY_AUTH_HEADER)?.to_str().ok()?;
-    if !credentials::constant_time_eq(auth.as_bytes(), state.settings.internal_token.as_bytes()) {
+    let expected = identity_auth(&state.settings.internal_token);
+    if !credentials::constant_time_eq(auth.as_bytes(), expected.as_bytes()) {
         return None;
     }
     Identity::decode(headers.get(IDENTITY_HEADER)?.to_str().ok()?)

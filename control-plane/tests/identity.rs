@@ -17,6 +17,10 @@ use opsgate_core::plan::Plan;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+/// What the filter sends beside an identity.
+static AUTH: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| opsgate_core::contract::identity_auth(INTERNAL_TOKEN));
+
 struct Reply {
     status: StatusCode,
     headers: axum::http::HeaderMap,
@@ -85,7 +89,7 @@ async fn an_edge_identity_is_trusted_only_with_the_internal_token() {
             "/api/v1/llm/credits",
             &[
                 (IDENTITY_HEADER, &id),
-                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+                (IDENTITY_AUTH_HEADER, AUTH.as_str()),
             ],
             None,
         )
@@ -93,7 +97,11 @@ async fn an_edge_identity_is_trusted_only_with_the_internal_token() {
         assert_eq!(ok.status, StatusCode::OK, "{}", ok.text);
         assert_eq!(ok.json["user_id"], "alice");
         // Forged: no token, or a wrong one.
-        for auth in [None, Some("not-the-internal-token-000")] {
+        for auth in [
+            None,
+            Some("not-the-internal-token-000"),
+            Some(INTERNAL_TOKEN),
+        ] {
             let mut h = vec![(IDENTITY_HEADER, id.as_str())];
             if let Some(a) = auth {
                 h.push((IDENTITY_AUTH_HEADER, a));
@@ -119,7 +127,7 @@ async fn an_edge_identity_is_trusted_only_with_the_internal_token() {
             "/api/v1/llm/credits",
             &[
                 (IDENTITY_HEADER, &ghost),
-                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+                (IDENTITY_AUTH_HEADER, AUTH.as_str()),
             ],
             None,
         )
@@ -140,7 +148,7 @@ async fn sessions_are_opened_with_a_jwt_used_by_cookie_and_closed() {
             "/api/v1/llm/auth/session",
             &[
                 (IDENTITY_HEADER, &id),
-                (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+                (IDENTITY_AUTH_HEADER, AUTH.as_str()),
             ],
             None,
         )
@@ -254,7 +262,7 @@ async fn sessions_expire() {
         "/api/v1/llm/auth/session",
         &[
             (IDENTITY_HEADER, &id),
-            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            (IDENTITY_AUTH_HEADER, AUTH.as_str()),
         ],
         None,
     )
@@ -290,11 +298,11 @@ async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
         let user = identity("alice", &["user"]);
         let as_admin = [
             (IDENTITY_HEADER, admin.as_str()),
-            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            (IDENTITY_AUTH_HEADER, AUTH.as_str()),
         ];
         let as_user = [
             (IDENTITY_HEADER, user.as_str()),
-            (IDENTITY_AUTH_HEADER, INTERNAL_TOKEN),
+            (IDENTITY_AUTH_HEADER, AUTH.as_str()),
         ];
 
         let r = send(&st, Method::GET, "/admin/v1/orgs", &as_user, None).await;

@@ -287,11 +287,17 @@ mod tests {
 
 /// On requests the filter passes to the control plane's public routes, the identity it
 /// verified at the edge (a JWT's subject, email and roles) travels in this header, as
-/// base64url JSON of [`Identity`], together with [`IDENTITY_AUTH_HEADER`] carrying the
-/// internal token. The filter strips both from every client request, so only it can set
+/// base64url JSON of [`Identity`], together with [`IDENTITY_AUTH_HEADER`] carrying
+/// [`identity_auth`] of the internal token (derived, so the token itself never travels on a
+/// public path and a leaked header value cannot call `/internal/*`). The filter strips both from every client request, so only it can set
 /// them; the control plane trusts the identity only when the token matches.
 pub const IDENTITY_HEADER: &str = "x-opsgate-identity";
 pub const IDENTITY_AUTH_HEADER: &str = "x-opsgate-identity-auth";
+
+/// The value of [`IDENTITY_AUTH_HEADER`] for an internal token.
+pub fn identity_auth(internal_token: &str) -> String {
+    crate::credentials::digest(&format!("opsgate-identity:{internal_token}"))
+}
 
 /// A caller verified at the edge.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

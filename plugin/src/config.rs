@@ -309,6 +309,8 @@ pub struct FilterConfig {
     pub cp_cluster: String,
     pub cp_authority: String,
     pub cp_token: String,
+    /// What the identity header travels with (derived from `cp_token`).
+    pub identity_auth: String,
     pub cp_timeout: Duration,
     pub route_prefix: String,
     pub max_body_bytes: usize,
@@ -427,6 +429,7 @@ impl FilterConfig {
         Ok(FilterConfig {
             cp_cluster: raw.control_plane.cluster,
             cp_authority: raw.control_plane.authority,
+            identity_auth: opsgate_core::contract::identity_auth(&raw.control_plane.token),
             cp_token: raw.control_plane.token,
             cp_timeout: Duration::from_millis(raw.control_plane.timeout_ms),
             route_prefix: raw.route_prefix,

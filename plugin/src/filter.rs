@@ -325,9 +325,9 @@ impl Filter {
             email: email.clone(),
             roles: roles.clone(),
         };
-        let token = self.shared.borrow().config.cp_token.clone();
+        let auth = self.shared.borrow().config.identity_auth.clone();
         self.set_http_request_header(IDENTITY_HEADER, Some(&identity.encode()));
-        self.set_http_request_header(IDENTITY_AUTH_HEADER, Some(&token));
+        self.set_http_request_header(IDENTITY_AUTH_HEADER, Some(&auth));
         self.count(Counter::IdentityForwarded);
     }
 

@@ -80,7 +80,7 @@ enum Phase {
     /// A metered call waiting for its whole body.
     ReadingBody,
     /// Waiting for a JWKS refetch (the token's `kid` was unknown).
-    AwaitingKeys { token: u32 },
+    AwaitingKeys,
     /// Waiting for the control plane's decision.
     Authorizing { token: u32 },
     /// Forwarded to the provider with a hold in place.
@@ -137,6 +137,8 @@ pub struct Filter {
     body_ready: Option<usize>,
     /// The JWT waiting for a JWKS refetch.
     pending_jwt: Option<String>,
+    /// The JWKS refetch this request triggered, while it is on its way.
+    jwks_call: Option<u32>,
     /// The credential-cache key of a `uc_` key or session, updated from authorize's answer.
     credential_key: Option<String>,
     authorize_sent: Option<SystemTime>,
@@ -174,6 +176,7 @@ impl Filter {
             headers_eos: false,
             body_ready: None,
             pending_jwt: None,
+            jwks_call: None,
             credential_key: None,
             authorize_sent: None,
             cors_headers: Vec::new(),
@@ -895,18 +898,26 @@ impl Context for Filter {
         body_size: usize,
         _: usize,
     ) {
-        match self.phase {
-            Phase::AwaitingKeys { token: expected } if token == expected => {
-                let status = callout_status(self, num_headers);
-                let body = if status == 200 {
-                    self.get_http_call_response_body(0, body_size)
-                        .unwrap_or_default()
-                } else {
-                    Vec::new()
-                };
+        if self.jwks_call == Some(token) {
+            self.jwks_call = None;
+            let status = callout_status(self, num_headers);
+            let body = if status == 200 {
+                self.get_http_call_response_body(0, body_size)
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            if matches!(self.phase, Phase::AwaitingKeys) {
                 self.keys_arrived(status, &body);
-                return;
+            } else {
+                // The request was answered meanwhile (e.g. 413): the refetch spent the
+                // cooldown, so its keys still serve everyone else.
+                let now = self.get_current_time();
+                jwks::apply(&self.shared, status, &body, now);
             }
+            return;
+        }
+        match self.phase {
             Phase::Authorizing { token: expected } if token == expected => {}
             _ => return,
         }
@@ -1025,7 +1036,8 @@ impl HttpContext for Filter {
                 Action::Pause
             }
             Authn::AwaitingKeys(token) => {
-                self.phase = Phase::AwaitingKeys { token };
+                self.phase = Phase::AwaitingKeys;
+                self.jwks_call = Some(token);
                 Action::Pause
             }
         }
@@ -1034,7 +1046,7 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
-            Phase::AwaitingKeys { .. } => {
+            Phase::AwaitingKeys => {
                 // Buffered until the credential is settled; a metered body is bounded.
                 let max = self.shared.borrow().config.max_body_bytes;
                 if self.endpoint.is_some() && body_size > max {
@@ -1075,7 +1087,7 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
-            Phase::AwaitingKeys { .. } => {
+            Phase::AwaitingKeys => {
                 self.body_ready = Some(self.body_buffered);
                 return Action::Pause;
             }

@@ -466,3 +466,33 @@ fn first_sight_verification_cost() {
     );
     assert_eq!(counter(&host, "opsgate.jwt.verified"), 20);
 }
+
+#[test]
+fn keys_refetched_for_a_request_answered_meanwhile_still_serve_the_next_ones() {
+    let mut host = jwt_gateway_with("RS256", r#""max_body_bytes":2048"#, &["rsa-1", "ec-1"]);
+    let token = sign("RS256", Some("rsa-2"), &claims("rotated"));
+    let auth = bearer(&token);
+    let id = host.new_stream().unwrap();
+    host.request_headers(
+        id,
+        &[
+            (":method", "POST"),
+            (":path", "/api/v1/llm/chat/completions"),
+            (":authority", "gateway"),
+            ("authorization", &auth),
+        ],
+        false,
+    )
+    .unwrap();
+    let call = jwks_call(&mut host).expect("an unknown kid refetches");
+    // The body turns out too large while the keys are on their way: 413 now.
+    host.request_body(id, &vec![b'x'; 4096], true).unwrap();
+    expect_reply(&host, id, 413, "payload_too_large");
+    // The refetch still lands, within the cooldown, for everyone else.
+    serve_jwks(&mut host, &call, &["rsa-1", "rsa-2"]);
+    let id = with_token(&mut host, &sign("RS256", Some("rsa-2"), &claims("next")));
+    assert!(jwks_call(&mut host).is_none(), "no second refetch");
+    assert!(
+        matches!(authorized_principal(&mut host, id), Principal::Jwt { subject, .. } if subject == "next")
+    );
+}

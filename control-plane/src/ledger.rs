@@ -11,7 +11,7 @@ use crate::catalogue::{
 };
 use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
-use crate::error::AppError;
+use crate::error::{AppError, AppResult};
 use opsgate_core::contract::{
     AuthorizeRequest, CompletionLimit, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
 };
@@ -292,6 +292,17 @@ async fn route<'c>(
     })
 }
 
+/// The 402 for a call that needs `needed` milli-credits, naming whichever of the pool and the
+/// user's allocation is the tighter limit.
+async fn refusal(db: &Db, user: &User, needed: i64) -> AppResult<AppError> {
+    let (pool, alloc) = available(db, user).await?;
+    Ok(insufficient(
+        alloc.map_or(pool, |a| a.min(pool)),
+        needed,
+        alloc.is_none_or(|a| pool <= a),
+    ))
+}
+
 fn insufficient(available: i64, needed: i64, pool: bool) -> AppError {
     AppError::new(
         ErrorKind::InsufficientCredits,
@@ -363,12 +374,7 @@ pub async fn authorize(
                 ..Usage::default()
             });
             if cost > spend {
-                let (pool, alloc) = available(db, user).await?;
-                return Err(insufficient(
-                    alloc.map_or(pool, |a| a.min(pool)),
-                    cost,
-                    alloc.is_none_or(|a| pool <= a),
-                ));
+                return Err(refusal(db, user, cost).await?);
             }
             (cost, None)
         }
@@ -396,17 +402,12 @@ pub async fn authorize(
                         )
                     }
                     _ => {
-                        let (pool, alloc) = available(db, user).await?;
                         let needed = rate.cost(&Usage {
                             prompt_tokens: req.prompt_bytes,
                             completion_tokens: 1,
                             images: 0,
                         });
-                        return Err(insufficient(
-                            alloc.map_or(pool, |a| a.min(pool)),
-                            needed,
-                            alloc.is_none_or(|a| pool <= a),
-                        ));
+                        return Err(refusal(db, user, needed).await?);
                     }
                 }
             }

@@ -8,7 +8,7 @@ use opsgate_core::plan::Plan;
 use rand::RngCore;
 use serde::Serialize;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct User {
@@ -114,7 +114,7 @@ fn check_id(field: &str, id: &str) -> Result<(), AppError> {
 }
 
 pub async fn audit(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::db::Tx,
     actor: &str,
     action: &str,
     target: &str,

@@ -3,6 +3,7 @@
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,6 +16,39 @@ pub enum Backend {
 pub struct Db {
     pub pool: AnyPool,
     pub backend: Backend,
+    /// SQLite has one writer: transactions queue here, in arrival order, instead of polling
+    /// SQLite's busy handler (whose millisecond back-off made the latency tail).
+    writer: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction. It dereferences to the connection (`&mut *tx` executes queries, as
+/// with sqlx's own transaction) and holds the SQLite writer's turn until it ends.
+pub struct Tx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Tx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 /// Schema versions, per backend. Append; never edit a shipped one.
@@ -64,7 +98,12 @@ impl Db {
             .connect(&url)
             .await
             .map_err(|e| format!("cannot open the database: {e}"))?;
-        let db = Db { pool, backend };
+        let writer = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Mutex::new(())));
+        let db = Db {
+            pool,
+            backend,
+            writer,
+        };
         db.migrate().await?;
         Ok(db)
     }
@@ -72,11 +111,18 @@ impl Db {
     /// `BEGIN IMMEDIATE` on SQLite (take the write lock up front, so a transaction that
     /// reads before it writes cannot fail on upgrade), plain `BEGIN` on PostgreSQL, where
     /// the conditional `UPDATE`s lock their rows.
-    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
-        match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
-            Backend::Postgres => self.pool.begin().await,
-        }
+    ///
+    /// Never begin a second transaction while holding one: on SQLite it would wait for itself.
+    pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
+        let turn = match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(Tx { tx, _turn: turn })
     }
 
     async fn migrate(&self) -> Result<(), String> {

@@ -20,7 +20,7 @@ use opsgate_core::plan::Plan;
 use opsgate_core::pricing::{Price, RateCard, Usage};
 use opsgate_core::time::{daily_window, date_string, monthly_window, trial_window, Window};
 use opsgate_core::{ApiError, ErrorKind};
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 use std::collections::BTreeMap;
 
 /// What authorize needs besides the request: where providers are, their platform keys from
@@ -607,7 +607,7 @@ pub async fn authorize(
 }
 
 async fn ledger_entry(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::db::Tx,
     org_id: &str,
     user_id: &str,
     kind: &str,
@@ -742,7 +742,7 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
 /// the reserved quota slots into used ones (`consume`) or frees them. Returns false (and
 /// changes nothing) when the hold was no longer open.
 async fn close_hold(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut crate::db::Tx,
     hold_id: &str,
     row: &sqlx::any::AnyRow,
     charged: i64,

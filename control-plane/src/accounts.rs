@@ -219,12 +219,7 @@ pub async fn grant(
             ),
         });
     }
-    sqlx::query("INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES ($1, NULL, 'grant', $2, NULL, $3)")
-        .bind(org_id)
-        .bind(amount_mc)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    crate::ledger::ledger_entry(&mut tx, org_id, None, "grant", amount_mc, None, now).await?;
     audit(
         &mut tx,
         actor,
@@ -398,13 +393,17 @@ pub async fn set_allocation(
             "the allocation cannot go below what the user has used and holds",
         ));
     }
-    sqlx::query("INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES ($1, $2, 'allocate', $3, NULL, $4)")
-        .bind(&user.org_id)
-        .bind(user_id)
-        .bind(allocated_mc - prev)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?;
+    let delta = allocated_mc - prev;
+    crate::ledger::ledger_entry(
+        &mut tx,
+        &user.org_id,
+        Some(user_id),
+        "allocate",
+        delta,
+        None,
+        now,
+    )
+    .await?;
     audit(
         &mut tx,
         actor,

@@ -681,20 +681,16 @@ async fn admin_get_org(
 #[serde(deny_unknown_fields)]
 struct GrantReq {
     /// Credits (not milli-credits); may carry up to three decimals.
-    credits: f64,
+    credits: serde_json::Number,
 }
 
-fn credits_to_mc(credits: f64) -> AppResult<i64> {
-    let mc = (credits * 1000.0).round();
-    if !mc.is_finite()
-        || mc.abs() > 9.0e15
-        || (mc / 1000.0 - credits).abs() > 1e-9 * credits.abs().max(1.0)
-    {
-        return Err(AppError::bad_request(
-            "'credits' must be a number with at most three decimals",
-        ));
-    }
-    Ok(mc as i64)
+/// Credits from a JSON number, exactly (its decimal form, never through a float).
+fn credits_to_mc(credits: &serde_json::Number) -> AppResult<i64> {
+    MilliCredits::parse_credits(&credits.to_string())
+        .map(|m| m.0)
+        .map_err(|_| {
+            AppError::bad_request("'credits' must be a number with at most three decimals")
+        })
 }
 
 async fn admin_grant(
@@ -709,7 +705,7 @@ async fn admin_grant(
         &state.db,
         &actor,
         &id,
-        credits_to_mc(req.credits)?,
+        credits_to_mc(&req.credits)?,
         state.clock.now(),
     )
     .await?;
@@ -786,7 +782,7 @@ async fn admin_set_allocation(
         &state.db,
         &actor,
         &id,
-        credits_to_mc(req.credits)?,
+        credits_to_mc(&req.credits)?,
         state.clock.now(),
     )
     .await?;

@@ -106,14 +106,7 @@ fn plan_arg(s: &str) -> Result<Plan, String> {
 }
 
 fn credits_arg(s: &str) -> Result<i64, String> {
-    let v: f64 = s
-        .parse()
-        .map_err(|_| format!("'{s}' is not a number of credits"))?;
-    let mc = (v * 1000.0).round();
-    if !mc.is_finite() || mc.abs() > 9.0e15 {
-        return Err(format!("'{s}' is out of range"));
-    }
-    Ok(mc as i64)
+    opsgate_core::money::MilliCredits::parse_credits(s).map(|m| m.0)
 }
 
 fn database_url(a: &Args) -> String {

@@ -553,7 +553,16 @@ pub async fn authorize(
     .bind(now + routing.hold_ttl_secs)
     .execute(&mut *tx)
     .await?;
-    ledger_entry(&mut tx, &user.org_id, &user.id, "hold", hold, &hold_id, now).await?;
+    ledger_entry(
+        &mut tx,
+        &user.org_id,
+        Some(&user.id),
+        "hold",
+        hold,
+        Some(&hold_id),
+        now,
+    )
+    .await?;
     // Spendable after the hold, read inside the transaction.
     let org_avail: i64 = sqlx::query(
         "SELECT credits_total - credits_used - credits_held AS a FROM organizations WHERE id = $1",
@@ -606,13 +615,15 @@ pub async fn authorize(
     })
 }
 
-async fn ledger_entry(
+/// Appends one line to the ledger (nothing for a zero amount): grants, allocations, holds,
+/// charges and releases all go through here, so balances recompute from one table.
+pub(crate) async fn ledger_entry(
     tx: &mut crate::db::Tx,
     org_id: &str,
-    user_id: &str,
+    user_id: Option<&str>,
     kind: &str,
     amount: i64,
-    hold_id: &str,
+    hold_id: Option<&str>,
     now: i64,
 ) -> Result<(), AppError> {
     if amount == 0 {
@@ -793,14 +804,23 @@ async fn close_hold(
             .execute(&mut **tx)
             .await?;
     }
-    ledger_entry(tx, &org_id, &user_id, "charge", charged, hold_id, now).await?;
     ledger_entry(
         tx,
         &org_id,
-        &user_id,
+        Some(&user_id),
+        "charge",
+        charged,
+        Some(hold_id),
+        now,
+    )
+    .await?;
+    ledger_entry(
+        tx,
+        &org_id,
+        Some(&user_id),
         "release",
         amount - charged,
-        hold_id,
+        Some(hold_id),
         now,
     )
     .await?;

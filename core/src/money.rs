@@ -16,6 +16,33 @@ impl MilliCredits {
         MilliCredits(credits.saturating_mul(1000))
     }
 
+    /// Parses an amount of credits written in decimal (`10`, `0.5`, `-2.125`, `10000000.0`)
+    /// exactly, without floats: at most three decimals, no exponent.
+    pub fn parse_credits(s: &str) -> Result<MilliCredits, String> {
+        let bad = || format!("'{s}' is not an amount of credits with at most three decimals");
+        let t = s.trim();
+        let (negative, digits) = match t.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, t),
+        };
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, ""));
+        let fraction = fraction.trim_end_matches('0');
+        if whole.is_empty()
+            || !whole.bytes().all(|b| b.is_ascii_digit())
+            || !fraction.bytes().all(|b| b.is_ascii_digit())
+            || fraction.len() > 3
+        {
+            return Err(bad());
+        }
+        let whole: i64 = whole.parse().map_err(|_| bad())?;
+        let milli: i64 = format!("{fraction:0<3}").parse().map_err(|_| bad())?;
+        let mc = whole
+            .checked_mul(1000)
+            .and_then(|w| w.checked_add(milli))
+            .ok_or_else(bad)?;
+        Ok(MilliCredits(if negative { -mc } else { mc }))
+    }
+
     /// Credits with exactly three decimals, as the `X-Cost-Incurred` and
     /// `X-Credits-Remaining` headers show them: `9997.000`, `0.003`, `-1.250`.
     pub fn to_credits_string(self) -> String {
@@ -40,6 +67,28 @@ impl std::fmt::Display for MilliCredits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credits_parse_exactly() {
+        let ok = |s: &str| MilliCredits::parse_credits(s).map(|m| m.0);
+        assert_eq!(ok("10"), Ok(10_000));
+        assert_eq!(ok("0.1"), Ok(100));
+        assert_eq!(ok("-2.125"), Ok(-2_125));
+        assert_eq!(ok("10000000.0"), Ok(10_000_000_000));
+        assert_eq!(ok("0.001"), Ok(1));
+        for bad in [
+            "",
+            ".5",
+            "1.2345",
+            "1e3",
+            "abc",
+            "--1",
+            "1.-2",
+            "99999999999999999999",
+        ] {
+            assert!(ok(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn three_decimals() {

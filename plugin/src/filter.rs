@@ -224,10 +224,6 @@ impl Filter {
     /// The request's path without its query string, relative to the route prefix or the
     /// admin prefix.
     fn route(&self, path: &str) -> Option<(Area, String)> {
-        let (api, admin) = {
-            let s = self.shared.borrow();
-            (s.config.route_prefix.clone(), s.config.admin_prefix.clone())
-        };
         let path = path.split('?').next().unwrap_or_default();
         // Only paths under `prefix/` are API paths: the bare prefix (with or without a query)
         // is not the filter's, and passes untouched (once stripped of `x-opsgate-*`).
@@ -236,10 +232,12 @@ impl Filter {
                 .filter(|rest| rest.starts_with('/'))
                 .map(str::to_string)
         };
-        if let Some(rest) = under(&api) {
+        let s = self.shared.borrow();
+        if let Some(rest) = under(&s.config.route_prefix) {
             return Some((Area::Api, rest));
         }
-        admin
+        s.config
+            .admin_prefix
             .as_deref()
             .and_then(under)
             .map(|rest| (Area::Admin, rest))
@@ -415,14 +413,15 @@ impl Filter {
     }
 
     fn jwt_principal(&mut self, token: &str) -> Authn {
-        let Some(jwt) = self.shared.borrow().config.jwt.clone() else {
+        if self.shared.borrow().config.jwt.is_none() {
             return Authn::Refused(ApiError::invalid_api_key(
                 "JWT authentication is not enabled on this gateway; use an API key.",
             ));
-        };
+        }
         let now = self.get_current_time();
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let keys = {
+        // A cached verdict needs nothing else; only first sight reads the JWT settings.
+        let (jwt, keys) = {
             let shared = self.shared.clone();
             let mut s = shared.borrow_mut();
             match s.tokens.get(&hash, now).cloned() {
@@ -436,7 +435,12 @@ impl Filter {
                 }
                 None => {}
             }
-            s.jwks.keys.clone()
+            (s.config.jwt.clone(), s.jwks.keys.clone())
+        };
+        let Some(jwt) = jwt else {
+            return Authn::Refused(ApiError::invalid_api_key(
+                "JWT authentication is not enabled on this gateway; use an API key.",
+            ));
         };
         let Some(keys) = keys else {
             return Authn::Refused(ApiError::new(

@@ -80,26 +80,7 @@ fn quick_start_is_authorized_forwarded_and_metered() {
         host.response_header(id, "x-credits-remaining").as_deref(),
         Some("9999.600")
     );
-    assert_eq!(
-        host.response_header(id, "x-provider-used").as_deref(),
-        Some("openai")
-    );
-    assert_eq!(
-        host.response_header(id, "x-ratelimit-limit").as_deref(),
-        Some("10000")
-    );
-    assert_eq!(
-        host.response_header(id, "x-ratelimit-remaining").as_deref(),
-        Some("9850")
-    );
-    assert_eq!(
-        host.response_header(id, "x-ratelimit-reset").as_deref(),
-        Some("1733097600")
-    );
-    assert_eq!(
-        host.response_header(id, "x-ratelimit-limit-day").as_deref(),
-        Some("334")
-    );
+    assert_grant_headers(&host, id);
     host.done(id).unwrap();
 
     // The settlement leaves on the next tick, batched.

@@ -290,6 +290,26 @@ pub fn grant() -> Grant {
     }
 }
 
+/// The provider and rate-limit headers a metered response carries for [`grant`].
+pub fn assert_grant_headers(host: &Host, id: StreamId) {
+    for (name, value) in [
+        ("x-provider-used", "openai"),
+        ("x-model-used", "gpt-4o-mini"),
+        ("x-ratelimit-limit", "10000"),
+        ("x-ratelimit-remaining", "9850"),
+        ("x-ratelimit-reset", "1733097600"),
+        ("x-ratelimit-limit-day", "334"),
+        ("x-ratelimit-remaining-day", "300"),
+        ("x-ratelimit-reset-day", "1732060800"),
+    ] {
+        assert_eq!(
+            host.response_header(id, name).as_deref(),
+            Some(value),
+            "{name}"
+        );
+    }
+}
+
 pub fn allow(host: &mut Host, call: &HttpCall, grant: Grant) {
     let body = serde_json::to_vec(&AuthorizeResponse::Allow(Box::new(grant))).unwrap();
     host.respond(

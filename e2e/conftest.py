@@ -333,6 +333,18 @@ def client(stack):
         yield c
 
 
+def quiet(read):
+    """`read()` once the ledger has stopped moving: earlier calls settle asynchronously
+    (the filter batches settlements), so a before/after comparison starts from here."""
+    value = read()
+    while True:
+        time.sleep(0.5)
+        again = read()
+        if again == value:
+            return value
+        value = again
+
+
 def auth(key: str) -> dict:
     return {"Authorization": f"Bearer {key}"}
 

@@ -3,7 +3,7 @@
 import re
 import time
 
-from conftest import PROVIDER_KEY, SERVICE_KEY, auth
+from conftest import PROVIDER_KEY, SERVICE_KEY, auth, quiet
 
 QUICKSTART = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello, world!"}]}
 CREDITS = re.compile(r"^\d+\.\d{3}$")
@@ -16,7 +16,7 @@ def credits_remaining(client) -> float:
 
 
 def test_quick_start_returns_a_metered_completion(stack, client):
-    before = credits_remaining(client)
+    before = quiet(lambda: credits_remaining(client))
     stack.clear_provider_requests()
     r = client.post("/chat/completions", headers=auth(SERVICE_KEY), json=QUICKSTART)
     assert r.status_code == 200, r.text
@@ -48,18 +48,24 @@ def test_quick_start_returns_a_metered_completion(stack, client):
 
 
 def test_usage_endpoint_counts_the_calls(stack, client):
-    client.post("/chat/completions", headers=auth(SERVICE_KEY), json=QUICKSTART)
+    def usage():
+        return client.get("/usage", headers=auth(SERVICE_KEY)).json()
+
+    def openai_requests(u):
+        return sum(p["requests"] for p in u["providers"] if p["provider"] == "openai")
+
+    before = quiet(usage)
+    r = client.post("/chat/completions", headers=auth(SERVICE_KEY), json=QUICKSTART)
+    tokens = r.json()["usage"]["total_tokens"]
     deadline = time.time() + 10
-    usage = {}
-    while time.time() < deadline:
-        usage = client.get("/usage", headers=auth(SERVICE_KEY)).json()
-        if usage.get("total_requests", 0) >= 1:
-            break
+    after = before
+    while time.time() < deadline and after["total_requests"] == before["total_requests"]:
         time.sleep(0.2)
-    assert usage["total_requests"] >= 1
-    assert usage["total_tokens"] > 0
-    [openai] = [p for p in usage["providers"] if p["provider"] == "openai"]
-    assert openai["requests"] >= 1
+        after = usage()
+    assert after["total_requests"] == before["total_requests"] + 1
+    assert after["total_tokens"] == before["total_tokens"] + tokens
+    assert openai_requests(after) == openai_requests(before) + 1
+    assert round(after["total_cost"] - before["total_cost"], 3) == float(r.headers["x-cost-incurred"])
 
 
 def test_power_level_header_reaches_the_provider_and_halves_the_cost(stack, client):

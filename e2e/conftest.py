@@ -48,7 +48,9 @@ def _target_dir() -> Path:
 
 
 BIN_DIR = Path(os.environ.get("OPSGATE_BIN_DIR", _target_dir() / "debug"))
-WASM = Path(os.environ.get("OPSGATE_WASM", _target_dir() / "wasm32-wasip1/release/opsgate_plugin.wasm"))
+WASM = Path(os.environ.get("OPSGATE_WASM", _target_dir() / "wasm32-wasip1/filter/opsgate_plugin.wasm"))
+CRASH_WASM = Path(os.environ.get("OPSGATE_CRASH_WASM",
+                                 _target_dir() / "wasm32-wasip1/crash-test/opsgate_plugin.wasm"))
 ENVOY = Path(os.environ.get("OPSGATE_ENVOY", Path(sys.executable).parent / "envoy"))
 
 

@@ -37,8 +37,15 @@ def test_e2e_config_validates(tmp_path: Path):
     validate(text, tmp_path)
 
 
-def test_filter_fails_closed():
-    for name in ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"]:
-        text = (ROOT / "envoy" / name).read_text()
-        assert "failure_policy: FAIL_CLOSED" in text
-        assert "allow_on_headers_stop_iteration: true" in text
+@pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])
+def test_shipped_configs_reload_a_crashed_filter_and_bound_clients(name):
+    text = (ROOT / "envoy" / name).read_text()
+    # A crashed VM is reloaded (never FAIL_OPEN): requests are refused until it is back.
+    assert "failure_policy: FAIL_RELOAD" in text and "FAIL_OPEN" not in text
+    assert "reload_config:" in text
+    assert "allow_on_headers_stop_iteration: true" in text
+    for limit in ["request_headers_timeout:", "request_timeout:", "stream_idle_timeout:",
+                  "idle_timeout: 300s", "max_headers_count:"]:
+        assert limit in text, limit
+    # The routing header is the gateway's own: removed before a provider sees it.
+    assert 'request_headers_to_remove: ["x-opsgate-cluster"]' in text

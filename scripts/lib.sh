@@ -8,7 +8,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 VENV="${OPSGATE_VENV:-$ROOT/.venv}"
 ENVOY="$VENV/bin/envoy"
-WASM="$CARGO_TARGET_DIR/wasm32-wasip1/release/opsgate_plugin.wasm"
+WASM="$CARGO_TARGET_DIR/wasm32-wasip1/filter/opsgate_plugin.wasm"
+# The filter with its test-only crash trigger (never shipped).
+CRASH_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/crash-test/opsgate_plugin.wasm"
 
 say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
@@ -31,10 +33,17 @@ ensure_venv() {
   cp "$req" "$stamp"
 }
 
-# build_filter: the filter, release and size-optimised.
+# build_filter: the filter as shipped (profile `filter`: LTO, size-optimised, stripped).
 build_filter() {
-  say "building the filter (wasm32-wasip1, release)"
-  cargo build --quiet --release -p opsgate-plugin --target wasm32-wasip1
+  say "building the filter (wasm32-wasip1, profile filter)"
+  cargo build --quiet --profile filter -p opsgate-plugin --target wasm32-wasip1
+}
+
+# build_crash_filter: the filter with its test-only crash trigger, for the reload tests.
+build_crash_filter() {
+  say "building the crash-trigger test filter (wasm32-wasip1, profile crash-test)"
+  cargo build --quiet --profile crash-test -p opsgate-plugin --target wasm32-wasip1 \
+    --features crash-trigger
 }
 
 # build_services PROFILE: the control plane and the fake provider (dev or release).

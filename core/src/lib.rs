@@ -6,6 +6,7 @@
 pub mod contract;
 pub mod credentials;
 pub mod error;
+pub mod headers;
 pub mod jwt;
 pub mod money;
 pub mod plan;

@@ -251,6 +251,73 @@ pub fn parse_image(
     Ok((map, req))
 }
 
+/// Body fields a call on the **platform's** key may not send as they are, because they change
+/// what the platform is billed or what the provider keeps under the platform's account. BYOK
+/// calls (the user's own key pays) are not checked.
+///
+/// | field | rule |
+/// |---|---|
+/// | `service_tier` | only `auto` / `default` pass; `flex`, `priority`, `scale`… are refused |
+/// | `store` | `true` is refused (stored completions would live in the platform's account); otherwise removed |
+/// | `metadata` | removed (tags stored completions in the platform's account) |
+/// | `prediction` | refused (rejected prediction tokens are billed beyond what the hold covers) |
+/// | `web_search_options` | refused (a per-call search fee the rate card does not price) |
+/// | `audio`, `modalities` with `"audio"` | refused (audio tokens are priced apart from text) |
+pub fn apply_platform_key_policy(map: &mut Map<String, Value>) -> Result<(), ApiError> {
+    let refuse = |field: &str, why: &str| {
+        ApiError::invalid_param(
+            field,
+            format!(
+                "'{field}' is not accepted on calls made with the gateway's provider keys ({why}). Remove it, or add your own provider key (BYOK) to use it."
+            ),
+        )
+    };
+    match map.get("service_tier") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "auto" || t == "default" => {}
+        Some(_) => {
+            return Err(refuse(
+                "service_tier",
+                "only \"auto\" and \"default\" are billed at the gateway's rates",
+            ))
+        }
+    }
+    if map.get("store").and_then(Value::as_bool) == Some(true) {
+        return Err(refuse(
+            "store",
+            "stored completions would be kept in the gateway's provider account",
+        ));
+    }
+    if map.get("prediction").is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "prediction",
+            "rejected prediction tokens are billed beyond the call's hold",
+        ));
+    }
+    if map.get("web_search_options").is_some_and(|v| !v.is_null()) {
+        return Err(refuse(
+            "web_search_options",
+            "web search carries a per-call fee the gateway does not price",
+        ));
+    }
+    if map.get("audio").is_some_and(|v| !v.is_null()) {
+        return Err(refuse("audio", "audio output is priced apart from text"));
+    }
+    let audio_out = map
+        .get("modalities")
+        .and_then(Value::as_array)
+        .is_some_and(|m| m.iter().any(|v| v.as_str() == Some("audio")));
+    if audio_out {
+        return Err(refuse(
+            "modalities",
+            "audio output is priced apart from text",
+        ));
+    }
+    map.remove("store");
+    map.remove("metadata");
+    Ok(())
+}
+
 /// The body a provider receives: extension fields removed, the provider's model id, the
 /// completion bound the hold covers, and (for streams) a request for a final usage chunk.
 pub fn rewrite_for_provider(
@@ -293,6 +360,43 @@ mod tests {
 
     fn chat(body: &str) -> Result<ChatRequest, ApiError> {
         parse_chat(body.as_bytes(), None).map(|(_, r)| r)
+    }
+
+    fn policy(body: &str) -> Result<Map<String, Value>, ApiError> {
+        let (mut map, _) = parse_chat(body.as_bytes(), None)?;
+        apply_platform_key_policy(&mut map).map(|()| map)
+    }
+
+    #[test]
+    fn platform_key_policy_refuses_fields_that_change_the_bill() {
+        let base = r#""model":"gpt-4o","messages":[{"role":"user","content":"hi"}]"#;
+        for (field, value) in [
+            ("service_tier", r#""priority""#),
+            ("service_tier", r#""flex""#),
+            ("service_tier", "3"),
+            ("store", "true"),
+            ("prediction", r#"{"type":"content","content":"x"}"#),
+            ("web_search_options", "{}"),
+            ("audio", r#"{"voice":"alloy","format":"wav"}"#),
+            ("modalities", r#"["text","audio"]"#),
+        ] {
+            let e = policy(&format!("{{{base},\"{field}\":{value}}}")).unwrap_err();
+            assert_eq!(e.status(), 400, "{field}");
+            assert_eq!(e.param.as_deref(), Some(field), "{field}");
+        }
+    }
+
+    #[test]
+    fn platform_key_policy_strips_what_the_provider_would_keep() {
+        let map = policy(
+            r#"{"model":"gpt-4o","messages":[{"role":"user"}],"store":false,"metadata":{"a":"b"},"service_tier":"auto","modalities":["text"],"user":"u1"}"#,
+        )
+        .unwrap();
+        assert!(!map.contains_key("store"));
+        assert!(!map.contains_key("metadata"));
+        assert_eq!(map["service_tier"], "auto");
+        assert_eq!(map["user"], "u1");
+        assert_eq!(map["modalities"], serde_json::json!(["text"]));
     }
 
     #[test]

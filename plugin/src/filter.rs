@@ -27,6 +27,7 @@
 //! CORS and the cookie CSRF rule: see [`crate::cors`].
 
 use crate::cors::{self, BrowserContext};
+use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::jwks;
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
@@ -37,14 +38,17 @@ use opsgate_core::contract::{
     AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
 };
 use opsgate_core::credentials::{self, Credential};
+use opsgate_core::headers;
 use opsgate_core::jwt::{self, JwtError};
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::Usage;
-use opsgate_core::request::{parse_chat, parse_image, rewrite_for_provider};
+use opsgate_core::request::{
+    apply_platform_key_policy, parse_chat, parse_image, rewrite_for_provider,
+};
 use opsgate_core::usage::{chat_usage, images_returned, SseMeter};
 use opsgate_core::{ApiError, ErrorKind};
 use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::{Action, LogLevel};
+use proxy_wasm::types::Action;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
@@ -148,6 +152,9 @@ pub struct Filter {
     /// CORS headers for the response: the full set for an allowed origin, else only
     /// `vary: origin` when CORS is configured.
     cors_headers: Vec<(&'static str, String)>,
+    /// Passed on to the control plane (a non-metered route): its body is bounded and an
+    /// error Envoy answers in plain text (control plane down or hung) becomes an envelope.
+    to_control_plane: bool,
 }
 
 impl Filter {
@@ -180,11 +187,55 @@ impl Filter {
             credential_key: None,
             authorize_sent: None,
             cors_headers: Vec::new(),
+            to_control_plane: false,
         }
     }
 
     fn count(&self, c: Counter) {
         self.shared.borrow().metrics.inc(c);
+    }
+
+    fn pass_to_control_plane(&mut self) {
+        self.phase = Phase::Pass;
+        self.to_control_plane = true;
+    }
+
+    /// An error response that is not JSON (Envoy's own `upstream connect error…`, `upstream
+    /// request timeout`, a framework's plain-text 413) is replaced with the envelope for its
+    /// status. `provider`: the metered call's provider, `None` for the control plane.
+    fn envelope_plain_error(
+        &mut self,
+        end_of_stream: bool,
+        provider: Option<&str>,
+    ) -> Option<Action> {
+        let status: u16 = host::header_text(Headers::Response, ":status")?
+            .parse()
+            .ok()?;
+        let json = host::header_text(Headers::Response, "content-type")
+            .is_some_and(|c| c.to_ascii_lowercase().contains("json"));
+        if status < 400 || json || end_of_stream {
+            return None;
+        }
+        let err = plain_error(status, provider);
+        set_header(Headers::Response, ":status", &err.status().to_string());
+        set_header(Headers::Response, "content-type", "application/json");
+        remove_header(Headers::Response, "content-length");
+        self.replacement = Some(err);
+        Some(Action::Pause)
+    }
+
+    /// The body of a response whose envelope replaces it (see `envelope_plain_error`):
+    /// buffered to its end, then replaced.
+    fn replace_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(err) = self.replacement.as_ref() else {
+            return Action::Continue;
+        };
+        if !end_of_stream {
+            self.response_buffered = body_size;
+            return Action::Pause;
+        }
+        set_response_body(body_size, err.to_json().as_bytes());
+        Action::Continue
     }
 
     fn reply(&mut self, err: &ApiError) {
@@ -205,8 +256,12 @@ impl Filter {
         for (k, v) in &self.cors_headers {
             all.push((k, v.as_str()));
         }
-        let body = (!body.is_empty()).then_some(body);
-        self.send_http_response(u32::from(status), all, body);
+        if host::send_local_reply(status, &all, body).is_err() {
+            log(
+                LogLevel::Warn,
+                &format!("opsgate: the host refused a local reply ({status})"),
+            );
+        }
     }
 
     /// A 403 for an origin that may not do this (preflight or cookie CSRF rule).
@@ -223,14 +278,15 @@ impl Filter {
 
     /// The request's path without its query string, relative to the route prefix or the
     /// admin prefix.
-    fn route(&self, path: &str) -> Option<(Area, String)> {
-        let path = path.split('?').next().unwrap_or_default();
+    /// The route is `None` when the path under the prefix is not UTF-8 (refused with 400).
+    fn route(&self, path: &[u8]) -> Option<(Area, Option<String>)> {
+        let path = path.split(|b| *b == b'?').next().unwrap_or_default();
         // Only paths under `prefix/` are API paths: the bare prefix (with or without a query)
         // is not the filter's, and passes untouched (once stripped of `x-opsgate-*`).
         let under = |prefix: &str| {
-            path.strip_prefix(prefix)
-                .filter(|rest| rest.starts_with('/'))
-                .map(str::to_string)
+            path.strip_prefix(prefix.as_bytes())
+                .filter(|rest| rest.starts_with(b"/"))
+                .map(|rest| String::from_utf8(rest.to_vec()).ok())
         };
         let s = self.shared.borrow();
         if let Some(rest) = under(&s.config.route_prefix) {
@@ -245,17 +301,7 @@ impl Filter {
 
     /// Removes every `x-opsgate-*` header the client sent.
     fn strip_internal_headers(&self) {
-        let mut names: Vec<String> = self
-            .get_http_request_headers()
-            .into_iter()
-            .map(|(k, _)| k.to_ascii_lowercase())
-            .filter(|k| k.starts_with(INTERNAL_HEADER_PREFIX))
-            .collect();
-        names.sort_unstable();
-        names.dedup();
-        for name in names {
-            self.set_http_request_header(&name, None);
-        }
+        strip_request_headers(|name| name.starts_with(INTERNAL_HEADER_PREFIX.as_bytes()));
     }
 
     /// A CORS preflight: answered here, 204 for an allowed origin, 403 otherwise.
@@ -278,28 +324,31 @@ impl Filter {
             );
             return Action::Pause;
         }
-        let requested = self.get_http_request_header("access-control-request-headers");
+        // Unreadable requested headers ask for nothing.
+        let requested = host::header_text(Headers::Request, "access-control-request-headers");
         let headers = cors::preflight_headers(&cors, origin, requested.as_deref());
         self.count(Counter::CorsPreflight);
         self.phase = Phase::Replied;
-        self.send_http_response(
-            204,
-            headers.iter().map(|(k, v)| (*k, v.as_str())).collect(),
-            None,
-        );
+        let pairs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        if host::send_local_reply(204, &pairs, &[]).is_err() {
+            log(
+                LogLevel::Warn,
+                "opsgate: the host refused a preflight reply",
+            );
+        }
         Action::Pause
     }
 
-    /// The cookie CSRF rule (see [`crate::cors`]): `Some(message)` when refused.
-    fn cookie_refusal(&self) -> Option<String> {
-        let origin = self.get_http_request_header("origin");
-        let site = self.get_http_request_header("sec-fetch-site");
+    /// The cookie CSRF rule (see [`crate::cors`]): `Ok(Some(message))` when refused.
+    fn cookie_refusal(&self) -> Result<Option<String>, ApiError> {
+        let origin = request_header("origin")?;
+        let site = request_header("sec-fetch-site")?;
         let own = cors::own_origin(
-            self.get_http_request_header(":scheme").as_deref(),
-            self.get_http_request_header(":authority").as_deref(),
+            request_header(":scheme")?.as_deref(),
+            request_header(":authority")?.as_deref(),
         );
         let s = self.shared.borrow();
-        cors::cookie_refusal(
+        Ok(cors::cookie_refusal(
             s.config.cors.as_ref(),
             &BrowserContext {
                 method: &self.method,
@@ -307,7 +356,7 @@ impl Filter {
                 sec_fetch_site: site.as_deref(),
                 own_origin: own.as_deref(),
             },
-        )
+        ))
     }
 
     /// A non-metered call verified by a JWT goes to the control plane with the identity
@@ -327,8 +376,8 @@ impl Filter {
             roles: roles.clone(),
         };
         let auth = self.shared.borrow().config.identity_auth.clone();
-        self.set_http_request_header(IDENTITY_HEADER, Some(&identity.encode()));
-        self.set_http_request_header(IDENTITY_AUTH_HEADER, Some(&auth));
+        set_header(Headers::Request, IDENTITY_HEADER, &identity.encode());
+        set_header(Headers::Request, IDENTITY_AUTH_HEADER, &auth);
         self.count(Counter::IdentityForwarded);
     }
 
@@ -373,7 +422,7 @@ impl Filter {
     /// A `uc_` key or session: refused locally when the control plane refused it lately,
     /// else passed on (the control plane decides).
     fn cached_credential(&mut self, key: String, principal: Principal) -> Authn {
-        let now = self.get_current_time();
+        let now = host::now();
         let shared = self.shared.clone();
         let mut s = shared.borrow_mut();
         match s.credentials.get(&key, now).cloned() {
@@ -393,7 +442,7 @@ impl Filter {
         let Some(key) = self.credential_key.take() else {
             return;
         };
-        let now = self.get_current_time();
+        let now = host::now();
         let mut s = self.shared.borrow_mut();
         match refusal {
             Some(err) if err.kind == ErrorKind::InvalidApiKey => {
@@ -418,7 +467,7 @@ impl Filter {
                 "JWT authentication is not enabled on this gateway; use an API key.",
             ));
         }
-        let now = self.get_current_time();
+        let now = host::now();
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // A cached verdict needs nothing else; only first sight reads the JWT settings.
         let (jwt, keys) = {
@@ -451,7 +500,7 @@ impl Filter {
         let result = jwt::verify(token, &keys, &jwt.validation, unix_secs(now));
         if let Err(JwtError::UnknownKid(_)) = &result {
             if jwks::claim_unknown_kid_refetch(&self.shared, now) {
-                match jwks::dispatch(self, &jwt) {
+                match jwks::dispatch(&jwt) {
                     Ok(call) => {
                         self.pending_jwt = Some(token.to_string());
                         return Authn::AwaitingKeys(call);
@@ -523,7 +572,7 @@ impl Filter {
     /// The JWKS refetch this request waited for has answered (or failed): verify again with
     /// whatever keys there are now, then go on.
     fn keys_arrived(&mut self, status: u16, body: &[u8]) {
-        let now = self.get_current_time();
+        let now = host::now();
         jwks::apply(&self.shared, status, body, now);
         let Some(token) = self.pending_jwt.take() else {
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
@@ -545,7 +594,7 @@ impl Filter {
         match self.jwt_outcome(&hash, result, now, true) {
             Authn::Ready(p) => {
                 if self.proceed(p) == Action::Continue {
-                    self.resume_http_request();
+                    resume_request();
                 }
             }
             Authn::Refused(e) => self.reply(&e),
@@ -562,7 +611,7 @@ impl Filter {
             // comes with the internal token).
             self.add_identity(&principal);
             self.count(Counter::Passed);
-            self.phase = Phase::Pass;
+            self.pass_to_control_plane();
             return Action::Continue;
         }
         if self.method != "POST" {
@@ -632,7 +681,7 @@ impl Filter {
                 ));
             }
         }
-        let request_id = new_request_id(self.get_current_time());
+        let request_id = new_request_id(host::now());
         let req = AuthorizeRequest {
             request_id: Some(request_id.clone()),
             ..req
@@ -641,7 +690,7 @@ impl Filter {
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
         let token = {
             let shared = self.shared.borrow();
-            call_control_plane(self, &shared.config, "POST", AUTHORIZE_PATH, Some(&payload))
+            call_control_plane(&shared.config, "POST", AUTHORIZE_PATH, Some(&payload))
         }
         .map_err(|e| {
             log(
@@ -652,14 +701,14 @@ impl Filter {
         })?;
         // Sent: the control plane may place a hold under this id from now on.
         self.request_id = Some(request_id);
-        self.authorize_sent = Some(self.get_current_time());
+        self.authorize_sent = Some(host::now());
         self.phase = Phase::Authorizing { token };
         Ok(())
     }
 
     /// The whole request body (`body_size` bytes) is buffered: authorize it.
     fn body_complete(&mut self, body_size: usize) {
-        let body = self.get_http_request_body(0, body_size).unwrap_or_default();
+        let body = host::buffer_or_empty(Buffer::RequestBody, 0, body_size);
         if let Err(e) = self.authorize(&body) {
             self.reply(&e);
         }
@@ -681,11 +730,20 @@ impl Filter {
     }
 
     fn forward(&mut self, grant: Grant) {
-        let Some(parsed) = self.parsed.take() else {
+        let Some(mut parsed) = self.parsed.take() else {
             self.release_unforwarded();
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
             return;
         };
+        if !grant.byok {
+            // The platform pays and the provider keeps what it is sent under the platform's
+            // account: fields that change either are refused or removed (core::request).
+            if let Err(e) = apply_platform_key_policy(&mut parsed.body) {
+                self.release_unforwarded();
+                self.reply(&e);
+                return;
+            }
+        }
         let body = rewrite_for_provider(
             parsed.body,
             &grant.upstream.model,
@@ -693,48 +751,87 @@ impl Filter {
             parsed.stream,
             grant.upstream.completion_limit,
         );
-        self.set_http_request_body(0, parsed.body_len, &body);
-        self.set_http_request_header(":path", Some(&grant.upstream.path));
-        self.set_http_request_header(":authority", Some(&grant.upstream.authority));
-        self.set_http_request_header(
-            "authorization",
-            Some(&format!("Bearer {}", grant.upstream.api_key)),
-        );
-        self.set_http_request_header("x-power-level", Some(grant.rate.power_level.as_str()));
-        self.set_http_request_header("cookie", None);
-        self.set_http_request_header("content-length", None);
-        // Fix: clients (the OpenAI SDKs, curl --compressed, browsers) send
-        // `accept-encoding: gzip`; a provider that honours it returns a compressed body,
-        // in which the filter can find neither `usage` (the hold was charged in full) nor
-        // `[DONE]` (a stream settled as Partial with no completion tokens). Ask for an
-        // uncompressed response (a compressor filter may still compress towards the client).
-        self.set_http_request_header("accept-encoding", None);
-        self.set_http_request_header("x-opsgate-cluster", Some(&grant.upstream.cluster));
+        // Only what the provider needs reaches it (core::headers): an allow-list on the
+        // platform's key, everything but cookies and proxy credentials on the caller's own.
+        let byok = grant.byok;
+        strip_request_headers(|name| !headers::reaches_provider(name, byok));
+        // The request must leave with the provider's credential and nothing of the client's
+        // in its place: if the host refuses any of these, the call is not made.
+        let rewritten = [
+            host::set_buffer(Buffer::RequestBody, 0, parsed.body_len, &body),
+            host::set_header(Headers::Request, ":path", &grant.upstream.path),
+            host::set_header(Headers::Request, ":authority", &grant.upstream.authority),
+            host::set_header(
+                Headers::Request,
+                "authorization",
+                &format!("Bearer {}", grant.upstream.api_key),
+            ),
+            host::set_header(
+                Headers::Request,
+                "x-power-level",
+                grant.rate.power_level.as_str(),
+            ),
+            // Clients (the OpenAI SDKs, curl --compressed, browsers) send
+            // `accept-encoding: gzip`; the filter must read `usage` and `[DONE]` in plain text
+            // (a compressor filter may still compress towards the client).
+            host::remove_header(Headers::Request, "accept-encoding"),
+            host::remove_header(Headers::Request, "content-length"),
+            host::set_header(
+                Headers::Request,
+                "x-opsgate-cluster",
+                &grant.upstream.cluster,
+            ),
+        ];
+        if let Some(Err(e)) = rewritten.iter().find(|r| r.is_err()) {
+            log(
+                LogLevel::Error,
+                &format!("opsgate: the host refused to rewrite the request ({e:?}); not forwarded"),
+            );
+            self.release_unforwarded();
+            self.reply(&ApiError::new(
+                ErrorKind::Internal,
+                "The gateway could not prepare the provider request; nothing was charged.",
+            ));
+            return;
+        }
         // Whether the response is a stream is decided by its content-type (a `stream: true`
         // request answered with plain JSON is metered from its `usage`).
         self.sse.drop_usage_chunk = parsed.stream && !parsed.include_usage;
-        self.started = Some(self.get_current_time());
+        self.started = Some(host::now());
         self.grant = Some(Rc::new(grant));
         // Forwarded: the hold is settled through the grant from now on.
         self.request_id = None;
         self.phase = Phase::Forwarded;
         self.count(Counter::Allowed);
-        self.resume_http_request();
+        resume_request();
     }
 
     fn rate_limit_headers(&self, grant: &Grant) {
         if let Some(p) = grant.period {
-            self.set_http_response_header("x-ratelimit-limit", Some(&p.limit.to_string()));
-            self.set_http_response_header("x-ratelimit-remaining", Some(&p.remaining.to_string()));
-            self.set_http_response_header("x-ratelimit-reset", Some(&p.reset.to_string()));
+            set_header(Headers::Response, "x-ratelimit-limit", &p.limit.to_string());
+            set_header(
+                Headers::Response,
+                "x-ratelimit-remaining",
+                &p.remaining.to_string(),
+            );
+            set_header(Headers::Response, "x-ratelimit-reset", &p.reset.to_string());
         }
         if let Some(d) = grant.daily {
-            self.set_http_response_header("x-ratelimit-limit-day", Some(&d.limit.to_string()));
-            self.set_http_response_header(
-                "x-ratelimit-remaining-day",
-                Some(&d.remaining.to_string()),
+            set_header(
+                Headers::Response,
+                "x-ratelimit-limit-day",
+                &d.limit.to_string(),
             );
-            self.set_http_response_header("x-ratelimit-reset-day", Some(&d.reset.to_string()));
+            set_header(
+                Headers::Response,
+                "x-ratelimit-remaining-day",
+                &d.remaining.to_string(),
+            );
+            set_header(
+                Headers::Response,
+                "x-ratelimit-reset-day",
+                &d.reset.to_string(),
+            );
         }
     }
 
@@ -757,7 +854,7 @@ impl Filter {
         self.settled = true;
         let latency_ms = self
             .started
-            .and_then(|t| self.get_current_time().duration_since(t).ok())
+            .and_then(|t| host::now().duration_since(t).ok())
             .map_or(0, |d| d.as_millis() as u64);
         let settlement = Settlement {
             hold_id: grant.hold_id.clone(),
@@ -787,12 +884,10 @@ impl Filter {
     /// settled.
     fn response_complete(&mut self, grant: &Grant, body_size: usize) {
         if let Some(err) = self.replacement.as_ref() {
-            self.set_http_response_body(0, body_size, err.to_json().as_bytes());
+            set_response_body(body_size, err.to_json().as_bytes());
             return;
         }
-        let body = self
-            .get_http_response_body(0, body_size)
-            .unwrap_or_default();
+        let body = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
         let usage = match self.endpoint {
             Some(Endpoint::ImageGenerations) => Usage {
                 images: images_returned(&body).unwrap_or_else(|| {
@@ -817,13 +912,15 @@ impl Filter {
             }),
         };
         let cost = Self::cost_of(grant, &usage);
-        self.set_http_response_header(
+        set_header(
+            Headers::Response,
             "x-cost-incurred",
-            Some(&MilliCredits(cost).to_credits_string()),
+            &MilliCredits(cost).to_credits_string(),
         );
-        self.set_http_response_header(
+        set_header(
+            Headers::Response,
             "x-credits-remaining",
-            Some(&MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string()),
+            &MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string(),
         );
         self.settle(Outcome::Success, usage);
     }
@@ -894,6 +991,143 @@ fn cp_unavailable() -> ApiError {
     )
 }
 
+/// A request header we read, as text. Not UTF-8: the request is refused — 401 for the
+/// credential headers, 400 naming the header otherwise. The bytes are never echoed or logged.
+fn request_header(name: &'static str) -> Result<Option<String>, ApiError> {
+    host::header_str(Headers::Request, name).map_err(|e| unreadable_header(e.name))
+}
+
+fn unreadable_header(name: &str) -> ApiError {
+    if name == "authorization" || name == "cookie" {
+        ApiError::invalid_api_key(format!(
+            "The {name} header is not valid UTF-8 text, so it holds no credential this gateway accepts."
+        ))
+    } else {
+        // The same parameter name as a bad power level (the guide's spelling).
+        let param = if name == "x-power-level" {
+            "X-Power-Level"
+        } else {
+            name
+        };
+        ApiError::invalid_param(
+            param,
+            format!("The {param} header is not valid UTF-8 text."),
+        )
+    }
+}
+
+/// Removes every request header whose (raw) name matches.
+fn strip_request_headers(matches: impl Fn(&[u8]) -> bool) {
+    let mut names: Vec<Vec<u8>> = host::headers(Headers::Request)
+        .into_iter()
+        .map(|(k, _)| k.to_ascii_lowercase())
+        .filter(|k| matches(k))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    for name in names {
+        if host::remove_header(Headers::Request, &name).is_err() {
+            log(
+                LogLevel::Warn,
+                "opsgate: the host refused to remove a header",
+            );
+        }
+    }
+}
+
+/// Sets a header; a refusal (the map is gone in this phase) is logged, not fatal.
+fn set_header(map: Headers, name: &str, value: &str) {
+    if host::set_header(map, name, value).is_err() {
+        log(
+            LogLevel::Debug,
+            &format!("opsgate: the host refused to set {name}"),
+        );
+    }
+}
+
+fn remove_header(map: Headers, name: &str) {
+    if host::remove_header(map, name).is_err() {
+        log(
+            LogLevel::Debug,
+            &format!("opsgate: the host refused to remove {name}"),
+        );
+    }
+}
+
+fn set_response_body(size: usize, body: &[u8]) {
+    if host::set_buffer(Buffer::ResponseBody, 0, size, body).is_err() {
+        log(LogLevel::Warn, "opsgate: the host refused a response body");
+    }
+}
+
+fn resume_request() {
+    if host::resume(Stream::Request).is_err() {
+        log(
+            LogLevel::Warn,
+            "opsgate: the host refused to resume the request",
+        );
+    }
+}
+
+/// Test builds only: panics when the request carries `x-opsgate-test-crash`, with the
+/// header's value in the panic message (which the panic hook must never log).
+#[cfg(feature = "crash-trigger")]
+#[allow(clippy::panic)]
+fn crash_trigger() {
+    if let Some(value) = host::header(Headers::Request, "x-opsgate-test-crash") {
+        panic!("crash trigger: {}", String::from_utf8_lossy(&value));
+    }
+}
+
+/// The envelope for an error Envoy (or a framework) answered in plain text.
+fn plain_error(status: u16, provider: Option<&str>) -> ApiError {
+    let upstream = match provider {
+        Some(p) => format!("The provider {p}"),
+        None => "The gateway's control plane".to_string(),
+    };
+    let (kind, message) = match status {
+        401 => (ErrorKind::InvalidApiKey, "Invalid credentials.".to_string()),
+        403 => (ErrorKind::Forbidden, "Forbidden.".to_string()),
+        404 => (ErrorKind::NotFound, "Not found.".to_string()),
+        405 => (
+            ErrorKind::MethodNotAllowed,
+            "Method not allowed.".to_string(),
+        ),
+        413 => (
+            ErrorKind::PayloadTooLarge,
+            "Request body is too large.".to_string(),
+        ),
+        429 => (
+            ErrorKind::QuotaExceeded,
+            "Too many requests; retry later.".to_string(),
+        ),
+        400..=499 => (
+            ErrorKind::BadRequest,
+            "The request was refused.".to_string(),
+        ),
+        502 => (
+            ErrorKind::UpstreamError,
+            format!("{upstream} answered with an invalid response. Retry with backoff."),
+        ),
+        504 => (
+            ErrorKind::Timeout,
+            format!("{upstream} did not answer in time. Retry with backoff."),
+        ),
+        _ => (
+            ErrorKind::Unavailable,
+            format!("{upstream} is unavailable. Retry with backoff."),
+        ),
+    };
+    ApiError::new(kind, message)
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("Request body is larger than {max} bytes."),
+    )
+}
+
 impl Context for Filter {
     fn on_http_call_response(
         &mut self,
@@ -904,10 +1138,9 @@ impl Context for Filter {
     ) {
         if self.jwks_call == Some(token) {
             self.jwks_call = None;
-            let status = callout_status(self, num_headers);
+            let status = callout_status(num_headers);
             let body = if status == 200 {
-                self.get_http_call_response_body(0, body_size)
-                    .unwrap_or_default()
+                host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size)
             } else {
                 Vec::new()
             };
@@ -916,7 +1149,7 @@ impl Context for Filter {
             } else {
                 // The request was answered meanwhile (e.g. 413): the refetch spent the
                 // cooldown, so its keys still serve everyone else.
-                let now = self.get_current_time();
+                let now = host::now();
                 jwks::apply(&self.shared, status, &body, now);
             }
             return;
@@ -925,13 +1158,10 @@ impl Context for Filter {
             Phase::Authorizing { token: expected } if token == expected => {}
             _ => return,
         }
-        let status = callout_status(self, num_headers);
-        let body = self
-            .get_http_call_response_body(0, body_size)
-            .unwrap_or_default();
+        let status = callout_status(num_headers);
+        let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
         if let Some(sent) = self.authorize_sent.take() {
-            let ms = self
-                .get_current_time()
+            let ms = host::now()
                 .duration_since(sent)
                 .map_or(0, |d| d.as_millis() as u64);
             self.shared
@@ -966,26 +1196,24 @@ impl Context for Filter {
     }
 }
 
-impl HttpContext for Filter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        self.strip_internal_headers();
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let Some((area, route)) = self.route(&path) else {
-            return Action::Continue;
-        };
-        let method = self.get_http_request_header(":method").unwrap_or_default();
-        let origin = self
-            .get_http_request_header("origin")
-            .filter(|o| !o.trim().is_empty());
+impl Filter {
+    /// The request headers of a request under one of our prefixes. `Err`: answered with
+    /// that envelope (a header we read is not UTF-8, the credential is malformed, ...).
+    fn request_headers(
+        &mut self,
+        area: Area,
+        route: String,
+        end_of_stream: bool,
+    ) -> Result<Action, ApiError> {
+        let method = request_header(":method")?.unwrap_or_default();
+        let origin = request_header("origin")?.filter(|o| !o.trim().is_empty());
         if method == "OPTIONS" {
-            let preflight = self
-                .get_http_request_header("access-control-request-method")
-                .is_some();
-            return match origin {
+            let preflight = request_header("access-control-request-method")?.is_some();
+            return Ok(match origin {
                 Some(origin) if preflight => self.preflight(&origin),
                 // Not a preflight: passed on, without credentials, as before.
                 _ => Action::Continue,
-            };
+            });
         }
         self.cors_headers = {
             let s = self.shared.borrow();
@@ -1007,9 +1235,16 @@ impl HttpContext for Filter {
         self.method = method;
         self.route = route;
         self.headers_eos = end_of_stream;
-        self.power_header = self.get_http_request_header("x-power-level");
-        let auth = self.get_http_request_header("authorization");
-        let cookie = self.get_http_request_header("cookie");
+        // A body announced larger than any we accept is refused before it is read.
+        let max = self.shared.borrow().config.max_body_bytes;
+        let announced = host::header_text(Headers::Request, "content-length")
+            .and_then(|l| l.trim().parse::<u64>().ok());
+        if announced.is_some_and(|l| l > max as u64) {
+            return Err(too_large(max));
+        }
+        self.power_header = request_header("x-power-level")?;
+        let auth = request_header("authorization")?;
+        let cookie = request_header("cookie")?;
         let extracted = credentials::extract(auth.as_deref(), cookie.as_deref());
         if area == Area::Admin {
             // The admin token (any bearer that is not a JWT) is the control plane's to check.
@@ -1019,14 +1254,14 @@ impl HttpContext for Filter {
                 .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
             if bearer && !matches!(extracted, Ok(Credential::Jwt(_))) {
                 self.count(Counter::Passed);
-                self.phase = Phase::Pass;
-                return Action::Continue;
+                self.pass_to_control_plane();
+                return Ok(Action::Continue);
             }
         }
         if matches!(extracted, Ok(Credential::Session(_))) {
-            if let Some(why) = self.cookie_refusal() {
+            if let Some(why) = self.cookie_refusal()? {
                 self.refuse_origin(&why, Counter::CookieOriginRefused);
-                return Action::Pause;
+                return Ok(Action::Pause);
             }
         }
         let authn = match extracted {
@@ -1034,14 +1269,34 @@ impl HttpContext for Filter {
             Err(e) => Authn::Refused(ApiError::invalid_api_key(e.message())),
         };
         match authn {
-            Authn::Ready(principal) => self.proceed(principal),
-            Authn::Refused(e) => {
-                self.reply(&e);
-                Action::Pause
-            }
+            Authn::Ready(principal) => Ok(self.proceed(principal)),
+            Authn::Refused(e) => Err(e),
             Authn::AwaitingKeys(token) => {
                 self.phase = Phase::AwaitingKeys;
                 self.jwks_call = Some(token);
+                Ok(Action::Pause)
+            }
+        }
+    }
+}
+
+impl HttpContext for Filter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "crash-trigger")]
+        crash_trigger();
+        self.strip_internal_headers();
+        // Read as bytes: a path that is not ours passes whatever it holds.
+        let path = host::header(Headers::Request, ":path").unwrap_or_default();
+        let Some((area, route)) = self.route(&path) else {
+            return Action::Continue;
+        };
+        let result = route
+            .ok_or_else(|| ApiError::invalid_param(":path", "The request path is not valid UTF-8."))
+            .and_then(|route| self.request_headers(area, route, end_of_stream));
+        match result {
+            Ok(action) => action,
+            Err(e) => {
+                self.reply(&e);
                 Action::Pause
             }
         }
@@ -1053,11 +1308,8 @@ impl HttpContext for Filter {
             Phase::AwaitingKeys => {
                 // Buffered until the credential is settled; a metered body is bounded.
                 let max = self.shared.borrow().config.max_body_bytes;
-                if self.endpoint.is_some() && body_size > max {
-                    self.reply(&ApiError::new(
-                        ErrorKind::PayloadTooLarge,
-                        format!("Request body is larger than {max} bytes."),
-                    ));
+                if body_size > max {
+                    self.reply(&too_large(max));
                 } else if end_of_stream {
                     self.body_ready = Some(body_size);
                 } else {
@@ -1066,14 +1318,21 @@ impl HttpContext for Filter {
                 return Action::Pause;
             }
             Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
+            Phase::Pass if self.to_control_plane => {
+                // Streamed on as it comes; bounded like a metered body.
+                self.body_buffered = self.body_buffered.saturating_add(body_size);
+                let max = self.shared.borrow().config.max_body_bytes;
+                if self.body_buffered > max {
+                    self.reply(&too_large(max));
+                    return Action::Pause;
+                }
+                return Action::Continue;
+            }
             Phase::Pass | Phase::Forwarded => return Action::Continue,
         }
         let max = self.shared.borrow().config.max_body_bytes;
         if body_size > max {
-            self.reply(&ApiError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("Request body is larger than {max} bytes."),
-            ));
+            self.reply(&too_large(max));
             return Action::Pause;
         }
         if !end_of_stream {
@@ -1106,7 +1365,7 @@ impl HttpContext for Filter {
         for (k, v) in &self.cors_headers {
             if *k == "vary" {
                 // Keep what the upstream varies on.
-                let vary = match self.get_http_response_header("vary") {
+                let vary = match host::header_text(Headers::Response, "vary") {
                     Some(old)
                         if !old
                             .split(',')
@@ -1117,25 +1376,29 @@ impl HttpContext for Filter {
                     Some(old) => old,
                     None => v.clone(),
                 };
-                self.set_http_response_header("vary", Some(&vary));
+                set_header(Headers::Response, "vary", &vary);
             } else {
-                self.set_http_response_header(k, Some(v));
+                set_header(Headers::Response, k, v);
             }
         }
         let Some(grant) = self.grant.clone() else {
+            if self.to_control_plane {
+                return self
+                    .envelope_plain_error(end_of_stream, None)
+                    .unwrap_or(Action::Continue);
+            }
             return Action::Continue;
         };
-        self.upstream_status = self
-            .get_http_response_header(":status")
+        self.upstream_status = host::header_text(Headers::Response, ":status")
             .and_then(|s| s.parse().ok())
             .unwrap_or(0);
         // Headers that name the account behind the key (the platform's, or the caller's own)
         // stay at the gateway; so do provider-set cookies.
         for h in PROVIDER_ACCOUNT_HEADERS {
-            self.set_http_response_header(h, None);
+            remove_header(Headers::Response, h);
         }
-        self.set_http_response_header("x-provider-used", Some(&grant.provider));
-        self.set_http_response_header("x-model-used", Some(&grant.model));
+        set_header(Headers::Response, "x-provider-used", &grant.provider);
+        set_header(Headers::Response, "x-model-used", &grant.model);
         self.rate_limit_headers(&grant);
         if !(200..300).contains(&self.upstream_status) {
             // The provider failed: nothing is charged, the quota slot is released.
@@ -1145,9 +1408,9 @@ impl HttpContext for Filter {
                 // key or org ids. The caller's own key: say so, naming the provider (never
                 // retried on platform credits). The platform's key: the gateway's fault.
                 let err = key_refused(&grant, self.upstream_status);
-                self.set_http_response_header(":status", Some(&err.status().to_string()));
-                self.set_http_response_header("content-type", Some("application/json"));
-                self.set_http_response_header("content-length", None);
+                set_header(Headers::Response, ":status", &err.status().to_string());
+                set_header(Headers::Response, "content-type", "application/json");
+                remove_header(Headers::Response, "content-length");
                 self.replacement = Some(err);
                 return if end_of_stream {
                     Action::Continue
@@ -1155,13 +1418,16 @@ impl HttpContext for Filter {
                     Action::Pause
                 };
             }
-            return Action::Continue;
+            // Envoy's own replies (provider unreachable, timed out) are plain text.
+            return self
+                .envelope_plain_error(end_of_stream, Some(&grant.provider))
+                .unwrap_or(Action::Continue);
         }
-        self.streaming = self
-            .get_http_response_header("content-type")
+        // A content-type that is not text is no stream.
+        self.streaming = host::header_text(Headers::Response, "content-type")
             .is_some_and(|c| c.starts_with("text/event-stream"));
         if self.streaming {
-            self.set_http_response_header("content-length", None);
+            remove_header(Headers::Response, "content-length");
             return Action::Continue;
         }
         if end_of_stream {
@@ -1174,22 +1440,20 @@ impl HttpContext for Filter {
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         let Some(grant) = self.grant.clone() else {
-            return Action::Continue;
+            return self.replace_body(body_size, end_of_stream);
         };
         if self.replacement.is_none() && !(200..300).contains(&self.upstream_status) {
             return Action::Continue;
         }
         if self.replacement.is_none() && self.streaming {
-            let chunk = self
-                .get_http_response_body(0, body_size)
-                .unwrap_or_default();
+            let chunk = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
             let out = self.sse.process_annotated(
                 &chunk,
                 end_of_stream,
                 |m| Self::cost_event(&grant, m.usage),
                 |u| serde_json::to_value(Self::cost_info(&grant, u)).ok(),
             );
-            self.set_http_response_body(0, body_size, &out);
+            set_response_body(body_size, &out);
             if end_of_stream || self.sse.done {
                 self.settle_stream();
             }
@@ -1209,7 +1473,7 @@ impl HttpContext for Filter {
     // a refused key's body unreplaced, and leave the settlement to `on_log`).
     fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
         let Some(grant) = self.grant.clone() else {
-            return Action::Continue;
+            return self.replace_body(self.response_buffered, true);
         };
         if self.replacement.is_none() && !(200..300).contains(&self.upstream_status) {
             return Action::Continue;

@@ -4,11 +4,10 @@
 //! fetch never replaces keys that work: the last good keys stay in use.
 
 use crate::config::JwtConfig;
+use crate::host::{self, HostError, LogLevel};
 use crate::metrics::Counter;
 use crate::shared::{log, SharedRef};
 use opsgate_core::jwt::KeySet;
-use proxy_wasm::traits::Context;
-use proxy_wasm::types::{LogLevel, Status};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
@@ -17,8 +16,8 @@ use std::time::{Duration, SystemTime};
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Sends `GET jwks_path` to the JWKS cluster.
-pub fn dispatch(ctx: &dyn Context, jwt: &JwtConfig) -> Result<u32, Status> {
-    ctx.dispatch_http_call(
+pub fn dispatch(jwt: &JwtConfig) -> Result<u32, HostError> {
+    host::dispatch_http_call(
         &jwt.jwks_cluster,
         vec![
             (":method", "GET"),
@@ -27,7 +26,6 @@ pub fn dispatch(ctx: &dyn Context, jwt: &JwtConfig) -> Result<u32, Status> {
             ("accept", "application/json"),
         ],
         None,
-        vec![],
         jwt.timeout,
     )
 }

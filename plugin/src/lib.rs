@@ -2,6 +2,8 @@
 //!
 //! * [`root`] — one per worker VM: configuration, the snapshot poll, the settle queue.
 //! * [`filter`] — one per request: credentials, request shaping, authorize, metering.
+//! * [`host`] — the one module that talks to the proxy-wasm ABI: bytes in, statuses mapped,
+//!   never a panic.
 //! * [`config`] — raw JSON configuration compiled into a validated [`config::FilterConfig`].
 //! * [`shared`] — the state a worker's root context shares with its requests.
 //! * [`jwks`] — the identity provider's keys: fetch, refresh, refetch on an unknown `kid`.
@@ -13,6 +15,7 @@ pub mod cache;
 pub mod config;
 pub mod cors;
 pub mod filter;
+pub mod host;
 pub mod jwks;
 pub mod metrics;
 pub mod root;
@@ -21,6 +24,8 @@ pub mod shared;
 #[cfg(target_arch = "wasm32")]
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(proxy_wasm::types::LogLevel::Info);
+    // Replaces the SDK's hook, which logs the panic's message (request bytes included).
+    host::install_panic_hook();
     proxy_wasm::set_root_context(|_| -> Box<dyn proxy_wasm::traits::RootContext> {
         Box::new(root::Root::default())
     });

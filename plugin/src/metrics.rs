@@ -2,8 +2,7 @@
 //! `wasmcustom.` prefix, e.g. `wasmcustom.opsgate.decisions.allowed`. Each worker VM
 //! defines the same names, so Envoy aggregates them into one stat.
 
-use proxy_wasm::hostcalls;
-use proxy_wasm::types::MetricType;
+use crate::host::{self, MetricKind};
 
 /// Counters. `decisions.*` count what became of each request under the API prefix:
 /// forwarded after authorize, passed on to the control plane (non-metered), or answered
@@ -169,24 +168,24 @@ impl Metrics {
         Metrics {
             counters: Counter::ALL
                 .iter()
-                .map(|c| hostcalls::define_metric(MetricType::Counter, c.name()).ok())
+                .map(|c| host::define_metric(MetricKind::Counter, c.name()).ok())
                 .collect(),
             histograms: Histogram::ALL
                 .iter()
-                .map(|h| hostcalls::define_metric(MetricType::Histogram, h.name()).ok())
+                .map(|h| host::define_metric(MetricKind::Histogram, h.name()).ok())
                 .collect(),
         }
     }
 
     pub fn inc(&self, c: Counter) {
         if let Some(Some(id)) = self.counters.get(c as usize) {
-            hostcalls::increment_metric(*id, 1).ok();
+            host::increment_metric(*id, 1).ok();
         }
     }
 
     pub fn record(&self, h: Histogram, value: u64) {
         if let Some(Some(id)) = self.histograms.get(h as usize) {
-            hostcalls::record_metric(*id, value).ok();
+            host::record_metric(*id, value).ok();
         }
     }
 }

@@ -3,12 +3,13 @@
 
 use crate::config::FilterConfig;
 use crate::filter::Filter;
+use crate::host::{self, Buffer, LogLevel};
 use crate::jwks;
 use crate::metrics::Metrics;
 use crate::shared::{call_control_plane, callout_status, log, Shared, SharedRef};
 use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
+use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -34,7 +35,7 @@ impl Root {
             let s = shared.borrow();
             (s.snapshot.is_some(), s.config.snapshot_interval)
         };
-        let now = self.get_current_time();
+        let now = host::now();
         let due = !loaded
             || self
                 .last_snapshot
@@ -45,7 +46,7 @@ impl Root {
         }
         let result = {
             let s = shared.borrow();
-            call_control_plane(self, &s.config, "GET", SNAPSHOT_PATH, None)
+            call_control_plane(&s.config, "GET", SNAPSHOT_PATH, None)
         };
         match result {
             Ok(token) => self.snapshot_call = Some(token),
@@ -65,11 +66,11 @@ impl Root {
         let Some(jwt) = shared.borrow().config.jwt.clone() else {
             return;
         };
-        let now = self.get_current_time();
+        let now = host::now();
         if !jwks::due(shared, now) {
             return;
         }
-        match jwks::dispatch(self, &jwt) {
+        match jwks::dispatch(&jwt) {
             Ok(token) => self.jwks_call = Some(token),
             Err(e) => {
                 log(
@@ -110,7 +111,7 @@ impl Root {
         };
         let result = {
             let s = shared.borrow();
-            call_control_plane(self, &s.config, "POST", SETTLE_PATH, Some(&body))
+            call_control_plane(&s.config, "POST", SETTLE_PATH, Some(&body))
         };
         match result {
             Ok(token) => self.settle_call = Some((token, batch)),
@@ -140,7 +141,12 @@ impl Root {
                 return;
             }
         }
-        self.done();
+        if host::done().is_err() {
+            log(
+                LogLevel::Warn,
+                "opsgate: the host refused the end of shutdown",
+            );
+        }
     }
 }
 
@@ -163,27 +169,24 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = callout_status(self, num_headers);
+        let status = callout_status(num_headers);
         if self.jwks_call == Some(token) {
             self.jwks_call = None;
             let body = if status == 200 {
-                self.get_http_call_response_body(0, body_size)
-                    .unwrap_or_default()
+                host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size)
             } else {
                 Vec::new()
             };
-            jwks::apply(&shared, status, &body, self.get_current_time());
+            jwks::apply(&shared, status, &body, host::now());
             return;
         }
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
-            let body = self
-                .get_http_call_response_body(0, body_size)
-                .unwrap_or_default();
+            let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
             match (status, serde_json::from_slice::<Snapshot>(&body)) {
                 (200, Ok(snap)) => {
                     self.snapshot_failing = false;
-                    self.last_snapshot = Some(self.get_current_time());
+                    self.last_snapshot = Some(host::now());
                     let mut s = shared.borrow_mut();
                     let changed = s
                         .snapshot
@@ -202,7 +205,7 @@ impl Context for Root {
                     }
                 }
                 (status, parsed) => {
-                    self.last_snapshot = Some(self.get_current_time());
+                    self.last_snapshot = Some(host::now());
                     if !self.snapshot_failing {
                         self.snapshot_failing = true;
                         log(
@@ -252,11 +255,17 @@ impl Context for Root {
 
 impl RootContext for Root {
     fn on_configure(&mut self, size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = host::buffer_or_empty(Buffer::PluginConfiguration, 0, usize::MAX);
         let _ = size;
         match FilterConfig::parse(&bytes) {
             Ok(config) => {
-                self.set_tick_period(config.tick().min(Duration::from_millis(200)));
+                if host::set_tick_period(config.tick().min(Duration::from_millis(200))).is_err() {
+                    log(
+                        LogLevel::Critical,
+                        "opsgate: the host refused a tick period",
+                    );
+                    return false;
+                }
                 self.shared = Some(Rc::new(RefCell::new(Shared::new(
                     config,
                     Metrics::define(),

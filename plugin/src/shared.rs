@@ -3,6 +3,7 @@
 
 use crate::cache::BoundedCache;
 use crate::config::FilterConfig;
+use crate::host::{self, Headers, HostError, LogLevel};
 use crate::metrics::{Counter, Metrics};
 use opsgate_core::contract::{Principal, Settlement, Snapshot};
 use opsgate_core::jwt::KeySet;
@@ -77,11 +78,10 @@ impl Shared {
     pub fn enqueue(&mut self, s: Settlement) {
         if self.settle_queue.len() >= self.config.settle_queue_max {
             self.metrics.inc(Counter::SettleDropped);
-            proxy_wasm::hostcalls::log(
-                proxy_wasm::types::LogLevel::Error,
+            log(
+                LogLevel::Error,
                 &format!("opsgate: settle queue full; hold {} will expire", s.hold_id),
-            )
-            .ok();
+            );
             return;
         }
         self.settle_queue.push_back(s);
@@ -92,12 +92,11 @@ pub type SharedRef = Rc<RefCell<Shared>>;
 
 /// Sends a request to the control plane through its Envoy cluster.
 pub fn call_control_plane(
-    ctx: &dyn proxy_wasm::traits::Context,
     config: &FilterConfig,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
-) -> Result<u32, proxy_wasm::types::Status> {
+) -> Result<u32, HostError> {
     let auth = format!("Bearer {}", config.cp_token);
     let mut headers = vec![
         (":method", method),
@@ -108,19 +107,18 @@ pub fn call_control_plane(
     if body.is_some() {
         headers.push(("content-type", "application/json"));
     }
-    ctx.dispatch_http_call(&config.cp_cluster, headers, body, vec![], config.cp_timeout)
+    host::dispatch_http_call(&config.cp_cluster, headers, body, config.cp_timeout)
 }
 
-/// Status of a callout response; 0 when none arrived (reset, timeout, no cluster host).
-pub fn callout_status(ctx: &dyn proxy_wasm::traits::Context, num_headers: usize) -> u16 {
+/// Status of a callout response; 0 when none arrived (reset, timeout, no cluster host) or
+/// when its `:status` is not a number.
+pub fn callout_status(num_headers: usize) -> u16 {
     if num_headers == 0 {
         return 0;
     }
-    ctx.get_http_call_response_header(":status")
+    host::header_text(Headers::CallResponse, ":status")
         .and_then(|s| s.parse().ok())
         .unwrap_or(0)
 }
 
-pub fn log(level: proxy_wasm::types::LogLevel, msg: &str) {
-    proxy_wasm::hostcalls::log(level, msg).ok();
-}
+pub use crate::host::log;

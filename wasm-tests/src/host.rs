@@ -86,7 +86,7 @@ impl Host {
         let wasm = std::fs::read(path).with_context(|| {
             format!(
                 "cannot read the filter module {} (build it first; for the opsgate plugin: \
-                 `cargo build -p opsgate-plugin --target wasm32-wasip1 --release`)",
+                 `cargo build -p opsgate-plugin --target wasm32-wasip1 --profile filter`)",
                 path.display()
             )
         })?;
@@ -289,6 +289,18 @@ impl Host {
         )
     }
 
+    /// [`Host::request_headers`] with a prepared map: values (and names) may be any bytes,
+    /// as Envoy passes obs-text (0x80–0xFF) through.
+    pub fn request_headers_map(
+        &mut self,
+        id: StreamId,
+        headers: HeaderMap,
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        self.check_headers_allowed(id, StreamKind::Request)?;
+        self.deliver_headers(id.0, StreamKind::Request, headers, end_of_stream)
+    }
+
     /// Delivers a request body chunk (`proxy_on_request_body`).
     ///
     /// If the previous body callback returned `StopIterationAndBuffer`, the
@@ -309,6 +321,11 @@ impl Host {
 
     /// Delivers the request trailers (`proxy_on_request_trailers`).
     pub fn request_trailers(&mut self, id: StreamId, trailers: &[(&str, &str)]) -> Result<Action> {
+        self.trailers(id, StreamKind::Request, HeaderMap::from_pairs(trailers))
+    }
+
+    /// [`Host::request_trailers`] with a prepared map (any bytes).
+    pub fn request_trailers_map(&mut self, id: StreamId, trailers: HeaderMap) -> Result<Action> {
         self.trailers(id, StreamKind::Request, trailers)
     }
 
@@ -330,6 +347,17 @@ impl Host {
         )
     }
 
+    /// [`Host::response_headers`] with a prepared map (any bytes).
+    pub fn response_headers_map(
+        &mut self,
+        id: StreamId,
+        headers: HeaderMap,
+        end_of_stream: bool,
+    ) -> Result<Action> {
+        self.check_headers_allowed(id, StreamKind::Response)?;
+        self.deliver_headers(id.0, StreamKind::Response, headers, end_of_stream)
+    }
+
     /// Delivers a response body chunk; same buffering as
     /// [`Host::request_body`].
     pub fn response_body(
@@ -343,6 +371,11 @@ impl Host {
 
     /// Delivers the response trailers (`proxy_on_response_trailers`).
     pub fn response_trailers(&mut self, id: StreamId, trailers: &[(&str, &str)]) -> Result<Action> {
+        self.trailers(id, StreamKind::Response, HeaderMap::from_pairs(trailers))
+    }
+
+    /// [`Host::response_trailers`] with a prepared map (any bytes).
+    pub fn response_trailers_map(&mut self, id: StreamId, trailers: HeaderMap) -> Result<Action> {
         self.trailers(id, StreamKind::Response, trailers)
     }
 
@@ -514,6 +547,11 @@ impl Host {
             map.add(k.as_bytes(), v.as_bytes());
         }
         self.deliver_call_response(token, Some((map, body.to_vec())))
+    }
+
+    /// [`Host::respond`] with a prepared header map (any bytes; `:status` as given, or absent).
+    pub fn respond_map(&mut self, token: u32, headers: HeaderMap, body: &[u8]) -> Result<()> {
+        self.deliver_call_response(token, Some((headers, body.to_vec())))
     }
 
     /// Fails a call the way Envoy reports a reset (`onHttpCallFailure`): the
@@ -784,14 +822,8 @@ impl Host {
         self.deliver_body(id.0, kind, chunk.to_vec(), end_of_stream)
     }
 
-    fn trailers(
-        &mut self,
-        id: StreamId,
-        kind: StreamKind,
-        trailers: &[(&str, &str)],
-    ) -> Result<Action> {
+    fn trailers(&mut self, id: StreamId, kind: StreamKind, map: HeaderMap) -> Result<Action> {
         let d = self.check_data_allowed(id, kind)?;
-        let map = HeaderMap::from_pairs(trailers);
         if d.stopped == Stop::Headers {
             let d = self.stream_mut(id.0)?.direction_mut(kind);
             d.held_trailers = Some(map);

@@ -91,11 +91,11 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// Where the opsgate plugin module is expected: `$OPSGATE_WASM`, else
-/// `<target dir>/wasm32-wasip1/release/opsgate_plugin.wasm`.
+/// `<target dir>/wasm32-wasip1/filter/opsgate_plugin.wasm` (the shipped build).
 pub fn plugin_wasm_path() -> PathBuf {
     match std::env::var_os(PLUGIN_WASM_ENV).filter(|p| !p.is_empty()) {
         Some(path) => PathBuf::from(path),
-        None => target_dir().join("wasm32-wasip1/release/opsgate_plugin.wasm"),
+        None => target_dir().join("wasm32-wasip1/filter/opsgate_plugin.wasm"),
     }
 }
 
@@ -105,7 +105,7 @@ pub fn require_plugin_wasm() -> anyhow::Result<PathBuf> {
     if !path.is_file() {
         anyhow::bail!(
             "the opsgate plugin is not built: {} does not exist. Run \
-             `cargo build -p opsgate-plugin --target wasm32-wasip1 --release` (with the same \
+             `cargo build -p opsgate-plugin --target wasm32-wasip1 --profile filter` (with the same \
              CARGO_TARGET_DIR), or point {PLUGIN_WASM_ENV} at a built module.",
             path.display()
         );

@@ -141,12 +141,24 @@ fn a_router_timeout_reply_settles_failed() {
             false,
         )
         .unwrap();
-    assert_eq!(a, Action::Continue);
+    // Held: Envoy's plain text becomes the error envelope.
+    assert_eq!(a, Action::Pause);
     host.response_body(id, b"upstream request timeout", true)
         .unwrap();
+    let body: serde_json::Value =
+        serde_json::from_slice(&host.forwarded_response_body(id)).unwrap();
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("did not answer in time"),
+        "{body}"
+    );
+    assert_eq!(host.response_header(id, ":status").as_deref(), Some("504"));
     assert_eq!(
-        host.forwarded_response_body(id),
-        b"upstream request timeout"
+        host.response_header(id, "content-type").as_deref(),
+        Some("application/json")
     );
     host.done(id).unwrap();
     let settled = flush_settlements(&mut host);

@@ -186,8 +186,9 @@ def e2e_envoy_config(config: str, idp: IdentityProvider) -> str:
 
 
 class Stack:
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, wasm: Path = WASM):
         self.tmp = tmp
+        self.wasm = wasm
         self.procs: list[subprocess.Popen] = []
         self.logs: dict[str, Path] = {}
         self.idp: IdentityProvider | None = None
@@ -237,7 +238,7 @@ class Stack:
         self.admin_port = free_port()
         config = e2e_envoy_config(render(
             (ROOT / "envoy/opsgate-dev.yaml.in").read_text(),
-            dict(ADMIN_PORT=self.admin_port, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=self.port, WASM_PATH=WASM,
+            dict(ADMIN_PORT=self.admin_port, LISTEN_ADDR="127.0.0.1", LISTEN_PORT=self.port, WASM_PATH=self.wasm,
                  INTERNAL_TOKEN=INTERNAL_TOKEN, SNAPSHOT_MS=500, CP_PORT=self.cp_port, FAKE_PORT=self.fake_port),
         ), self.idp)
         self.envoy_config = self.tmp / "envoy.yaml"

@@ -3,7 +3,9 @@
 //! On a call made with the **platform's** key, the provider bills the platform and keeps what
 //! it is sent under the platform's account, so only an allow-list passes: the pseudo-headers,
 //! `content-type`, `accept` and `user-agent`. The gateway then sets its own `authorization`
-//! (the platform key), `x-power-level` and the routing header. Everything else a client sends
+//! (the platform key), `x-power-level`, the routing header (which Envoy's route removes before
+//! the provider) and `x-forwarded-proto` from the connection's scheme (Envoy's route
+//! selection needs it). Everything else a client sends
 //! — `OpenAI-Organization`, `OpenAI-Project`, `OpenAI-Beta`, any `x-*`, cookies,
 //! `accept-encoding` — is removed.
 //!

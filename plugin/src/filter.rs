@@ -755,9 +755,16 @@ impl Filter {
         // platform's key, everything but cookies and proxy credentials on the caller's own.
         let byok = grant.byok;
         strip_request_headers(|name| !headers::reaches_provider(name, byok));
+        // Envoy's route selection needs `x-forwarded-proto`: it is set again, from the
+        // connection's own scheme rather than anything the client said.
+        let scheme = match host::header_text(Headers::Request, ":scheme").as_deref() {
+            Some("https") => "https",
+            _ => "http",
+        };
         // The request must leave with the provider's credential and nothing of the client's
         // in its place: if the host refuses any of these, the call is not made.
         let rewritten = [
+            host::set_header(Headers::Request, "x-forwarded-proto", scheme),
             host::set_buffer(Buffer::RequestBody, 0, parsed.body_len, &body),
             host::set_header(Headers::Request, ":path", &grant.upstream.path),
             host::set_header(Headers::Request, ":authority", &grant.upstream.authority),

@@ -55,6 +55,7 @@ fn platform_key_calls_carry_only_the_allow_list() {
             "authorization",
             "content-type",
             "user-agent",
+            "x-forwarded-proto",
             "x-opsgate-cluster",
             "x-power-level"
         ]

@@ -128,6 +128,9 @@ pub fn app(state: AppState) -> Router {
                 "This endpoint does not support that HTTP method.",
             )
         })
+        .layer(axum::middleware::map_response(
+            crate::error::envelope_plain_errors,
+        ))
         .with_state(state)
 }
 

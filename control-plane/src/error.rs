@@ -72,3 +72,18 @@ impl IntoResponse for AppError {
 }
 
 pub type AppResult<T> = Result<T, AppError>;
+
+/// Responses axum makes itself (a body past the size limit, an unreadable body) are plain
+/// text; every error the control plane sends is in the envelope, so they are replaced.
+pub async fn envelope_plain_errors(resp: Response) -> Response {
+    let status = resp.status().as_u16();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.contains("json"));
+    if status < 400 || json {
+        return resp;
+    }
+    AppError(ApiError::for_plain_status(status, "The control plane")).into_response()
+}

@@ -932,6 +932,18 @@ async fn unknown_routes_and_methods_answer_with_the_envelope() {
             let r = api.send(method.clone(), path, None, None).await;
             assert_envelope(&r, 405, "method_not_allowed");
         }
+        // axum's own rejections (a body past its limit) come back in the envelope too.
+        let huge = "x".repeat(3 << 20);
+        for path in [
+            "/api/v1/llm/byok/keys",
+            "/admin/v1/orgs",
+            "/internal/v1/settle",
+        ] {
+            let r = api
+                .send(Method::POST, path, Some(INTERNAL_TOKEN), Some(huge.clone()))
+                .await;
+            assert_envelope(&r, 413, "payload_too_large");
+        }
         assert_eq!(api.get("/healthz", None).await.text, "ok");
         let r = api.get("/readyz", None).await;
         assert_eq!((r.status, r.text.as_str()), (StatusCode::OK, "ready"));

@@ -98,6 +98,47 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// The envelope for an error answered in plain text by something that is not opsgate
+    /// (Envoy's `upstream connect error…`, a framework's body-limit rejection). `who` names
+    /// the party that failed, e.g. "The gateway's control plane".
+    pub fn for_plain_status(status: u16, who: &str) -> Self {
+        let (kind, message) = match status {
+            401 => (ErrorKind::InvalidApiKey, "Invalid credentials.".to_string()),
+            403 => (ErrorKind::Forbidden, "Forbidden.".to_string()),
+            404 => (ErrorKind::NotFound, "Not found.".to_string()),
+            405 => (
+                ErrorKind::MethodNotAllowed,
+                "Method not allowed.".to_string(),
+            ),
+            413 => (
+                ErrorKind::PayloadTooLarge,
+                "Request body is too large.".to_string(),
+            ),
+            429 => (
+                ErrorKind::QuotaExceeded,
+                "Too many requests; retry later.".to_string(),
+            ),
+            400..=499 => (
+                ErrorKind::BadRequest,
+                "The request was refused.".to_string(),
+            ),
+            500 => (ErrorKind::Internal, format!("{who} failed inside.")),
+            502 => (
+                ErrorKind::UpstreamError,
+                format!("{who} answered with an invalid response. Retry with backoff."),
+            ),
+            504 => (
+                ErrorKind::Timeout,
+                format!("{who} did not answer in time. Retry with backoff."),
+            ),
+            _ => (
+                ErrorKind::Unavailable,
+                format!("{who} is unavailable. Retry with backoff."),
+            ),
+        };
+        ApiError::new(kind, message)
+    }
+
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ApiError {
             kind,
@@ -202,6 +243,26 @@ mod tests {
         assert_eq!(ErrorKind::Forbidden.status(), 403);
         assert_eq!(ErrorKind::PayloadTooLarge.status(), 413);
         assert_eq!(ErrorKind::Unavailable.status(), 503);
+    }
+
+    #[test]
+    fn plain_statuses_map_to_their_envelopes() {
+        for (status, code) in [
+            (413, "payload_too_large"),
+            (503, "service_unavailable"),
+            (504, "timeout"),
+            (502, "upstream_error"),
+            (500, "internal_error"),
+            (408, "bad_request"),
+            (599, "service_unavailable"),
+        ] {
+            let e = ApiError::for_plain_status(status, "The control plane");
+            assert_eq!(e.envelope().error.code, code, "{status}");
+        }
+        let e = ApiError::for_plain_status(504, "The provider openai");
+        assert!(e
+            .message
+            .contains("The provider openai did not answer in time"));
     }
 
     #[test]

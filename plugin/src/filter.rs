@@ -216,7 +216,11 @@ impl Filter {
         if status < 400 || json || end_of_stream {
             return None;
         }
-        let err = plain_error(status, provider);
+        let who = match provider {
+            Some(p) => format!("The provider {p}"),
+            None => "The gateway's control plane".to_string(),
+        };
+        let err = ApiError::for_plain_status(status, &who);
         set_header(Headers::Response, ":status", &err.status().to_string());
         set_header(Headers::Response, "content-type", "application/json");
         remove_header(Headers::Response, "content-length");
@@ -1084,48 +1088,6 @@ fn crash_trigger() {
     if let Some(value) = host::header(Headers::Request, "x-opsgate-test-crash") {
         panic!("crash trigger: {}", String::from_utf8_lossy(&value));
     }
-}
-
-/// The envelope for an error Envoy (or a framework) answered in plain text.
-fn plain_error(status: u16, provider: Option<&str>) -> ApiError {
-    let upstream = match provider {
-        Some(p) => format!("The provider {p}"),
-        None => "The gateway's control plane".to_string(),
-    };
-    let (kind, message) = match status {
-        401 => (ErrorKind::InvalidApiKey, "Invalid credentials.".to_string()),
-        403 => (ErrorKind::Forbidden, "Forbidden.".to_string()),
-        404 => (ErrorKind::NotFound, "Not found.".to_string()),
-        405 => (
-            ErrorKind::MethodNotAllowed,
-            "Method not allowed.".to_string(),
-        ),
-        413 => (
-            ErrorKind::PayloadTooLarge,
-            "Request body is too large.".to_string(),
-        ),
-        429 => (
-            ErrorKind::QuotaExceeded,
-            "Too many requests; retry later.".to_string(),
-        ),
-        400..=499 => (
-            ErrorKind::BadRequest,
-            "The request was refused.".to_string(),
-        ),
-        502 => (
-            ErrorKind::UpstreamError,
-            format!("{upstream} answered with an invalid response. Retry with backoff."),
-        ),
-        504 => (
-            ErrorKind::Timeout,
-            format!("{upstream} did not answer in time. Retry with backoff."),
-        ),
-        _ => (
-            ErrorKind::Unavailable,
-            format!("{upstream} is unavailable. Retry with backoff."),
-        ),
-    };
-    ApiError::new(kind, message)
 }
 
 fn too_large(max: usize) -> ApiError {

@@ -73,6 +73,8 @@ fn truncated_and_garbage_bodies_are_400s() {
         b"\xff\xfe\xfd",
         b"\x00",
         b"[]",
+        "[".repeat(100_000).as_bytes(),
+        format!("{}1", "{\"a\":".repeat(50_000)).as_bytes(),
         b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xe9\"}]}",
     ] {
         let id = host.new_stream().unwrap();

@@ -192,6 +192,12 @@ impl Catalogue {
                 if v < 0 {
                     return Err(format!("{at}.{field} must not be negative"));
                 }
+                if v > opsgate_core::pricing::MAX_PRICE_MC {
+                    return Err(format!(
+                        "{at}.{field} must be at most {} milli-credits",
+                        opsgate_core::pricing::MAX_PRICE_MC
+                    ));
+                }
             }
             if m.max_output_tokens == 0 {
                 return Err(format!("{at}.max_output_tokens must be positive"));
@@ -235,9 +241,10 @@ impl Catalogue {
                     "{source}: plans.{name} is not a plan (expected trial, starter, professional, enterprise, vip_founder or byok)"
                 ));
             };
-            if p.markup_percent < 0 {
+            if !(0..=opsgate_core::pricing::MAX_MARKUP_PERCENT).contains(&p.markup_percent) {
                 return Err(format!(
-                    "{source}: plans.{name}.markup_percent must not be negative"
+                    "{source}: plans.{name}.markup_percent must be from 0 to {}",
+                    opsgate_core::pricing::MAX_MARKUP_PERCENT
                 ));
             }
             for t in &p.tiers {

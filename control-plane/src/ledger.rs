@@ -15,9 +15,10 @@ use crate::error::{AppError, AppResult};
 use opsgate_core::contract::{
     AuthorizeRequest, CompletionLimit, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
 };
+use opsgate_core::metering::{self, HoldRequest};
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
-use opsgate_core::pricing::{Price, RateCard, Usage};
+use opsgate_core::pricing::{Price, RateCard};
 use opsgate_core::time::{daily_window, date_string, monthly_window, trial_window, Window};
 use opsgate_core::{ApiError, ErrorKind};
 use sqlx::Row;
@@ -359,59 +360,24 @@ pub async fn authorize(
     };
     let windows = quota_windows(catalogue, user, now)?;
 
-    // The largest cost this call can reach, reduced to what the caller can afford.
+    // The largest cost this call can reach, reduced to what the caller can afford
+    // (core::metering::hold_for).
     let spend = spendable(db, user).await?;
-    let (hold, max_tokens) = match req.endpoint {
-        // The caller pays the provider: nothing is held, the client's bound stands.
-        _ if byok => (
-            0,
-            req.max_tokens
-                .map(|m| route.max_output_tokens.map_or(m, |b| m.min(b))),
-        ),
-        Endpoint::ImageGenerations => {
-            let cost = rate.cost(&Usage {
-                images: req.images.max(1),
-                ..Usage::default()
-            });
-            if cost > spend {
-                return Err(refusal(db, user, cost).await?);
-            }
-            (cost, None)
-        }
-        Endpoint::ChatCompletions => {
-            let bound = route.max_output_tokens.unwrap_or(u64::MAX);
-            let wanted = req.max_tokens.unwrap_or(bound).min(bound);
-            let full = rate.cost(&Usage {
-                prompt_tokens: req.prompt_bytes,
-                completion_tokens: wanted,
-                images: 0,
-            });
-            if full <= spend {
-                (full, Some(wanted))
-            } else {
-                match rate.affordable_completion_tokens(req.prompt_bytes, spend) {
-                    Some(k) if k >= 1 => {
-                        let k = k.min(wanted);
-                        (
-                            rate.cost(&Usage {
-                                prompt_tokens: req.prompt_bytes,
-                                completion_tokens: k,
-                                images: 0,
-                            }),
-                            Some(k),
-                        )
-                    }
-                    _ => {
-                        let needed = rate.cost(&Usage {
-                            prompt_tokens: req.prompt_bytes,
-                            completion_tokens: 1,
-                            images: 0,
-                        });
-                        return Err(refusal(db, user, needed).await?);
-                    }
-                }
-            }
-        }
+    let bound = metering::hold_for(
+        &rate,
+        &HoldRequest {
+            endpoint: req.endpoint,
+            prompt_bytes: req.prompt_bytes,
+            max_tokens: req.max_tokens,
+            images: req.images,
+        },
+        route.max_output_tokens,
+        MilliCredits(spend),
+        byok,
+    );
+    let (hold, max_tokens) = match bound {
+        Ok(h) => (h.amount.0, h.max_tokens),
+        Err(e) => return Err(refusal(db, user, e.needed.0).await?),
     };
 
     let hold_id = match &req.request_id {
@@ -607,8 +573,8 @@ pub async fn authorize(
         },
         max_tokens,
         rate,
-        hold_mc: hold,
-        balance_mc: alloc_avail.map_or(org_avail, |a| a.min(org_avail)),
+        hold_mc: MilliCredits(hold),
+        balance_mc: MilliCredits(alloc_avail.map_or(org_avail, |a| a.min(org_avail))),
         period: window("period"),
         daily: window("day"),
         byok,
@@ -682,15 +648,20 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
     let rate: RateCard =
         serde_json::from_str(&row.try_get::<String, _>("rate")?).map_err(AppError::internal)?;
     let byok = row.try_get::<i64, _>("byok")? != 0;
-    let real = if byok { 0 } else { rate.cost(&s.usage) };
     let charged = match s.outcome {
         Outcome::Failed => 0,
-        Outcome::Success | Outcome::Partial => real.min(amount),
+        Outcome::Success | Outcome::Partial => {
+            metering::charge(&rate, &s.usage, MilliCredits(amount), byok).0
+        }
     };
-    if real > amount && s.outcome != Outcome::Failed {
+    if s.outcome != Outcome::Failed
+        && metering::exceeds_hold(&rate, &s.usage, MilliCredits(amount), byok)
+    {
         eprintln!(
             "opsgate: usage discrepancy on {}: provider reported {} mc, hold covered {} mc; charged the hold",
-            s.hold_id, real, amount
+            s.hold_id,
+            rate.cost(&s.usage),
+            amount
         );
     }
     let new_status = match s.outcome {

@@ -374,7 +374,7 @@ async fn a_callers_own_key_serves_their_call_and_costs_nothing() {
             .await
             .expect("byok grant");
         assert!(g.byok);
-        assert_eq!(g.hold_mc, 0);
+        assert_eq!(g.hold_mc.0, 0);
         assert_eq!(g.provider, "openai");
         assert_eq!(g.model, "gpt-4o");
         assert_eq!(g.upstream.api_key, OAI_KEY);
@@ -421,7 +421,7 @@ async fn a_callers_own_key_serves_their_call_and_costs_nothing() {
             .await
             .expect("platform grant");
         assert!(!p.byok);
-        assert!(p.hold_mc > 0);
+        assert!(p.hold_mc.0 > 0);
         assert_eq!(p.upstream.api_key, "platform-key-openrouter");
         let charged = ledger::settle(
             &db,
@@ -506,7 +506,7 @@ async fn an_openrouter_key_reaches_every_cloud_model() {
                 .await
                 .unwrap_or_else(|e| panic!("{model}: {e}"));
             assert!(g.byok, "{model}");
-            assert_eq!(g.hold_mc, 0, "{model}");
+            assert_eq!(g.hold_mc.0, 0, "{model}");
             assert_eq!(g.model, model);
             assert_eq!(g.provider, provider, "{model}");
             assert_eq!(g.upstream.model, upstream, "{model}");
@@ -556,7 +556,7 @@ async fn an_openrouter_key_reaches_every_cloud_model() {
         let g = ledger::authorize(&db, &routing, &u, &img, T0)
             .await
             .unwrap();
-        assert!(!g.byok && g.hold_mc > 0, "{g:?}");
+        assert!(!g.byok && g.hold_mc.0 > 0, "{g:?}");
         let img = opsgate_core::contract::AuthorizeRequest {
             model: Some("dall-e-3".into()),
             ..img
@@ -565,7 +565,7 @@ async fn an_openrouter_key_reaches_every_cloud_model() {
             .await
             .unwrap();
         assert!(
-            g.byok && g.hold_mc == 0 && g.upstream.api_key == OAI_KEY,
+            g.byok && g.hold_mc.0 == 0 && g.upstream.api_key == OAI_KEY,
             "{g:?}"
         );
         assert_eq!(g.upstream.path, "/v1/images/generations");
@@ -657,7 +657,7 @@ async fn call_quotas_still_apply_outside_the_byok_plan() {
             let g = authorize(&db, &routing, "carol", "o1-preview")
                 .await
                 .unwrap();
-            assert!(g.byok && g.period.is_none() && g.daily.is_none() && g.hold_mc == 0);
+            assert!(g.byok && g.period.is_none() && g.daily.is_none() && g.hold_mc.0 == 0);
             ledger::settle(&db, &settlement(&g.hold_id, Outcome::Success, 10, 10), T0)
                 .await
                 .unwrap();

@@ -116,9 +116,9 @@ async fn credits_for_exactly_fifty_holds_grant_exactly_fifty() {
             assert!(message.contains("Insufficient"), "{message}");
         }
         for g in &grants {
-            assert_eq!(g.hold_mc, hold);
+            assert_eq!(g.hold_mc.0, hold);
             assert_eq!(g.max_tokens, Some(MAX_TOKENS));
-            assert!(g.balance_mc >= 0);
+            assert!(g.balance_mc.0 >= 0);
         }
         let mut ids: Vec<&str> = grants.iter().map(|g| g.hold_id.as_str()).collect();
         ids.sort_unstable();
@@ -472,7 +472,7 @@ async fn two_processes_over_one_postgres_grant_exactly_fifty() {
         started.elapsed()
     );
     assert_eq!(grants.len(), FITS);
-    assert!(grants.iter().all(|g| g.hold_mc == hold));
+    assert!(grants.iter().all(|g| g.hold_mc.0 == hold));
     let o = org(&t.db, "org_p").await;
     assert_eq!(
         (o.credits_held, o.credits_used, o.available()),

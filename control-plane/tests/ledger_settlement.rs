@@ -49,7 +49,7 @@ async fn settling_twice_has_one_effect() {
         .await
         .expect("authorize");
         let expected = g.rate.cost(&usage(200, 100));
-        assert!(expected > 0 && expected < g.hold_mc);
+        assert!(expected > 0 && expected < g.hold_mc.0);
         let first = ledger::settle(
             &db,
             &settlement(&g.hold_id, Outcome::Success, 200, 100),
@@ -232,7 +232,7 @@ async fn a_call_abandoned_before_its_decision_holds_nothing() {
         assert!(ledger::authorize(&db, &router.routing(), &user, &req2, T0)
             .await
             .is_err());
-        assert_eq!(org(&db, "org_ab").await.credits_held, g.hold_mc);
+        assert_eq!(org(&db, "org_ab").await.credits_held, g.hold_mc.0);
         // A malformed id is refused outright.
         let bad = opsgate_core::contract::AuthorizeRequest {
             request_id: Some("x".into()),
@@ -265,8 +265,8 @@ async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
         let g = ledger::authorize(&db, &router.routing(), &user, &req, T0)
             .await
             .expect("authorize");
-        assert_eq!(g.hold_mc, g.rate.cost(&usage(100, 50)));
-        assert!(g.rate.cost(&usage(100, 5_000)) > g.hold_mc);
+        assert_eq!(g.hold_mc.0, g.rate.cost(&usage(100, 50)));
+        assert!(g.rate.cost(&usage(100, 5_000)) > g.hold_mc.0);
         let c = ledger::settle(
             &db,
             &settlement(&g.hold_id, Outcome::Success, 100, 5_000),
@@ -274,9 +274,9 @@ async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
         )
         .await
         .expect("settle");
-        assert_eq!(c, g.hold_mc, "charged the hold, not the reported usage");
+        assert_eq!(c, g.hold_mc.0, "charged the hold, not the reported usage");
         let o = org(&db, "org_3").await;
-        assert_eq!((o.credits_used, o.credits_held), (g.hold_mc, 0));
+        assert_eq!((o.credits_used, o.credits_held), (g.hold_mc.0, 0));
         assert_eq!(
             scalar(
                 &db,
@@ -284,7 +284,7 @@ async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
                 &[&g.hold_id]
             )
             .await,
-            g.hold_mc
+            g.hold_mc.0
         );
 
         // Within the bound, success and partial are charged exactly the real cost.
@@ -301,7 +301,7 @@ async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
                 .await
                 .expect("settle");
             assert_eq!(c, g.rate.cost(&usage(p, k)), "{outcome:?} {p}+{k}");
-            assert!(c <= g.hold_mc);
+            assert!(c <= g.hold_mc.0);
             used += c;
             let o = org(&db, "org_3").await;
             assert_eq!((o.credits_used, o.credits_held), (used, 0));
@@ -334,13 +334,13 @@ async fn a_hold_is_cut_to_what_the_balance_affords() {
         .expect("authorize");
         let k = g.max_tokens.expect("a bound is written into the request");
         assert!(k > 0 && k < 16_384, "{k}");
-        assert!(g.hold_mc <= 5_000);
-        assert_eq!(g.hold_mc, g.rate.cost(&usage(1_000, k)));
+        assert!(g.hold_mc.0 <= 5_000);
+        assert_eq!(g.hold_mc.0, g.rate.cost(&usage(1_000, k)));
         assert!(
             g.rate.cost(&usage(1_000, k + 1)) > 5_000,
             "the largest affordable bound"
         );
-        assert_eq!(g.balance_mc, 5_000 - g.hold_mc);
+        assert_eq!(g.balance_mc.0, 5_000 - g.hold_mc.0);
         // With the pool (nearly) drained, a call that cannot fit even one token is refused.
         let e = ledger::authorize(
             &db,
@@ -381,9 +381,9 @@ async fn an_expired_hold_is_charged_as_held_and_a_late_settlement_changes_nothin
         assert!(logged > 0, "the expired hold's charge is logged");
 
         let o = org(&db, "org_5").await;
-        assert_eq!((o.credits_used, o.credits_held), (g.hold_mc, 0));
+        assert_eq!((o.credits_used, o.credits_held), (g.hold_mc.0, 0));
         let a = allocation(&db, "org_5", "pro_5").await;
-        assert_eq!((a.used, a.held), (g.hold_mc, 0));
+        assert_eq!((a.used, a.held), (g.hold_mc.0, 0));
         // The call may have happened: its quota slot counts as used.
         assert_eq!(quota(&db, "pro_5", "day", daily_window(T0).start).await, (1, 0));
         assert_eq!(
@@ -396,10 +396,10 @@ async fn an_expired_hold_is_charged_as_held_and_a_late_settlement_changes_nothin
             let late = ledger::settle(&db, &settlement(&g.hold_id, outcome, 10, 10), clock.now() + 5)
                 .await
                 .expect("late settle");
-            assert_eq!(late, g.hold_mc, "a late settlement reports what was charged");
+            assert_eq!(late, g.hold_mc.0, "a late settlement reports what was charged");
         }
         assert_eq!(ledger_fingerprint(&db).await, before, "a late settlement changed the books");
-        assert_eq!(ledger::recompute_org(&db, "org_5").await.expect("recompute"), (1_000_000, g.hold_mc, 0));
+        assert_eq!(ledger::recompute_org(&db, "org_5").await.expect("recompute"), (1_000_000, g.hold_mc.0, 0));
     })
     .await;
 }
@@ -623,8 +623,8 @@ async fn random_run(db: Db, seed_value: u64) {
             match ledger::authorize(&db, &router.routing(), &users[i], &req, clock.now()).await {
                 Ok(g) => {
                     t.granted += 1;
-                    assert!(g.hold_mc >= 0 && g.balance_mc >= 0, "{at}: {g:?}");
-                    holds.push((g.hold_id, prompt, g.max_tokens.unwrap_or(0), g.hold_mc));
+                    assert!(g.hold_mc.0 >= 0 && g.balance_mc.0 >= 0, "{at}: {g:?}");
+                    holds.push((g.hold_id, prompt, g.max_tokens.unwrap_or(0), g.hold_mc.0));
                 }
                 Err(e) => match e.0.kind {
                     ErrorKind::InsufficientCredits => t.no_credits += 1,

@@ -2,6 +2,7 @@
 //! Both sides compile these types, so they cannot drift apart.
 
 use crate::error::{ApiError, ErrorKind};
+use crate::money::MilliCredits;
 use crate::plan::{PowerLevel, TaskType};
 use crate::pricing::{RateCard, Usage};
 use serde::{Deserialize, Serialize};
@@ -177,9 +178,10 @@ pub struct Grant {
     /// The completion bound to write into the forwarded request (what the hold covers).
     pub max_tokens: Option<u64>,
     pub rate: RateCard,
-    pub hold_mc: i64,
+    /// What the call holds (the most it can be charged).
+    pub hold_mc: MilliCredits,
     /// What the caller can still spend with this hold placed.
-    pub balance_mc: i64,
+    pub balance_mc: MilliCredits,
     /// The period window (monthly, or the trial's 7 days); `None` when unlimited.
     pub period: Option<WindowLimit>,
     /// The daily window; `None` when unlimited.

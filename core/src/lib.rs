@@ -8,6 +8,7 @@ pub mod credentials;
 pub mod error;
 pub mod headers;
 pub mod jwt;
+pub mod metering;
 pub mod money;
 pub mod plan;
 pub mod pricing;

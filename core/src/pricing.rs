@@ -41,27 +41,55 @@ impl Usage {
     }
 }
 
+/// The highest price the catalogue accepts, in milli-credits per million tokens or per image
+/// (a million credits): far above any real model, low enough that no call's arithmetic is near
+/// the limits of its integers.
+pub const MAX_PRICE_MC: i64 = 1_000_000_000;
+
+/// The highest plan markup the catalogue accepts, in percent.
+pub const MAX_MARKUP_PERCENT: i64 = 10_000;
+
+/// `n / d` rounded up; 0 for a non-positive numerator or denominator.
 fn ceil_div(n: i128, d: i128) -> i128 {
-    if d <= 0 {
+    if d <= 0 || n <= 0 {
         return 0;
     }
-    if n <= 0 {
-        return 0;
+    let q = n / d;
+    if n % d == 0 {
+        q
+    } else {
+        q.saturating_add(1)
     }
-    (n + d - 1) / d
 }
 
 impl RateCard {
     /// The charge for `usage`, in milli-credits, rounded up once.
+    /// Saturates at `i64::MAX` (never wraps, never panics); within the catalogue's bounds
+    /// ([`MAX_PRICE_MC`], [`MAX_MARKUP_PERCENT`]) no real usage gets near it.
     pub fn cost(&self, usage: &Usage) -> i64 {
         let (num, den) = self.power_level.multiplier();
-        let tokens = i128::from(usage.prompt_tokens) * i128::from(self.price.input_per_million)
-            + i128::from(usage.completion_tokens) * i128::from(self.price.output_per_million);
-        // images are priced per unit; bring them onto the per-million scale.
-        let images = i128::from(usage.images) * i128::from(self.price.per_image) * 1_000_000;
-        let numerator = (tokens + images) * i128::from(num) * i128::from(100 + self.markup_percent);
-        let denominator = 1_000_000i128 * i128::from(den) * 100;
-        i64::try_from(ceil_div(numerator, denominator)).unwrap_or(i64::MAX)
+        let numerator = (|| {
+            let prompt = i128::from(usage.prompt_tokens)
+                .checked_mul(i128::from(self.price.input_per_million))?;
+            let completion = i128::from(usage.completion_tokens)
+                .checked_mul(i128::from(self.price.output_per_million))?;
+            // images are priced per unit; bring them onto the per-million scale.
+            let images = i128::from(usage.images)
+                .checked_mul(i128::from(self.price.per_image))?
+                .checked_mul(1_000_000)?;
+            prompt
+                .checked_add(completion)?
+                .checked_add(images)?
+                .checked_mul(i128::from(num))?
+                .checked_mul(i128::from(self.markup_percent.checked_add(100)?))
+        })();
+        let denominator = 1_000_000i128
+            .saturating_mul(i128::from(den))
+            .saturating_mul(100);
+        match numerator {
+            Some(n) => i64::try_from(ceil_div(n, denominator)).unwrap_or(i64::MAX),
+            None => i64::MAX,
+        }
     }
 
     /// The largest number of completion tokens whose cost, together with `prompt_tokens`,

@@ -40,6 +40,7 @@ use opsgate_core::contract::{
 use opsgate_core::credentials::{self, Credential};
 use opsgate_core::headers;
 use opsgate_core::jwt::{self, JwtError};
+use opsgate_core::metering;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::Usage;
 use opsgate_core::request::{
@@ -846,13 +847,9 @@ impl Filter {
         }
     }
 
-    /// The cost of `usage` for this call, never more than the hold.
-    fn cost_of(grant: &Grant, usage: &Usage) -> i64 {
-        if grant.byok {
-            0
-        } else {
-            grant.rate.cost(usage).min(grant.hold_mc)
-        }
+    /// The cost of `usage` for this call (core::metering::charge).
+    fn cost_of(grant: &Grant, usage: &Usage) -> MilliCredits {
+        metering::charge(&grant.rate, usage, grant.hold_mc, grant.byok)
     }
 
     fn settle(&mut self, outcome: Outcome, usage: Usage) {
@@ -881,12 +878,7 @@ impl Filter {
     /// provider's usage chunk was seen, else `Partial`, bounded by what was seen.
     fn settle_stream(&mut self) {
         let usage = self.sse.partial_usage(self.prompt_bytes);
-        let outcome = if self.sse.usage.is_some() {
-            Outcome::Success
-        } else {
-            Outcome::Partial
-        };
-        self.settle(outcome, usage);
+        self.settle(metering::stream_outcome(self.sse.usage.is_some()), usage);
     }
 
     /// The whole response body of a held (non-stream) or replaced response is buffered
@@ -899,39 +891,36 @@ impl Filter {
             return;
         }
         let body = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
-        let usage = match self.endpoint {
-            Some(Endpoint::ImageGenerations) => Usage {
-                images: images_returned(&body).unwrap_or_else(|| {
-                    log(
-                        LogLevel::Warn,
-                        "opsgate: image response not readable; charging the images asked for",
-                    );
-                    self.images_requested
-                }),
+        let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
+        let reported = match endpoint {
+            Endpoint::ImageGenerations => images_returned(&body).map(|images| Usage {
+                images,
                 ..Usage::default()
-            },
-            _ => chat_usage(&body).unwrap_or_else(|| {
-                log(
-                    LogLevel::Warn,
-                    "opsgate: provider response without usage; charging the hold",
-                );
-                Usage {
-                    prompt_tokens: self.prompt_bytes,
-                    completion_tokens: grant.max_tokens.unwrap_or(0),
-                    images: 0,
-                }
             }),
+            Endpoint::ChatCompletions => chat_usage(&body),
         };
+        let usage = reported.unwrap_or_else(|| {
+            log(
+                LogLevel::Warn,
+                "opsgate: provider response without a readable usage; charging the bound held for",
+            );
+            metering::usage_without_report(
+                endpoint,
+                self.prompt_bytes,
+                grant.max_tokens,
+                self.images_requested,
+            )
+        });
         let cost = Self::cost_of(grant, &usage);
         set_header(
             Headers::Response,
             "x-cost-incurred",
-            &MilliCredits(cost).to_credits_string(),
+            &cost.to_credits_string(),
         );
         set_header(
             Headers::Response,
             "x-credits-remaining",
-            &MilliCredits(grant.balance_mc + grant.hold_mc - cost).to_credits_string(),
+            &metering::balance_after(grant.balance_mc, grant.hold_mc, cost).to_credits_string(),
         );
         self.settle(Outcome::Success, usage);
     }
@@ -942,8 +931,8 @@ impl Filter {
         CostInfo {
             provider: &grant.provider,
             model: &grant.model,
-            cost: MilliCredits(cost).to_credits_string(),
-            credits_remaining: MilliCredits(grant.balance_mc + grant.hold_mc - cost)
+            cost: cost.to_credits_string(),
+            credits_remaining: metering::balance_after(grant.balance_mc, grant.hold_mc, cost)
                 .to_credits_string(),
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
@@ -1486,30 +1475,16 @@ impl HttpContext for Filter {
         let Some(max_tokens) = self.grant.as_ref().map(|g| g.max_tokens) else {
             return;
         };
-        if self.upstream_status == 0 {
-            // Forwarded, but the client left before the response headers (a reply the router
-            // makes itself, 503 or 504, comes with a status): the provider was already asked,
-            // so the quota slot is used and the prompt is charged.
-            let prompt = Usage {
-                prompt_tokens: self.prompt_bytes,
-                completion_tokens: 0,
-                images: 0,
-            };
-            self.settle(Outcome::Partial, prompt);
-        } else if !(200..300).contains(&self.upstream_status) {
-            self.settle(Outcome::Failed, Usage::default());
-        } else if self.streaming {
-            let usage = self.sse.partial_usage(self.prompt_bytes);
-            self.settle(Outcome::Partial, usage);
-        } else {
-            // The provider answered but the body never completed here: charge the bound.
-            let bound = Usage {
-                prompt_tokens: self.prompt_bytes,
-                completion_tokens: max_tokens.unwrap_or(0),
-                images: self.images_requested,
-            };
-            self.settle(Outcome::Partial, bound);
-        }
+        // Forwarded but never settled: core::metering decides from how far the call got.
+        let (outcome, usage) = metering::unfinished_call(&metering::Unfinished {
+            upstream_status: self.upstream_status,
+            streaming: self.streaming,
+            prompt_bytes: self.prompt_bytes,
+            max_tokens,
+            images_requested: self.images_requested,
+            streamed: self.sse.partial_usage(self.prompt_bytes),
+        });
+        self.settle(outcome, usage);
     }
 }
 

@@ -12,7 +12,7 @@ const PROVIDER_401: &str = r#"{"error":{"message":"Incorrect API key provided: s
 fn byok_grant() -> opsgate_core::contract::Grant {
     let mut g = grant();
     g.byok = true;
-    g.hold_mc = 0;
+    g.hold_mc = MilliCredits(0);
     g.provider = "openrouter".into();
     g.upstream.api_key = "sk-or-v1-users-own-key-000000".into();
     g

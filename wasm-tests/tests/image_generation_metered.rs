@@ -22,8 +22,8 @@ fn image_grant() -> Grant {
     g.rate.price.input_per_million = 0;
     g.rate.price.output_per_million = 0;
     g.rate.price.per_image = PER_IMAGE_MC;
-    g.hold_mc = 2 * PER_IMAGE_MC;
-    g.balance_mc = 1_000_000;
+    g.hold_mc = MilliCredits(2 * PER_IMAGE_MC);
+    g.balance_mc = MilliCredits(1_000_000);
     g
 }
 

@@ -7,6 +7,7 @@ use opsgate_core::contract::{
     WindowLimit,
 };
 use opsgate_core::credentials::digest;
+pub use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::PowerLevel;
 use opsgate_core::pricing::{Price, RateCard};
 use opsgate_wasm_tests::{Action, Host, HttpCall, LocalReply, StreamId, StreamKind};
@@ -274,8 +275,8 @@ pub fn grant() -> Grant {
             power_level: PowerLevel::Balanced,
             markup_percent: 0,
         },
-        hold_mc: 400,
-        balance_mc: 9_999_600,
+        hold_mc: MilliCredits(400),
+        balance_mc: MilliCredits(9_999_600),
         period: Some(WindowLimit {
             limit: 10_000,
             remaining: 9_850,

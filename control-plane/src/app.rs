@@ -4,11 +4,10 @@
 use crate::accounts::{self, User};
 use crate::byok::{self, Owner, Which};
 use crate::catalogue::{Catalogue, Model, ModelKind};
-use crate::clock::Clock;
-use crate::crypto::Keyring;
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::ledger::{self, Routing};
+use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -25,44 +24,7 @@ use opsgate_core::plan::Plan;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-
-pub struct Settings {
-    /// Shared secret the filter presents on `/internal/*`.
-    pub internal_token: String,
-    /// Bearer token for `/admin/*`; admin routes are closed when unset.
-    pub admin_token: Option<String>,
-    /// Platform provider keys, by provider name.
-    pub platform_keys: BTreeMap<String, String>,
-    pub hold_ttl_secs: i64,
-    /// How long a browser session lasts.
-    pub session_ttl_secs: i64,
-    /// Mark the session cookie `Secure` (off only for plain-HTTP development).
-    pub cookie_secure: bool,
-    /// The JWT role that grants the admin API.
-    pub admin_role: String,
-}
-
-#[derive(Default)]
-pub struct Metrics {
-    pub authorize_allowed: AtomicU64,
-    pub authorize_denied: AtomicU64,
-    pub settled: AtomicU64,
-    pub charged_mc: AtomicU64,
-}
-
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub catalogue: Arc<Catalogue>,
-    /// The master keys that seal and open stored provider keys.
-    pub keyring: Arc<Keyring>,
-    pub clock: Arc<dyn Clock>,
-    pub settings: Arc<Settings>,
-    pub metrics: Arc<Metrics>,
-}
+use std::sync::atomic::Ordering;
 
 pub fn app(state: AppState) -> Router {
     Router::new()

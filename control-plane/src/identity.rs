@@ -7,8 +7,8 @@
 //! JWT's `sub` is the opsgate user id.
 
 use crate::accounts::{self, random_hex, User};
-use crate::app::AppState;
 use crate::error::{AppError, AppResult};
+use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

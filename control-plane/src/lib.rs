@@ -14,5 +14,7 @@ pub mod db;
 pub mod error;
 pub mod identity;
 pub mod ledger;
+pub mod state;
 
-pub use app::{app, AppState, Settings};
+pub use app::app;
+pub use state::{AppState, Settings};

@@ -8,12 +8,12 @@
 #![allow(dead_code)]
 
 use opsgate_control_plane::accounts::{self, User};
-use opsgate_control_plane::app::Metrics;
 use opsgate_control_plane::catalogue::{Catalogue, DEFAULT_CATALOGUE};
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::crypto::{Keyring, MasterKey};
 use opsgate_control_plane::db::{Backend, Db};
 use opsgate_control_plane::ledger::Routing;
+use opsgate_control_plane::state::Metrics;
 use opsgate_control_plane::{AppState, Settings};
 use opsgate_core::contract::{AuthorizeRequest, Endpoint, Outcome, Principal, Settlement};
 use opsgate_core::plan::{Plan, PowerLevel, TaskType};

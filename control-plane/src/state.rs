@@ -1,0 +1,45 @@
+//! The state every request handler shares: the database, the catalogue, the keyring, the
+//! clock, the settings and the counters `/metrics` reports.
+
+use crate::catalogue::Catalogue;
+use crate::clock::Clock;
+use crate::crypto::Keyring;
+use crate::db::Db;
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+pub struct Settings {
+    /// Shared secret the filter presents on `/internal/*`.
+    pub internal_token: String,
+    /// Bearer token for `/admin/*`; admin routes are closed when unset.
+    pub admin_token: Option<String>,
+    /// Platform provider keys, by provider name.
+    pub platform_keys: BTreeMap<String, String>,
+    pub hold_ttl_secs: i64,
+    /// How long a browser session lasts.
+    pub session_ttl_secs: i64,
+    /// Mark the session cookie `Secure` (off only for plain-HTTP development).
+    pub cookie_secure: bool,
+    /// The JWT role that grants the admin API.
+    pub admin_role: String,
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    pub authorize_allowed: AtomicU64,
+    pub authorize_denied: AtomicU64,
+    pub settled: AtomicU64,
+    pub charged_mc: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub catalogue: Arc<Catalogue>,
+    /// The master keys that seal and open stored provider keys.
+    pub keyring: Arc<Keyring>,
+    pub clock: Arc<dyn Clock>,
+    pub settings: Arc<Settings>,
+    pub metrics: Arc<Metrics>,
+}

@@ -139,7 +139,7 @@ def test_a_crashed_vm_is_reloaded_and_never_fails_open(crash_stack):
         time.sleep(0.2)
     assert answered[-3:] == [200, 200, 200], answered
     logs = s.all_logs()
-    assert "opsgate: filter panicked at plugin/src/filter.rs:" in logs
+    assert "opsgate: filter panicked at plugin/src/filter/" in logs
     assert secret not in logs and "crash trigger" not in logs
 
 

@@ -1,18 +1,126 @@
-//! Which request headers reach a provider.
+//! Every header name the gateway emits, reads or strips, and the rules that produce them.
+//!
+//! * **Metered responses** carry the provider and model ([`X_PROVIDER_USED`],
+//!   [`X_MODEL_USED`]), the plan's windows ([`rate_limit_headers`]) and what the call cost
+//!   ([`cost_headers`]); browsers may read exactly these ([`EXPOSED`]).
+//! * **Error replies** are JSON with `retry-after` when the caller should wait
+//!   ([`error_reply_headers`]).
+//! * **Provider response headers that name the account** behind the key never reach the
+//!   client ([`PROVIDER_ACCOUNT`]).
+//! * **Requests to a provider** carry only what it needs ([`reaches_provider`]).
 //!
 //! On a call made with the **platform's** key, the provider bills the platform and keeps what
 //! it is sent under the platform's account, so only an allow-list passes: the pseudo-headers,
 //! `content-type`, `accept` and `user-agent`. The gateway then sets its own `authorization`
 //! (the platform key), `x-power-level`, the routing header (which Envoy's route removes before
 //! the provider) and `x-forwarded-proto` from the connection's scheme (Envoy's route
-//! selection needs it). Everything else a client sends
-//! — `OpenAI-Organization`, `OpenAI-Project`, `OpenAI-Beta`, any `x-*`, cookies,
-//! `accept-encoding` — is removed.
+//! selection needs it). Everything else a client sends — `OpenAI-Organization`,
+//! `OpenAI-Project`, `OpenAI-Beta`, any `x-*`, cookies, `accept-encoding` — is removed.
 //!
 //! On a **BYOK** call the user's own key pays, so the client's headers pass (its
 //! `OpenAI-Organization` selects its own organisation), except cookies, proxy credentials,
 //! `accept-encoding` (the gateway must read the usage in the body) and the gateway's own
 //! `x-opsgate-*` names.
+
+use crate::contract::{Grant, WindowLimit};
+use crate::error::ApiError;
+use crate::money::MilliCredits;
+
+pub const CONTENT_TYPE: &str = "content-type";
+pub const RETRY_AFTER: &str = "retry-after";
+pub const JSON: &str = "application/json";
+
+pub const X_PROVIDER_USED: &str = "x-provider-used";
+pub const X_MODEL_USED: &str = "x-model-used";
+pub const X_COST_INCURRED: &str = "x-cost-incurred";
+pub const X_CREDITS_REMAINING: &str = "x-credits-remaining";
+pub const X_RATELIMIT_LIMIT: &str = "x-ratelimit-limit";
+pub const X_RATELIMIT_REMAINING: &str = "x-ratelimit-remaining";
+pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
+pub const X_RATELIMIT_LIMIT_DAY: &str = "x-ratelimit-limit-day";
+pub const X_RATELIMIT_REMAINING_DAY: &str = "x-ratelimit-remaining-day";
+pub const X_RATELIMIT_RESET_DAY: &str = "x-ratelimit-reset-day";
+/// Sent to the provider: the call's effective power level (DESIGN).
+pub const X_POWER_LEVEL: &str = "x-power-level";
+/// Set again by the gateway from the connection's scheme (Envoy's route selection needs it).
+pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+/// The provider's cluster, named by the filter for Envoy's route (removed by the route).
+pub const X_OPSGATE_CLUSTER: &str = "x-opsgate-cluster";
+
+/// The response headers a browser application may read (CORS `expose-headers`).
+pub const EXPOSED: [&str; 11] = [
+    X_PROVIDER_USED,
+    X_MODEL_USED,
+    X_COST_INCURRED,
+    X_CREDITS_REMAINING,
+    X_RATELIMIT_LIMIT,
+    X_RATELIMIT_REMAINING,
+    X_RATELIMIT_RESET,
+    X_RATELIMIT_LIMIT_DAY,
+    X_RATELIMIT_REMAINING_DAY,
+    X_RATELIMIT_RESET_DAY,
+    RETRY_AFTER,
+];
+
+/// Provider response headers that identify the account behind the upstream key (the
+/// platform's or the caller's own): they stay at the gateway, and so do provider cookies.
+pub const PROVIDER_ACCOUNT: [&str; 4] = [
+    "openai-organization",
+    "openai-project",
+    "anthropic-organization-id",
+    "set-cookie",
+];
+
+/// The provider and model headers of a metered response.
+pub fn provider_headers(grant: &Grant) -> [(&'static str, String); 2] {
+    [
+        (X_PROVIDER_USED, grant.provider.clone()),
+        (X_MODEL_USED, grant.model.clone()),
+    ]
+}
+
+/// The plan's windows, as the integration guide names them: the period (monthly, or the
+/// trial's 7 days) and the day; none for a window the plan does not have.
+pub fn rate_limit_headers(grant: &Grant) -> Vec<(&'static str, String)> {
+    let mut out = Vec::with_capacity(6);
+    let mut window = |w: Option<WindowLimit>, names: [&'static str; 3]| {
+        if let Some(w) = w {
+            out.push((names[0], w.limit.to_string()));
+            out.push((names[1], w.remaining.to_string()));
+            out.push((names[2], w.reset.to_string()));
+        }
+    };
+    window(
+        grant.period,
+        [X_RATELIMIT_LIMIT, X_RATELIMIT_REMAINING, X_RATELIMIT_RESET],
+    );
+    window(
+        grant.daily,
+        [
+            X_RATELIMIT_LIMIT_DAY,
+            X_RATELIMIT_REMAINING_DAY,
+            X_RATELIMIT_RESET_DAY,
+        ],
+    );
+    out
+}
+
+/// What the call cost and what remains, in credits with three decimals.
+pub fn cost_headers(cost: MilliCredits, remaining: MilliCredits) -> [(&'static str, String); 2] {
+    [
+        (X_COST_INCURRED, cost.to_credits_string()),
+        (X_CREDITS_REMAINING, remaining.to_credits_string()),
+    ]
+}
+
+/// The headers of an error reply: JSON, and `retry-after` when the caller should wait.
+pub fn error_reply_headers(err: &ApiError) -> Vec<(&'static str, String)> {
+    let mut out = vec![(CONTENT_TYPE, JSON.to_string())];
+    if let Some(secs) = err.retry_after {
+        out.push((RETRY_AFTER, secs.to_string()));
+    }
+    out
+}
 
 /// Headers a platform-key call keeps from the client (besides pseudo-headers).
 pub const PLATFORM_ALLOWED: [&str; 3] = ["content-type", "accept", "user-agent"];
@@ -51,6 +159,44 @@ pub fn reaches_provider(name: &[u8], byok: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
+
+    #[test]
+    fn error_replies_are_json_with_retry_after_when_set() {
+        let e = ApiError::new(ErrorKind::BadRequest, "no");
+        assert_eq!(
+            error_reply_headers(&e),
+            vec![(CONTENT_TYPE, JSON.to_string())]
+        );
+        let e = ApiError {
+            retry_after: Some(30),
+            ..ApiError::new(ErrorKind::QuotaExceeded, "wait")
+        };
+        assert_eq!(error_reply_headers(&e)[1], (RETRY_AFTER, "30".to_string()));
+    }
+
+    #[test]
+    fn cost_headers_have_three_decimals() {
+        assert_eq!(
+            cost_headers(MilliCredits(4), MilliCredits(9_999_996)),
+            [
+                (X_COST_INCURRED, "0.004".to_string()),
+                (X_CREDITS_REMAINING, "9999.996".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn every_metered_header_is_exposed_to_browsers() {
+        for h in [
+            X_PROVIDER_USED,
+            X_MODEL_USED,
+            X_COST_INCURRED,
+            X_CREDITS_REMAINING,
+        ] {
+            assert!(EXPOSED.contains(&h));
+        }
+    }
 
     #[test]
     fn platform_calls_pass_only_the_allow_list() {

@@ -21,9 +21,11 @@ use opsgate_core::{ApiError, ErrorKind};
 /// The methods a preflight may be answered for (the API's and the admin API's).
 pub const ALLOWED_METHODS: &str = "GET, POST, PUT, PATCH, DELETE";
 
-/// Response headers a browser application may read (the metering headers of the
-/// integration guide).
-pub const EXPOSE_HEADERS: &str = "x-provider-used, x-model-used, x-cost-incurred, x-credits-remaining, x-ratelimit-limit, x-ratelimit-remaining, x-ratelimit-reset, x-ratelimit-limit-day, x-ratelimit-remaining-day, x-ratelimit-reset-day, retry-after";
+/// Response headers a browser application may read: the metering headers of the
+/// integration guide (`opsgate_core::headers::EXPOSED`).
+pub fn expose_headers() -> String {
+    opsgate_core::headers::EXPOSED.join(", ")
+}
 
 /// Request headers a preflight may ask for, besides the `openai-*` and `x-stainless-*`
 /// headers the OpenAI SDKs send.
@@ -115,7 +117,7 @@ pub fn response_headers(cors: &CorsConfig, origin: &str) -> Vec<(&'static str, S
     let mut h = vec![
         ("access-control-allow-origin", origin.trim().to_string()),
         ("vary", "origin".to_string()),
-        ("access-control-expose-headers", EXPOSE_HEADERS.to_string()),
+        ("access-control-expose-headers", expose_headers()),
     ];
     if cors.allow_credentials {
         h.push(("access-control-allow-credentials", "true".to_string()));

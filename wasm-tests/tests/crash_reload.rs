@@ -60,7 +60,7 @@ fn a_panic_logs_its_location_never_the_request_and_a_fresh_vm_serves_on() {
     let logs = host.logs();
     assert!(
         logs.iter().any(
-            |(l, m)| *l == 5 && m.contains("opsgate: filter panicked at plugin/src/filter.rs:")
+            |(l, m)| *l == 5 && m.contains("opsgate: filter panicked at plugin/src/filter/")
         ),
         "{logs:?}"
     );

@@ -59,9 +59,8 @@ fn a_panic_logs_its_location_never_the_request_and_a_fresh_vm_serves_on() {
     assert!(host.failed().is_some());
     let logs = host.logs();
     assert!(
-        logs.iter().any(
-            |(l, m)| *l == 5 && m.contains("opsgate: filter panicked at plugin/src/filter/")
-        ),
+        logs.iter()
+            .any(|(l, m)| *l == 5 && m.contains("opsgate: filter panicked at plugin/src/filter/")),
         "{logs:?}"
     );
     assert!(

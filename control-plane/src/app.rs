@@ -6,11 +6,13 @@ use crate::byok::{self, Owner, Which};
 use crate::catalogue::{Catalogue, Model, ModelKind};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
+use crate::identity::{Admin, Caller, Internal};
 use crate::ledger::{self, Routing};
 use crate::state::AppState;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Path, Query, State};
+use axum::handler::Handler;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
@@ -32,37 +34,54 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route(opsgate_core::contract::SNAPSHOT_PATH, get(snapshot))
-        .route(opsgate_core::contract::AUTHORIZE_PATH, post(authorize))
-        .route(opsgate_core::contract::SETTLE_PATH, post(settle))
-        .route("/internal/v1/credentials", post(credential_lookup))
+        .route(
+            opsgate_core::contract::AUTHORIZE_PATH,
+            post(body_first(authorize)),
+        )
+        .route(
+            opsgate_core::contract::SETTLE_PATH,
+            post(body_first(settle)),
+        )
+        .route(
+            "/internal/v1/credentials",
+            post(body_first(credential_lookup)),
+        )
         .route("/api/v1/llm/models", get(models))
         .route("/api/v1/llm/models/categorized", get(models_categorized))
         .route("/api/v1/llm/credits", get(credits))
         .route("/api/v1/llm/usage", get(usage))
         .route(
             "/api/v1/llm/byok/keys",
-            get(byok_list).post(byok_add).delete(byok_remove),
+            get(byok_list)
+                .post(body_first(byok_add))
+                .delete(byok_remove),
         )
         .route("/api/v1/llm/byok/keys/{id}", delete(byok_remove_id))
         .route(
             "/admin/v1/orgs",
-            post(admin_create_org).get(admin_list_orgs),
+            post(body_first(admin_create_org)).get(admin_list_orgs),
         )
         .route("/admin/v1/orgs/{id}", get(admin_get_org))
-        .route("/admin/v1/orgs/{id}/grants", post(admin_grant))
+        .route("/admin/v1/orgs/{id}/grants", post(body_first(admin_grant)))
         .route(
             "/admin/v1/users",
-            post(admin_create_user).get(admin_list_users),
+            post(body_first(admin_create_user)).get(admin_list_users),
         )
-        .route("/admin/v1/users/{id}/allocation", put(admin_set_allocation))
-        .route("/admin/v1/users/{id}/api-keys", post(admin_issue_key))
+        .route(
+            "/admin/v1/users/{id}/allocation",
+            put(body_first(admin_set_allocation)),
+        )
+        .route(
+            "/admin/v1/users/{id}/api-keys",
+            post(body_first(admin_issue_key)),
+        )
         .route("/admin/v1/api-keys", get(admin_list_keys))
         .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
         .route(
             "/admin/v1/service-keys",
-            post(admin_add_service_key)
+            post(body_first(admin_add_service_key))
                 .get(admin_list_service_keys)
-                .delete(admin_revoke_service_key),
+                .delete(body_first(admin_revoke_service_key)),
         )
         .route("/admin/v1/audit", get(admin_audit))
         .route(
@@ -70,12 +89,18 @@ pub fn app(state: AppState) -> Router {
             post(crate::identity::create_session).delete(crate::identity::delete_session),
         )
         .route("/admin/v1/analytics/{report}", get(admin_analytics))
-        .route("/admin/v1/users/{id}/plan", put(admin_set_user_plan))
-        .route("/admin/v1/orgs/{id}/plan", put(admin_set_org_plan))
+        .route(
+            "/admin/v1/users/{id}/plan",
+            put(body_first(admin_set_user_plan)),
+        )
+        .route(
+            "/admin/v1/orgs/{id}/plan",
+            put(body_first(admin_set_org_plan)),
+        )
         .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
         .route(
             "/admin/v1/provider-keys/{provider}",
-            put(admin_set_provider_key)
+            put(body_first(admin_set_provider_key))
                 .get(admin_get_provider_key)
                 .delete(admin_remove_provider_key),
         )
@@ -94,6 +119,34 @@ pub fn app(state: AppState) -> Router {
             crate::error::envelope_plain_errors,
         ))
         .with_state(state)
+}
+
+/// A handler that takes a body reads it before its caller is checked: a body past the limit
+/// (or unreadable) is refused as such (413/400) whoever sends it, and the auth extractors
+/// then see a buffered body. The body is read with the same extractor and limit the
+/// handler's `Bytes` argument uses.
+fn body_first<H, T>(handler: H) -> impl Handler<T, AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    handler.layer(axum::middleware::from_fn(buffer_body))
+}
+
+async fn buffer_body(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = req.into_parts();
+    let mut whole = axum::extract::Request::new(body);
+    *whole.extensions_mut() = parts.extensions.clone();
+    match Bytes::from_request(whole, &()).await {
+        Ok(bytes) => {
+            next.run(axum::extract::Request::from_parts(
+                parts,
+                axum::body::Body::from(bytes),
+            ))
+            .await
+        }
+        Err(rejection) => rejection.into_response(),
+    }
 }
 
 /// Query parameters, refused in the error envelope when malformed.
@@ -118,30 +171,6 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> AppResult<T> {
     serde_json::from_slice(body)
         .map_err(|e| AppError::bad_request(format!("Invalid request body: {e}")))
 }
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get("authorization")?.to_str().ok()?;
-    let (scheme, token) = v.trim().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-fn require_internal(state: &AppState, headers: &HeaderMap) -> AppResult<()> {
-    match bearer(headers) {
-        Some(t)
-            if credentials::constant_time_eq(
-                t.as_bytes(),
-                state.settings.internal_token.as_bytes(),
-            ) =>
-        {
-            Ok(())
-        }
-        _ => Err(AppError::unauthorized(
-            "Internal endpoint: a valid internal token is required.",
-        )),
-    }
-}
-
-use crate::identity::{caller, require_admin};
 
 async fn readyz(State(state): State<AppState>) -> Response {
     if state.db.ping().await {
@@ -212,17 +241,15 @@ pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapsho
     Ok(snap)
 }
 
-async fn snapshot(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Snapshot>> {
-    require_internal(&state, &headers)?;
+async fn snapshot(State(state): State<AppState>, _: Internal) -> AppResult<Json<Snapshot>> {
     Ok(Json(build_snapshot(&state.db, &state.catalogue).await?))
 }
 
 async fn authorize(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Internal,
     body: Bytes,
 ) -> AppResult<Json<AuthorizeResponse>> {
-    require_internal(&state, &headers)?;
     let req: AuthorizeRequest = parse(&body)?;
     let result = authorize_inner(&state, &req).await;
     Ok(Json(match result {
@@ -247,10 +274,9 @@ async fn authorize(
 /// service user, JWT subject), for the filter's credential cache; 401 envelope when unknown.
 async fn credential_lookup(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Internal,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    require_internal(&state, &headers)?;
     let principal: Principal = parse(&body)?;
     let user = principal_user(&state, &principal)
         .await?
@@ -291,10 +317,9 @@ async fn authorize_inner(
 
 async fn settle(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Internal,
     body: Bytes,
 ) -> AppResult<Json<SettleResponse>> {
-    require_internal(&state, &headers)?;
     let batch: SettleBatch = parse(&body)?;
     let now = state.clock.now();
     let mut results = Vec::with_capacity(batch.settlements.len());
@@ -364,8 +389,7 @@ async fn reachable<'c>(
     Ok((models, providers))
 }
 
-async fn models(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
+async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
     let (models, _) = reachable(&state, &user).await?;
     let data: Vec<Value> = models
         .iter()
@@ -380,9 +404,8 @@ async fn models(State(state): State<AppState>, headers: HeaderMap) -> AppResult<
 
 async fn models_categorized(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(user): Caller,
 ) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
     let (models, providers) = reachable(&state, &user).await?;
     let (mut byok, mut platform) = (Vec::new(), Vec::new());
     for (m, via) in &models {
@@ -460,10 +483,9 @@ fn byok_json(k: &byok::SecretInfo) -> Value {
 
 async fn byok_add(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    Caller(user): Caller,
     body: Bytes,
 ) -> AppResult<Response> {
-    let user = caller(&state, &headers).await?;
     let req: NewByokKey = parse_secret_body(
         &body,
         r#"{"provider": "...", "api_key": "...", "metadata": {"description": "..."}}"#,
@@ -485,8 +507,7 @@ async fn byok_add(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn byok_list(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
+async fn byok_list(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
     let keys = byok::list(&state.db, Owner::User(&user.id)).await?;
     Ok(Json(json!({
         "object": "list",
@@ -503,10 +524,9 @@ struct ByokSelector {
 
 async fn byok_remove(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Q(q): Q<ByokSelector>,
+    Caller(user): Caller,
 ) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
     let which = match (&q.id, &q.provider) {
         (Some(id), None) => Which::Id(id),
         (None, Some(p)) => Which::Provider(p),
@@ -521,10 +541,9 @@ async fn byok_remove(
 
 async fn byok_remove_id(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    Caller(user): Caller,
 ) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
     remove_own(&state, &user, Which::Id(&id)).await
 }
 
@@ -542,8 +561,7 @@ async fn remove_own(state: &AppState, user: &User, which: Which<'_>) -> AppResul
     ))
 }
 
-async fn credits(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
+async fn credits(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
     let remaining = ledger::spendable(&state.db, &user).await?;
     Ok(Json(json!({
         "user_id": user.id,
@@ -562,10 +580,9 @@ struct UsageQuery {
 
 async fn usage(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Q(q): Q<UsageQuery>,
+    Caller(user): Caller,
 ) -> AppResult<Json<Value>> {
-    let user = caller(&state, &headers).await?;
     let start = q.start.unwrap_or(0);
     let end = q.end.unwrap_or(i64::MAX);
     let rows = crate::analytics::usage_by_provider(&state.db, &user.id, start, end).await?;
@@ -605,14 +622,13 @@ struct NewOrg {
 
 async fn admin_create_org(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Response> {
-    let actor = require_admin(&state, &headers)?;
     let req: NewOrg = parse(&body)?;
     let org = accounts::create_org(
         &state.db,
-        &actor,
+        admin.actor(),
         &req.id,
         &req.name,
         req.plan,
@@ -622,20 +638,15 @@ async fn admin_create_org(
     Ok((StatusCode::CREATED, Json(org)).into_response())
 }
 
-async fn admin_list_orgs(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
+async fn admin_list_orgs(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
     Ok(Json(json!({"data": accounts::list_orgs(&state.db).await?})))
 }
 
 async fn admin_get_org(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     let org = accounts::get_org(&state.db, &id)
         .await?
         .ok_or_else(|| AppError::not_found(format!("organization '{id}' not found")))?;
@@ -660,15 +671,14 @@ fn credits_to_mc(credits: &serde_json::Number) -> AppResult<i64> {
 
 async fn admin_grant(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let actor = require_admin(&state, &headers)?;
     let req: GrantReq = parse(&body)?;
     let org = accounts::grant(
         &state.db,
-        &actor,
+        admin.actor(),
         &id,
         credits_to_mc(&req.credits)?,
         state.clock.now(),
@@ -697,14 +707,13 @@ fn default_role() -> String {
 
 async fn admin_create_user(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Response> {
-    let actor = require_admin(&state, &headers)?;
     let r: NewUserReq = parse(&body)?;
     let u = accounts::create_user(
         &state.db,
-        &actor,
+        admin.actor(),
         &accounts::NewUser {
             id: &r.id,
             org_id: &r.org_id,
@@ -726,10 +735,9 @@ struct OrgFilter {
 
 async fn admin_list_users(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Q(q): Q<OrgFilter>,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     Ok(Json(
         json!({"data": accounts::list_users(&state.db, q.org_id.as_deref()).await?}),
     ))
@@ -737,15 +745,14 @@ async fn admin_list_users(
 
 async fn admin_set_allocation(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let actor = require_admin(&state, &headers)?;
     let req: GrantReq = parse(&body)?;
     let a = accounts::set_allocation(
         &state.db,
-        &actor,
+        admin.actor(),
         &id,
         credits_to_mc(&req.credits)?,
         state.clock.now(),
@@ -762,11 +769,10 @@ struct NewKey {
 
 async fn admin_issue_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Response> {
-    let actor = require_admin(&state, &headers)?;
     let req: NewKey = if body.is_empty() {
         NewKey::default()
     } else {
@@ -774,7 +780,7 @@ async fn admin_issue_key(
     };
     let (key, info) = accounts::issue_api_key(
         &state.db,
-        &actor,
+        admin.actor(),
         &id,
         req.name.as_deref(),
         state.clock.now(),
@@ -791,10 +797,9 @@ struct UserFilter {
 
 async fn admin_list_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Q(q): Q<UserFilter>,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     Ok(Json(
         json!({"data": accounts::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
     ))
@@ -802,11 +807,10 @@ async fn admin_list_keys(
 
 async fn admin_revoke_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
 ) -> AppResult<StatusCode> {
-    let actor = require_admin(&state, &headers)?;
-    accounts::revoke_api_key(&state.db, &actor, &id, state.clock.now()).await?;
+    accounts::revoke_api_key(&state.db, admin.actor(), &id, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -819,17 +823,22 @@ struct NewServiceKey {
 
 async fn admin_add_service_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<StatusCode> {
-    let actor = require_admin(&state, &headers)?;
     let r: NewServiceKey = parse(&body)?;
-    accounts::add_service_key(&state.db, &actor, &r.key, &r.user_id, state.clock.now()).await?;
+    accounts::add_service_key(
+        &state.db,
+        admin.actor(),
+        &r.key,
+        &r.user_id,
+        state.clock.now(),
+    )
+    .await?;
     Ok(StatusCode::CREATED)
 }
 
-async fn admin_audit(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
+async fn admin_audit(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
     Ok(Json(
         json!({"data": crate::analytics::audit_log(&state.db, 500).await?}),
     ))
@@ -878,9 +887,8 @@ fn platform_key_json(state: &AppState, provider: &str, stored: Option<&byok::Sec
 
 async fn admin_list_provider_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     let stored = byok::list(&state.db, Owner::Platform).await?;
     let data: Vec<Value> = state
         .catalogue
@@ -900,10 +908,9 @@ async fn admin_list_provider_keys(
 
 async fn admin_get_provider_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(provider): Path<String>,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     byok::check_provider(&state.catalogue, &provider)?;
     let stored = byok::list(&state.db, Owner::Platform).await?;
     Ok(Json(platform_key_json(
@@ -915,11 +922,10 @@ async fn admin_get_provider_key(
 
 async fn admin_set_provider_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(provider): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let actor = require_admin(&state, &headers)?;
     let req: PlatformKeyReq =
         parse_secret_body(&body, r#"{"api_key": "...", "description": "..."}"#)?;
     let (info, _) = byok::put(
@@ -930,7 +936,7 @@ async fn admin_set_provider_key(
         &provider,
         &req.api_key,
         req.description.as_deref(),
-        &actor,
+        admin.actor(),
         state.clock.now(),
     )
     .await?;
@@ -939,15 +945,14 @@ async fn admin_set_provider_key(
 
 async fn admin_remove_provider_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(provider): Path<String>,
+    admin: Admin,
 ) -> AppResult<StatusCode> {
-    let actor = require_admin(&state, &headers)?;
     byok::remove(
         &state.db,
         Owner::Platform,
         Which::Provider(&provider),
-        &actor,
+        admin.actor(),
         state.clock.now(),
     )
     .await?;
@@ -977,11 +982,10 @@ fn period(state: &AppState, q: Period, default_days: i64) -> AppResult<(i64, i64
 /// `GET /admin/v1/analytics/{report}?days=&limit=`: top-users, models, orgs.
 async fn admin_analytics(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(report): Path<String>,
     Q(q): Q<Period>,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     let Some((_, default_days)) = crate::analytics::REPORTS.iter().find(|(n, _)| *n == report)
     else {
         return Err(AppError::not_found(format!(
@@ -1001,33 +1005,32 @@ struct PlanReq {
 
 async fn admin_set_user_plan(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let actor = require_admin(&state, &headers)?;
     let req: PlanReq = parse(&body)?;
-    let u = accounts::set_user_plan(&state.db, &actor, &id, req.plan, state.clock.now()).await?;
+    let u =
+        accounts::set_user_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
     Ok(Json(json!(u)))
 }
 
 async fn admin_set_org_plan(
     State(state): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<String>,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<Json<Value>> {
-    let actor = require_admin(&state, &headers)?;
     let req: PlanReq = parse(&body)?;
-    let o = accounts::set_org_plan(&state.db, &actor, &id, req.plan, state.clock.now()).await?;
+    let o =
+        accounts::set_org_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
     Ok(Json(json!(o)))
 }
 
 async fn admin_list_service_keys(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    _: Admin,
 ) -> AppResult<Json<Value>> {
-    require_admin(&state, &headers)?;
     Ok(Json(
         json!({"data": accounts::list_service_keys(&state.db).await?}),
     ))
@@ -1043,11 +1046,10 @@ struct ServiceKeyReq {
 /// its digest is stored); the filter refuses it from its next snapshot on.
 async fn admin_revoke_service_key(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    admin: Admin,
     body: Bytes,
 ) -> AppResult<StatusCode> {
-    let actor = require_admin(&state, &headers)?;
     let r: ServiceKeyReq = parse(&body)?;
-    accounts::revoke_service_key(&state.db, &actor, &r.key, state.clock.now()).await?;
+    accounts::revoke_service_key(&state.db, admin.actor(), &r.key, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

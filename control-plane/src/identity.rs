@@ -9,7 +9,8 @@
 use crate::accounts::{self, random_hex, User};
 use crate::error::{AppError, AppResult};
 use crate::state::AppState;
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -31,7 +32,7 @@ pub fn edge_identity(state: &AppState, headers: &HeaderMap) -> Option<Identity> 
 }
 
 /// The caller of a public route.
-pub async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
+async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
     if let Some(id) = edge_identity(state, headers) {
         return accounts::get_user(&state.db, &id.subject)
             .await?
@@ -159,7 +160,7 @@ pub async fn delete_session(
 
 /// The admin behind a request: the admin token, or a JWT verified at the edge whose roles
 /// include the configured admin role. Returns the actor recorded in the audit log.
-pub fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
+fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
     if let Some(id) = edge_identity(state, headers) {
         return if id.roles.iter().any(|r| *r == state.settings.admin_role) {
             Ok(format!("jwt:{}", id.subject))
@@ -189,5 +190,79 @@ pub fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String>
         None => Err(AppError::unauthorized(
             "Admin routes need 'Authorization: Bearer <admin token>'.",
         )),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get("authorization")?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn require_internal(state: &AppState, headers: &HeaderMap) -> AppResult<()> {
+    match bearer(headers) {
+        Some(t)
+            if credentials::constant_time_eq(
+                t.as_bytes(),
+                state.settings.internal_token.as_bytes(),
+            ) =>
+        {
+            Ok(())
+        }
+        _ => Err(AppError::unauthorized(
+            "Internal endpoint: a valid internal token is required.",
+        )),
+    }
+}
+
+// ---- extractors ---------------------------------------------------------------------------
+//
+// A handler states who may call it by the type of one of its arguments; axum runs the check
+// before the handler and answers a failed one with the error envelope. These three types are
+// the only way a handler learns who is calling: the checks above are private to this module.
+
+/// The filter: the request carries the internal token.
+#[derive(Debug)]
+pub struct Internal(());
+
+/// An authenticated public caller: a service key, a `uc_` key, a session cookie or a JWT
+/// identity the edge verified.
+#[derive(Debug)]
+pub struct Caller(pub User);
+
+/// An admin: the admin token, or an edge-verified JWT with the admin role.
+#[derive(Debug)]
+pub struct Admin {
+    actor: String,
+}
+
+impl Admin {
+    /// Who the audit log records as having acted: `admin-token` or `jwt:<subject>`.
+    pub fn actor(&self) -> &str {
+        &self.actor
+    }
+}
+
+impl FromRequestParts<AppState> for Internal {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
+        require_internal(state, &parts.headers).map(Internal)
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
+        caller(state, &parts.headers).await.map(Caller)
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
+        require_admin(state, &parts.headers).map(|actor| Admin { actor })
     }
 }

@@ -267,26 +267,6 @@ pub struct SettleResponse {
     pub results: Vec<SettleResult>,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn decisions_are_tagged() {
-        let d = AuthorizeResponse::Deny(Denial::from(ApiError::invalid_api_key("nope")));
-        let s = serde_json::to_string(&d).unwrap();
-        assert!(s.contains(r#""decision":"deny""#), "{s}");
-        assert!(s.contains(r#""kind":"invalid_api_key""#), "{s}");
-        let back: AuthorizeResponse = serde_json::from_str(&s).unwrap();
-        assert_eq!(back, d);
-        let p = serde_json::to_string(&Principal::Service {
-            user_id: "loopnet-service".into(),
-        })
-        .unwrap();
-        assert_eq!(p, r#"{"kind":"service","user_id":"loopnet-service"}"#);
-    }
-}
-
 /// On requests the filter passes to the control plane's public routes, the identity it
 /// verified at the edge (a JWT's subject, email and roles) travels in this header, as
 /// base64url JSON of [`Identity`], together with [`IDENTITY_AUTH_HEADER`] carrying
@@ -329,8 +309,23 @@ impl Identity {
 }
 
 #[cfg(test)]
-mod identity_tests {
+mod tests {
     use super::*;
+
+    #[test]
+    fn decisions_are_tagged() {
+        let d = AuthorizeResponse::Deny(Denial::from(ApiError::invalid_api_key("nope")));
+        let s = serde_json::to_string(&d).unwrap();
+        assert!(s.contains(r#""decision":"deny""#), "{s}");
+        assert!(s.contains(r#""kind":"invalid_api_key""#), "{s}");
+        let back: AuthorizeResponse = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, d);
+        let p = serde_json::to_string(&Principal::Service {
+            user_id: "loopnet-service".into(),
+        })
+        .unwrap();
+        assert_eq!(p, r#"{"kind":"service","user_id":"loopnet-service"}"#);
+    }
 
     #[test]
     fn identity_round_trips_through_a_header_value() {

@@ -53,10 +53,9 @@ pub fn is_service_key(s: &str) -> bool {
     let Some(rest) = s.strip_prefix("sk-") else {
         return false;
     };
-    let Some(idx) = rest.rfind("-service-key-") else {
+    let Some((service, year)) = rest.rsplit_once("-service-key-") else {
         return false;
     };
-    let (service, year) = (&rest[..idx], &rest[idx + "-service-key-".len()..]);
     !service.is_empty()
         && service
             .bytes()
@@ -73,9 +72,9 @@ pub fn is_user_key(s: &str) -> bool {
 
 /// Does `s` look like a compact JWS (three base64url segments)?
 pub fn looks_like_jwt(s: &str) -> bool {
-    let mut parts = 0;
+    let mut parts = 0usize;
     for part in s.split('.') {
-        parts += 1;
+        parts = parts.saturating_add(1);
         if part.is_empty()
             || !part
                 .bytes()
@@ -132,10 +131,15 @@ pub fn digest(secret: &str) -> String {
 
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = String::with_capacity(bytes.len().saturating_mul(2));
     for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xf)] as char);
+        for nibble in [b >> 4, b & 0xf] {
+            s.push(
+                DIGITS
+                    .get(usize::from(nibble))
+                    .map_or('0', |d| char::from(*d)),
+            );
+        }
     }
     s
 }
@@ -160,13 +164,15 @@ pub fn mask(secret: &str) -> String {
     if chars.len() < 16 {
         return "…".to_string();
     }
+    // The vendor prefix ends at the last separator within the first ten characters.
     let prefix = chars
         .iter()
         .take(10)
         .rposition(|c| *c == '-' || *c == '_')
-        .map_or(0, |i| i + 1);
-    let head: String = chars[..prefix + 2].iter().collect();
-    let tail: String = chars[chars.len() - 2..].iter().collect();
+        .map_or(0, |i| i.saturating_add(1));
+    // At least 16 characters: the head (at most 12) and the last two never overlap.
+    let head: String = chars.iter().take(prefix.saturating_add(2)).collect();
+    let tail: String = chars.iter().skip(chars.len().saturating_sub(2)).collect();
     format!("{head}…{tail}")
 }
 

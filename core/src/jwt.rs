@@ -169,7 +169,7 @@ fn parse_jwk(raw: RawJwk) -> Option<Jwk> {
             let n = BigUint::from_bytes_be(&b64(raw.n.as_deref()?)?);
             let e = BigUint::from_bytes_be(&b64(raw.e.as_deref()?)?);
             let key = RsaPublicKey::new(n, e).ok()?;
-            if key.size() * 8 < MIN_RSA_BITS {
+            if key.size().saturating_mul(8) < MIN_RSA_BITS {
                 return None;
             }
             PublicKey::Rsa(Box::new(key))
@@ -207,7 +207,7 @@ impl KeySet {
                 .and_then(parse_jwk)
             {
                 Some(jwk) => set.keys.push(jwk),
-                None => set.skipped += 1,
+                None => set.skipped = set.skipped.saturating_add(1),
             }
         }
         if set.keys.is_empty() {
@@ -412,7 +412,11 @@ pub fn verify(
         .find(|k| k.fits(rules.algorithm))
         .ok_or(JwtError::KeyMismatch)?;
     let signature = decode_part(s64)?;
-    let signing_input = &token.as_bytes()[..h64.len() + 1 + p64.len()];
+    // The signed part is everything before the last '.', which separates the signature.
+    let signing_input = token
+        .rsplit_once('.')
+        .map(|(signed, _)| signed.as_bytes())
+        .ok_or(JwtError::Malformed)?;
     let valid = match &key.key {
         PublicKey::Rsa(k) => {
             let hashed = Sha256::digest(signing_input);

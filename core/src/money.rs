@@ -40,7 +40,11 @@ impl MilliCredits {
             .checked_mul(1000)
             .and_then(|w| w.checked_add(milli))
             .ok_or_else(bad)?;
-        Ok(MilliCredits(if negative { -mc } else { mc }))
+        Ok(MilliCredits(if negative {
+            mc.saturating_neg()
+        } else {
+            mc
+        }))
     }
 
     /// Credits with exactly three decimals, as the `X-Cost-Incurred` and

@@ -54,8 +54,9 @@ fn ceil_div(n: i128, d: i128) -> i128 {
     if d <= 0 || n <= 0 {
         return 0;
     }
-    let q = n / d;
-    if n % d == 0 {
+    // d > 0 here, so neither division can fail.
+    let q = n.checked_div(d).unwrap_or(0);
+    if n.checked_rem(d) == Some(0) {
         q
     } else {
         q.saturating_add(1)
@@ -109,7 +110,8 @@ impl RateCard {
         // cost(p, k) is monotone in k: binary search the largest k with cost <= budget.
         let (mut lo, mut hi) = (0u64, 1u64 << 40);
         while lo < hi {
-            let mid = lo + (hi - lo).div_ceil(2);
+            // lo < hi, so mid is in (lo, hi] and hi - 1 below cannot underflow.
+            let mid = lo.saturating_add(hi.saturating_sub(lo).div_ceil(2));
             let c = self.cost(&Usage {
                 prompt_tokens,
                 completion_tokens: mid,
@@ -118,7 +120,7 @@ impl RateCard {
             if c <= budget {
                 lo = mid;
             } else {
-                hi = mid - 1;
+                hi = mid.saturating_sub(1);
             }
         }
         Some(lo)

@@ -7,8 +7,23 @@ pub const DAY: i64 = 86_400;
 /// A trial's period: seven days from the user's creation.
 pub const TRIAL_PERIOD: i64 = 7 * DAY;
 
+/// The times this module works with: years 0 to 9999. Every function clamps its input into
+/// this range first, so the calendar arithmetic below can never overflow.
+pub const MIN_UNIX: i64 = -62_167_219_200; // 0000-01-01T00:00:00Z
+pub const MAX_UNIX: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
+fn clamp_unix(t: i64) -> i64 {
+    t.clamp(MIN_UNIX, MAX_UNIX)
+}
+
 /// Days since 1970-01-01 for a proleptic Gregorian date (H. Hinnant's algorithm).
+///
+/// Documented exception to the crate's `arithmetic_side_effects` rule: the algorithm's
+/// arithmetic is exact on the clamped inputs (year 0–10000, month 1–12, day 1–31), whose
+/// intermediates stay below 2^32.
+#[allow(clippy::arithmetic_side_effects)]
 pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let (year, month, day) = (year.clamp(0, 10_000), month.clamp(1, 12), day.clamp(1, 31));
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
     let yoe = y - era * 400;
@@ -20,7 +35,12 @@ pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 }
 
 /// `(year, month, day)` of a day number since 1970-01-01.
+///
+/// Documented exception to `arithmetic_side_effects`, as for [`days_from_civil`]: the input
+/// is clamped to years 0–9999.
+#[allow(clippy::arithmetic_side_effects)]
 pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let days = days.clamp(MIN_UNIX.div_euclid(DAY), MAX_UNIX.div_euclid(DAY));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -48,21 +68,25 @@ pub struct Window {
 
 /// The UTC day containing `now`: resets at 00:00 UTC.
 pub fn daily_window(now: i64) -> Window {
-    let start = now.div_euclid(DAY) * DAY;
+    let start = clamp_unix(now).div_euclid(DAY).saturating_mul(DAY);
     Window {
         start,
-        end: start + DAY,
+        end: start.saturating_add(DAY),
     }
 }
 
 /// The UTC calendar month containing `now`: resets on the 1st, 00:00 UTC.
 pub fn monthly_window(now: i64) -> Window {
-    let (y, m, _) = civil_from_days(now.div_euclid(DAY));
-    let start = days_from_civil(y, m, 1) * DAY;
-    let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
+    let (y, m, _) = civil_from_days(clamp_unix(now).div_euclid(DAY));
+    let start = days_from_civil(y, m, 1).saturating_mul(DAY);
+    let (ny, nm) = if m == 12 {
+        (y.saturating_add(1), 1)
+    } else {
+        (y, m.saturating_add(1))
+    };
     Window {
         start,
-        end: days_from_civil(ny, nm, 1) * DAY,
+        end: days_from_civil(ny, nm, 1).saturating_mul(DAY),
     }
 }
 
@@ -70,7 +94,7 @@ pub fn monthly_window(now: i64) -> Window {
 pub fn trial_window(created_at: i64) -> Window {
     Window {
         start: created_at,
-        end: created_at + TRIAL_PERIOD,
+        end: created_at.saturating_add(TRIAL_PERIOD),
     }
 }
 

@@ -82,12 +82,12 @@ impl SseMeter {
             self.carry.len()
         } else {
             match self.carry.iter().rposition(|b| *b == b'\n') {
-                Some(i) => i + 1,
+                Some(i) => i.saturating_add(1),
                 None => return Vec::new(),
             }
         };
         let ready: Vec<u8> = self.carry.drain(..cut).collect();
-        let mut out = Vec::with_capacity(ready.len() + 64);
+        let mut out = Vec::with_capacity(ready.len().saturating_add(64));
         for line in ready.split_inclusive(|b| *b == b'\n') {
             let text = trim_line(line);
             if self.skip_blank {
@@ -124,8 +124,8 @@ impl SseMeter {
                     }
                     let generated = delta_bytes(&v);
                     if generated > 0 {
-                        self.content_bytes += generated;
-                        self.content_chunks += 1;
+                        self.content_bytes = self.content_bytes.saturating_add(generated);
+                        self.content_chunks = self.content_chunks.saturating_add(1);
                     }
                 }
             }
@@ -192,8 +192,8 @@ fn trim_ascii(s: &[u8]) -> &[u8] {
     let end = s
         .iter()
         .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
+        .map_or(start, |e| e.saturating_add(1));
+    s.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]

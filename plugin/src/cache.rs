@@ -52,7 +52,7 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
             self.entries.remove(&oldest);
         }
         let seq = self.next_seq;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.wrapping_add(1);
         self.order.insert(seq, key.clone());
         self.entries.insert(
             key,

@@ -335,8 +335,7 @@ pub struct FilterConfig {
 
 impl FilterConfig {
     pub fn parse(bytes: &[u8]) -> Result<FilterConfig, String> {
-        // Fix: serde_json's type errors ("invalid type: string, expected u64") do not say
-        // which field is wrong; report the path of the offending value as well.
+        // Every error names the field it is about (serde_json's own type errors do not).
         let mut de = serde_json::Deserializer::from_slice(bytes);
         let raw: RawConfig = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| {

@@ -6,7 +6,7 @@
 use crate::config::JwtConfig;
 use crate::host::{self, HostError, LogLevel};
 use crate::metrics::Counter;
-use crate::shared::{log, SharedRef};
+use crate::shared::{after, log, SharedRef};
 use opsgate_core::jwt::KeySet;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -72,7 +72,7 @@ pub fn apply(shared: &SharedRef, status: u16, body: &[u8], now: SystemTime) -> b
         Ok(keys) => {
             s.metrics.inc(Counter::JwksFetchOk);
             s.jwks.failing = false;
-            s.jwks.next_fetch = Some(now + jwt.refresh_interval);
+            s.jwks.next_fetch = Some(after(now, jwt.refresh_interval));
             let changed = s.jwks.keys.as_deref() != Some(&keys);
             if changed {
                 let kids: Vec<&str> = keys.keys().iter().map(|k| k.kid.as_str()).collect();
@@ -104,7 +104,7 @@ pub fn apply(shared: &SharedRef, status: u16, body: &[u8], now: SystemTime) -> b
         }
         Err(why) => {
             s.metrics.inc(Counter::JwksFetchFailed);
-            s.jwks.next_fetch = Some(now + jwt.refresh_interval.min(RETRY_AFTER_FAILURE));
+            s.jwks.next_fetch = Some(after(now, jwt.refresh_interval.min(RETRY_AFTER_FAILURE)));
             if !s.jwks.failing {
                 s.jwks.failing = true;
                 let kept = s.jwks.keys.as_ref().map_or(0, |k| k.len());

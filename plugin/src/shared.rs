@@ -122,3 +122,9 @@ pub fn callout_status(num_headers: usize) -> u16 {
 }
 
 pub use crate::host::log;
+
+/// `now + by`; `now` itself if the sum does not fit a `SystemTime` (an entry that expires
+/// at once, a fetch that is due at once: never a panic).
+pub fn after(now: SystemTime, by: std::time::Duration) -> SystemTime {
+    now.checked_add(by).unwrap_or(now)
+}

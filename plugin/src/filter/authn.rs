@@ -75,12 +75,13 @@ impl Filter {
                     s.credentials.remove(&key);
                 } else {
                     s.credentials
-                        .insert(key, CredentialState::Bad(err.clone()), now + ttl);
+                        .insert(key, CredentialState::Bad(err.clone()), after(now, ttl));
                 }
             }
             _ => {
                 let ttl = s.config.credential_cache_ttl;
-                s.credentials.insert(key, CredentialState::Good, now + ttl);
+                s.credentials
+                    .insert(key, CredentialState::Good, after(now, ttl));
             }
         }
     }
@@ -186,7 +187,7 @@ impl Filter {
                 let ttl = s.config.negative_cache_ttl;
                 if remember_refusal && !ttl.is_zero() {
                     s.tokens
-                        .insert(*hash, TokenState::Refused(err.clone()), now + ttl);
+                        .insert(*hash, TokenState::Refused(err.clone()), after(now, ttl));
                 }
                 Authn::Refused(err)
             }

@@ -40,7 +40,7 @@ use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::jwks;
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
-    call_control_plane, callout_status, log, CredentialState, SharedRef, TokenState,
+    after, call_control_plane, callout_status, log, CredentialState, SharedRef, TokenState,
 };
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal, Settlement,
@@ -469,10 +469,8 @@ impl HttpContext for Filter {
         Action::Pause
     }
 
-    // Fix: an HTTP/2 client can end the request with trailers instead of an end-of-stream
-    // data frame. The SDK's default `Continue` here released the buffered request to the
-    // router without the authorize callout (fail open); the body is complete now, so it is
-    // handled like one that ended with its last data frame.
+    // Trailers end a request body as its last data frame does (HTTP/2 clients may end that
+    // way): a metered request is authorized here, never released without the callout.
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::ReadingBody => {}

@@ -2,12 +2,12 @@
 //! operations, run directly against the database.
 
 use crate::accounts;
-use crate::app::app;
 use crate::byok::{self, Owner, Which};
 use crate::catalogue::Catalogue;
 use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Keyring, MasterKey};
 use crate::db::Db;
+use crate::http::app;
 use crate::state::{AppState, Metrics, Settings};
 use opsgate_core::plan::Plan;
 use std::collections::BTreeMap;

@@ -4,7 +4,6 @@
 
 pub mod accounts;
 pub mod analytics;
-pub mod app;
 pub mod byok;
 pub mod catalogue;
 pub mod cli;
@@ -12,9 +11,10 @@ pub mod clock;
 pub mod crypto;
 pub mod db;
 pub mod error;
-pub mod identity;
+pub mod http;
 pub mod ledger;
+pub mod sessions;
 pub mod state;
 
-pub use app::app;
+pub use http::app;
 pub use state::{AppState, Settings};

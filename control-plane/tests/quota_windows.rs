@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use opsgate_control_plane::accounts::User;
-use opsgate_control_plane::app::app;
+use opsgate_control_plane::app;
 use opsgate_control_plane::clock::{Clock, ManualClock};
 use opsgate_control_plane::db::Db;
 use opsgate_control_plane::ledger;

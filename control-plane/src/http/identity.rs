@@ -6,20 +6,15 @@
 //! [`IDENTITY_AUTH_HEADER`] (the filter strips both from every client request). A verified
 //! JWT's `sub` is the opsgate user id.
 
-use crate::accounts::{self, random_hex, User};
+use crate::accounts::{self, User};
 use crate::error::{AppError, AppResult};
+use crate::sessions;
 use crate::state::AppState;
-use axum::extract::{FromRequestParts, State};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::http::HeaderMap;
 use opsgate_core::contract::{identity_auth, Identity, IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
 use opsgate_core::credentials::{self, Credential};
-use serde_json::json;
-use sqlx::Row;
-
-pub const SESSION_COOKIE: &str = "session_token";
 
 /// The identity the filter verified, when the request carries it with the internal token.
 pub fn edge_identity(state: &AppState, headers: &HeaderMap) -> Option<Identity> {
@@ -52,7 +47,9 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
         Credential::UserKey(k) => {
             accounts::user_by_api_key_digest(&state.db, &credentials::digest(k), now).await?
         }
-        Credential::Session(token) => user_for_session(state, &credentials::digest(token)).await?,
+        Credential::Session(token) => {
+            sessions::user_for_session(&state.db, &credentials::digest(token), now).await?
+        }
         Credential::Jwt(_) => {
             return Err(AppError::unauthorized(
                 "JWTs are verified by the gateway: call this endpoint through it.",
@@ -67,95 +64,6 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
             Credential::Jwt(_) => "Invalid credentials",
         })
     })
-}
-
-/// The user of an active session.
-pub async fn user_for_session(state: &AppState, digest: &str) -> AppResult<Option<User>> {
-    let row = sqlx::query(
-        "SELECT user_id FROM sessions WHERE digest = $1 AND revoked_at IS NULL AND expires_at > $2",
-    )
-    .bind(digest)
-    .bind(state.clock.now())
-    .fetch_optional(&state.db.pool)
-    .await?;
-    match row {
-        Some(r) => accounts::get_user(&state.db, &r.try_get::<String, _>("user_id")?).await,
-        None => Ok(None),
-    }
-}
-
-fn session_cookie(state: &AppState, value: &str, max_age: i64) -> AppResult<HeaderValue> {
-    let secure = if state.settings.cookie_secure {
-        "; Secure"
-    } else {
-        ""
-    };
-    HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Lax; Path=/; Max-Age={max_age}{secure}"
-    ))
-    .map_err(AppError::internal)
-}
-
-/// `POST /api/v1/llm/auth/session`: exchanges a JWT verified at the edge for an HttpOnly
-/// session cookie.
-pub async fn create_session(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> AppResult<Response> {
-    let Some(id) = edge_identity(&state, &headers) else {
-        return Err(AppError::unauthorized(
-            "Sign in with a valid JWT ('Authorization: Bearer <token>') to open a session.",
-        ));
-    };
-    let user = accounts::get_user(&state.db, &id.subject)
-        .await?
-        .ok_or_else(|| AppError::unauthorized("No opsgate user matches this token's subject."))?;
-    let token = format!("st_{}", random_hex(32));
-    let now = state.clock.now();
-    let ttl = state.settings.session_ttl_secs;
-    sqlx::query(
-        "INSERT INTO sessions (digest, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
-    )
-    .bind(credentials::digest(&token))
-    .bind(&user.id)
-    .bind(now)
-    .bind(now + ttl)
-    .execute(&state.db.pool)
-    .await?;
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(json!({"user_id": user.id, "expires_at": now + ttl})),
-    )
-        .into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, &token, ttl)?);
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
-}
-
-/// `DELETE /api/v1/llm/auth/session`: logs out (revokes the session, clears the cookie).
-pub async fn delete_session(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> AppResult<Response> {
-    let cookie = headers
-        .get("cookie")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let Some(token) = credentials::cookie_value(cookie, SESSION_COOKIE).filter(|t| !t.is_empty())
-    else {
-        return Err(AppError::unauthorized("No session cookie."));
-    };
-    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE digest = $2 AND revoked_at IS NULL")
-        .bind(state.clock.now())
-        .bind(credentials::digest(token))
-        .execute(&state.db.pool)
-        .await?;
-    let mut resp = StatusCode::NO_CONTENT.into_response();
-    resp.headers_mut()
-        .insert(header::SET_COOKIE, session_cookie(&state, "", 0)?);
-    Ok(resp)
 }
 
 /// The admin behind a request: the admin token, or a JWT verified at the edge whose roles

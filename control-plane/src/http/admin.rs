@@ -1,0 +1,510 @@
+//! The admin surface (`/admin/v1/*`): organisations, users, keys, plans, provider keys,
+//! the audit log and analytics. Every handler takes [`Admin`], whose actor the audit log
+//! records.
+
+use super::extract::{body_first, parse, parse_secret_body, Q};
+use super::identity::Admin;
+use crate::accounts::{self};
+use crate::byok::{self, Owner, Which};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use opsgate_core::credentials;
+use opsgate_core::money::MilliCredits;
+use opsgate_core::plan::Plan;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin/v1/orgs",
+            post(body_first(admin_create_org)).get(admin_list_orgs),
+        )
+        .route("/admin/v1/orgs/{id}", get(admin_get_org))
+        .route("/admin/v1/orgs/{id}/grants", post(body_first(admin_grant)))
+        .route(
+            "/admin/v1/orgs/{id}/plan",
+            put(body_first(admin_set_org_plan)),
+        )
+        .route(
+            "/admin/v1/users",
+            post(body_first(admin_create_user)).get(admin_list_users),
+        )
+        .route(
+            "/admin/v1/users/{id}/allocation",
+            put(body_first(admin_set_allocation)),
+        )
+        .route(
+            "/admin/v1/users/{id}/api-keys",
+            post(body_first(admin_issue_key)),
+        )
+        .route(
+            "/admin/v1/users/{id}/plan",
+            put(body_first(admin_set_user_plan)),
+        )
+        .route("/admin/v1/api-keys", get(admin_list_keys))
+        .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
+        .route(
+            "/admin/v1/service-keys",
+            post(body_first(admin_add_service_key))
+                .get(admin_list_service_keys)
+                .delete(body_first(admin_revoke_service_key)),
+        )
+        .route("/admin/v1/audit", get(admin_audit))
+        .route("/admin/v1/analytics/{report}", get(admin_analytics))
+        .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
+        .route(
+            "/admin/v1/provider-keys/{provider}",
+            put(body_first(admin_set_provider_key))
+                .get(admin_get_provider_key)
+                .delete(admin_remove_provider_key),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrg {
+    id: String,
+    name: String,
+    plan: Plan,
+}
+
+async fn admin_create_org(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Response> {
+    let req: NewOrg = parse(&body)?;
+    let org = accounts::create_org(
+        &state.db,
+        admin.actor(),
+        &req.id,
+        &req.name,
+        req.plan,
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(org)).into_response())
+}
+
+async fn admin_list_orgs(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
+    Ok(Json(json!({"data": accounts::list_orgs(&state.db).await?})))
+}
+
+async fn admin_get_org(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    let org = accounts::get_org(&state.db, &id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("organization '{id}' not found")))?;
+    Ok(Json(json!(org)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantReq {
+    /// Credits (not milli-credits); may carry up to three decimals.
+    credits: serde_json::Number,
+}
+
+/// Credits from a JSON number, exactly (its decimal form, never through a float).
+fn credits_to_mc(credits: &serde_json::Number) -> AppResult<i64> {
+    MilliCredits::parse_credits(&credits.to_string())
+        .map(|m| m.0)
+        .map_err(|_| {
+            AppError::bad_request("'credits' must be a number with at most three decimals")
+        })
+}
+
+async fn admin_grant(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let req: GrantReq = parse(&body)?;
+    let org = accounts::grant(
+        &state.db,
+        admin.actor(),
+        &id,
+        credits_to_mc(&req.credits)?,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(json!(org)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUserReq {
+    id: String,
+    org_id: String,
+    plan: Plan,
+    #[serde(default = "default_kind")]
+    kind: String,
+    #[serde(default = "default_role")]
+    role: String,
+}
+fn default_kind() -> String {
+    "user".into()
+}
+fn default_role() -> String {
+    "member".into()
+}
+
+async fn admin_create_user(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Response> {
+    let r: NewUserReq = parse(&body)?;
+    let u = accounts::create_user(
+        &state.db,
+        admin.actor(),
+        &accounts::NewUser {
+            id: &r.id,
+            org_id: &r.org_id,
+            plan: r.plan,
+            kind: &r.kind,
+            role: &r.role,
+        },
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(u)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrgFilter {
+    org_id: Option<String>,
+}
+
+async fn admin_list_users(
+    State(state): State<AppState>,
+    Q(q): Q<OrgFilter>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    Ok(Json(
+        json!({"data": accounts::list_users(&state.db, q.org_id.as_deref()).await?}),
+    ))
+}
+
+async fn admin_set_allocation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let req: GrantReq = parse(&body)?;
+    let a = accounts::set_allocation(
+        &state.db,
+        admin.actor(),
+        &id,
+        credits_to_mc(&req.credits)?,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(json!(a)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    name: Option<String>,
+}
+
+async fn admin_issue_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Response> {
+    let req: NewKey = if body.is_empty() {
+        NewKey::default()
+    } else {
+        parse(&body)?
+    };
+    let (key, info) = accounts::issue_api_key(
+        &state.db,
+        admin.actor(),
+        &id,
+        req.name.as_deref(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(json!({"api_key": key, "key": info, "note": "Store this key now: it is not shown again."}))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFilter {
+    user_id: Option<String>,
+}
+
+async fn admin_list_keys(
+    State(state): State<AppState>,
+    Q(q): Q<UserFilter>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    Ok(Json(
+        json!({"data": accounts::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
+    ))
+}
+
+async fn admin_revoke_key(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+) -> AppResult<StatusCode> {
+    accounts::revoke_api_key(&state.db, admin.actor(), &id, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewServiceKey {
+    key: String,
+    user_id: String,
+}
+
+async fn admin_add_service_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<StatusCode> {
+    let r: NewServiceKey = parse(&body)?;
+    accounts::add_service_key(
+        &state.db,
+        admin.actor(),
+        &r.key,
+        &r.user_id,
+        state.clock.now(),
+    )
+    .await?;
+    Ok(StatusCode::CREATED)
+}
+
+async fn admin_audit(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
+    Ok(Json(
+        json!({"data": crate::analytics::audit_log(&state.db, 500).await?}),
+    ))
+}
+
+// ---- platform provider keys -----------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlatformKeyReq {
+    api_key: String,
+    #[serde(default)]
+    description: Option<String>,
+}
+
+impl Drop for PlatformKeyReq {
+    fn drop(&mut self) {
+        drop(crate::crypto::Secret::new(std::mem::take(
+            &mut self.api_key,
+        )));
+    }
+}
+
+/// A provider's platform key as the admin sees it: the stored one (masked), else whether
+/// the environment supplies one (masked), else none.
+fn platform_key_json(state: &AppState, provider: &str, stored: Option<&byok::SecretInfo>) -> Value {
+    match (stored, state.settings.platform_keys.get(provider)) {
+        (Some(k), env) => json!({
+            "provider": provider,
+            "source": "stored",
+            "id": k.id,
+            "masked_key": k.masked_key,
+            "description": k.description,
+            "created_at": k.created_at,
+            "rotated_at": k.rotated_at,
+            "environment_key_shadowed": env.is_some(),
+        }),
+        (None, Some(k)) => json!({
+            "provider": provider,
+            "source": "environment",
+            "masked_key": credentials::mask(k),
+        }),
+        (None, None) => json!({"provider": provider, "source": "none"}),
+    }
+}
+
+async fn admin_list_provider_keys(
+    State(state): State<AppState>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    let stored = byok::list(&state.db, Owner::Platform).await?;
+    let data: Vec<Value> = state
+        .catalogue
+        .providers
+        .values()
+        .filter(|p| !p.local)
+        .map(|p| {
+            platform_key_json(
+                &state,
+                &p.name,
+                stored.iter().find(|k| k.provider == p.name),
+            )
+        })
+        .collect();
+    Ok(Json(json!({"data": data})))
+}
+
+async fn admin_get_provider_key(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    byok::check_provider(&state.catalogue, &provider)?;
+    let stored = byok::list(&state.db, Owner::Platform).await?;
+    Ok(Json(platform_key_json(
+        &state,
+        &provider,
+        stored.iter().find(|k| k.provider == provider),
+    )))
+}
+
+async fn admin_set_provider_key(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let req: PlatformKeyReq =
+        parse_secret_body(&body, r#"{"api_key": "...", "description": "..."}"#)?;
+    let (info, _) = byok::put(
+        &state.db,
+        &state.keyring,
+        &state.catalogue,
+        Owner::Platform,
+        &provider,
+        &req.api_key,
+        req.description.as_deref(),
+        admin.actor(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(platform_key_json(&state, &provider, Some(&info))))
+}
+
+async fn admin_remove_provider_key(
+    State(state): State<AppState>,
+    Path(provider): Path<String>,
+    admin: Admin,
+) -> AppResult<StatusCode> {
+    byok::remove(
+        &state.db,
+        Owner::Platform,
+        Which::Provider(&provider),
+        admin.actor(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Period {
+    /// Look back this many days from now (default 30).
+    days: Option<i64>,
+    limit: Option<i64>,
+}
+
+fn period(state: &AppState, q: Period, default_days: i64) -> AppResult<(i64, i64, i64)> {
+    let days = q.days.unwrap_or(default_days);
+    let limit = q.limit.unwrap_or(10);
+    if !(1..=3660).contains(&days) || !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request(
+            "'days' must be 1-3660 and 'limit' 1-1000",
+        ));
+    }
+    let now = state.clock.now();
+    Ok((now - days * 86_400, now + 1, limit))
+}
+
+/// `GET /admin/v1/analytics/{report}?days=&limit=`: top-users, models, orgs.
+async fn admin_analytics(
+    State(state): State<AppState>,
+    Path(report): Path<String>,
+    Q(q): Q<Period>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    let Some((_, default_days)) = crate::analytics::REPORTS.iter().find(|(n, _)| *n == report)
+    else {
+        return Err(AppError::not_found(format!(
+            "No report '{report}': top-users, models or orgs."
+        )));
+    };
+    let (start, end, limit) = period(&state, q, *default_days)?;
+    let rows = crate::analytics::report(&state.db, &report, start, end, limit).await?;
+    Ok(Json(json!({ "data": rows })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlanReq {
+    plan: Plan,
+}
+
+async fn admin_set_user_plan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let req: PlanReq = parse(&body)?;
+    let u =
+        accounts::set_user_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
+    Ok(Json(json!(u)))
+}
+
+async fn admin_set_org_plan(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let req: PlanReq = parse(&body)?;
+    let o =
+        accounts::set_org_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
+    Ok(Json(json!(o)))
+}
+
+async fn admin_list_service_keys(
+    State(state): State<AppState>,
+    _: Admin,
+) -> AppResult<Json<Value>> {
+    Ok(Json(
+        json!({"data": accounts::list_service_keys(&state.db).await?}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceKeyReq {
+    key: String,
+}
+
+/// `DELETE /admin/v1/service-keys` with `{"key": "sk-…"}`: the key itself identifies it (only
+/// its digest is stored); the filter refuses it from its next snapshot on.
+async fn admin_revoke_service_key(
+    State(state): State<AppState>,
+    admin: Admin,
+    body: Bytes,
+) -> AppResult<StatusCode> {
+    let r: ServiceKeyReq = parse(&body)?;
+    accounts::revoke_service_key(&state.db, admin.actor(), &r.key, state.clock.now()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

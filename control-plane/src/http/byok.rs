@@ -1,0 +1,143 @@
+//! The caller's own provider keys (`/api/v1/llm/byok/keys`). Every handler takes
+//! [`Caller`]; a caller reaches only their own keys.
+
+use super::extract::{body_first, parse_secret_body, Q};
+use super::identity::Caller;
+use crate::accounts::User;
+use crate::byok::{self, Owner, Which};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/api/v1/llm/byok/keys",
+            get(byok_list)
+                .post(body_first(byok_add))
+                .delete(byok_remove),
+        )
+        .route("/api/v1/llm/byok/keys/{id}", delete(byok_remove_id))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyMetadata {
+    #[serde(default)]
+    description: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewByokKey {
+    provider: String,
+    api_key: String,
+    #[serde(default)]
+    metadata: Option<KeyMetadata>,
+}
+
+impl Drop for NewByokKey {
+    fn drop(&mut self) {
+        drop(crate::crypto::Secret::new(std::mem::take(
+            &mut self.api_key,
+        )));
+    }
+}
+
+fn byok_json(k: &byok::SecretInfo) -> Value {
+    json!({
+        "id": k.id,
+        "object": "byok_key",
+        "provider": k.provider,
+        "masked_key": k.masked_key,
+        "metadata": {"description": k.description},
+        "created_at": k.created_at,
+    })
+}
+
+async fn byok_add(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    body: Bytes,
+) -> AppResult<Response> {
+    let req: NewByokKey = parse_secret_body(
+        &body,
+        r#"{"provider": "...", "api_key": "...", "metadata": {"description": "..."}}"#,
+    )?;
+    let (info, replaced) = byok::put(
+        &state.db,
+        &state.keyring,
+        &state.catalogue,
+        Owner::User(&user.id),
+        &req.provider,
+        &req.api_key,
+        req.metadata.as_ref().and_then(|m| m.description.as_deref()),
+        &format!("user:{}", user.id),
+        state.clock.now(),
+    )
+    .await?;
+    let mut v = byok_json(&info);
+    v["replaced"] = json!(replaced);
+    Ok((StatusCode::CREATED, Json(v)).into_response())
+}
+
+async fn byok_list(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
+    let keys = byok::list(&state.db, Owner::User(&user.id)).await?;
+    Ok(Json(json!({
+        "object": "list",
+        "data": keys.iter().map(byok_json).collect::<Vec<_>>(),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ByokSelector {
+    id: Option<String>,
+    provider: Option<String>,
+}
+
+async fn byok_remove(
+    State(state): State<AppState>,
+    Q(q): Q<ByokSelector>,
+    Caller(user): Caller,
+) -> AppResult<Json<Value>> {
+    let which = match (&q.id, &q.provider) {
+        (Some(id), None) => Which::Id(id),
+        (None, Some(p)) => Which::Provider(p),
+        _ => {
+            return Err(AppError::bad_request(
+                "Say which key to remove: ?id=<key id> or ?provider=<provider> (or DELETE /api/v1/llm/byok/keys/<key id>).",
+            ))
+        }
+    };
+    remove_own(&state, &user, which).await
+}
+
+async fn byok_remove_id(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Caller(user): Caller,
+) -> AppResult<Json<Value>> {
+    remove_own(&state, &user, Which::Id(&id)).await
+}
+
+async fn remove_own(state: &AppState, user: &User, which: Which<'_>) -> AppResult<Json<Value>> {
+    let info = byok::remove(
+        &state.db,
+        Owner::User(&user.id),
+        which,
+        &format!("user:{}", user.id),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(Json(
+        json!({"id": info.id, "object": "byok_key", "provider": info.provider, "deleted": true}),
+    ))
+}

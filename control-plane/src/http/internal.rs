@@ -1,0 +1,188 @@
+//! The filter's surface (`/internal/v1/*`): the snapshot, authorize, settle and credential
+//! lookups. Every handler takes [`Internal`]: the internal token.
+
+use super::extract::{body_first, parse};
+use super::identity::Internal;
+use crate::accounts::{self, User};
+use crate::catalogue::{Catalogue, ModelKind};
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use crate::ledger::{self, Routing};
+use crate::state::AppState;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use opsgate_core::contract::{
+    AuthorizeRequest, AuthorizeResponse, Denial, Principal, ServiceKeyEntry, SettleBatch,
+    SettleResponse, SettleResult, Snapshot,
+};
+use opsgate_core::credentials;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route(opsgate_core::contract::SNAPSHOT_PATH, get(snapshot))
+        .route(
+            opsgate_core::contract::AUTHORIZE_PATH,
+            post(body_first(authorize)),
+        )
+        .route(
+            opsgate_core::contract::SETTLE_PATH,
+            post(body_first(settle)),
+        )
+        .route(
+            "/internal/v1/credentials",
+            post(body_first(credential_lookup)),
+        )
+}
+
+pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapshot> {
+    let service_keys: Vec<ServiceKeyEntry> = accounts::service_key_digests(db)
+        .await?
+        .into_iter()
+        .map(|(digest, user_id)| ServiceKeyEntry { digest, user_id })
+        .collect();
+    let models = catalogue
+        .models
+        .iter()
+        .map(|m| opsgate_core::contract::ModelEntry {
+            id: m.id.clone(),
+            provider: m.provider.clone(),
+            tier: m.tier.clone(),
+            kind: match m.kind {
+                ModelKind::Chat => "chat".into(),
+                ModelKind::Image => "image".into(),
+            },
+            local: m.local,
+        })
+        .collect();
+    let plans = catalogue
+        .plans
+        .iter()
+        .map(|(plan, p)| opsgate_core::contract::PlanEntry {
+            plan: plan.as_str().into(),
+            daily_calls: p.daily_calls,
+            period_calls: p.period_calls,
+            markup_percent: p.markup_percent,
+            tiers: p.tiers.clone(),
+        })
+        .collect();
+    let mut snap = Snapshot {
+        version: String::new(),
+        service_keys,
+        models,
+        plans,
+    };
+    let body = serde_json::to_string(&snap).map_err(AppError::internal)?;
+    snap.version = credentials::digest(&body)[..16].to_string();
+    Ok(snap)
+}
+
+async fn snapshot(State(state): State<AppState>, _: Internal) -> AppResult<Json<Snapshot>> {
+    Ok(Json(build_snapshot(&state.db, &state.catalogue).await?))
+}
+
+async fn authorize(
+    State(state): State<AppState>,
+    _: Internal,
+    body: Bytes,
+) -> AppResult<Json<AuthorizeResponse>> {
+    let req: AuthorizeRequest = parse(&body)?;
+    let result = authorize_inner(&state, &req).await;
+    Ok(Json(match result {
+        Ok(grant) => {
+            state
+                .metrics
+                .authorize_allowed
+                .fetch_add(1, Ordering::Relaxed);
+            AuthorizeResponse::Allow(Box::new(grant))
+        }
+        Err(e) => {
+            state
+                .metrics
+                .authorize_denied
+                .fetch_add(1, Ordering::Relaxed);
+            AuthorizeResponse::Deny(Denial::from(e.0))
+        }
+    }))
+}
+
+/// `POST /internal/v1/credentials`: who a principal is (API key digest, session digest,
+/// service user, JWT subject), for the filter's credential cache; 401 envelope when unknown.
+async fn credential_lookup(
+    State(state): State<AppState>,
+    _: Internal,
+    body: Bytes,
+) -> AppResult<Json<Value>> {
+    let principal: Principal = parse(&body)?;
+    let user = principal_user(&state, &principal)
+        .await?
+        .ok_or_else(|| AppError::unauthorized("Invalid or revoked credential"))?;
+    Ok(Json(
+        json!({"user_id": user.id, "org_id": user.org_id, "plan": user.plan.as_str()}),
+    ))
+}
+
+async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Option<User>> {
+    let now = state.clock.now();
+    match principal {
+        Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await,
+        Principal::ApiKey { digest } => {
+            accounts::user_by_api_key_digest(&state.db, digest, now).await
+        }
+        Principal::Session { digest } => {
+            crate::sessions::user_for_session(&state.db, digest, now).await
+        }
+        Principal::Jwt { subject, .. } => accounts::get_user(&state.db, subject).await,
+    }
+}
+
+async fn authorize_inner(
+    state: &AppState,
+    req: &AuthorizeRequest,
+) -> AppResult<opsgate_core::contract::Grant> {
+    let now = state.clock.now();
+    let user = principal_user(state, &req.principal)
+        .await?
+        .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
+    let routing = Routing {
+        catalogue: &state.catalogue,
+        platform_keys: &state.settings.platform_keys,
+        keyring: &state.keyring,
+        hold_ttl_secs: state.settings.hold_ttl_secs,
+    };
+    ledger::authorize(&state.db, &routing, &user, req, now).await
+}
+
+async fn settle(
+    State(state): State<AppState>,
+    _: Internal,
+    body: Bytes,
+) -> AppResult<Json<SettleResponse>> {
+    let batch: SettleBatch = parse(&body)?;
+    let now = state.clock.now();
+    let mut results = Vec::with_capacity(batch.settlements.len());
+    for s in &batch.settlements {
+        match ledger::settle(&state.db, s, now).await {
+            Ok(charged) => {
+                state.metrics.settled.fetch_add(1, Ordering::Relaxed);
+                state
+                    .metrics
+                    .charged_mc
+                    .fetch_add(charged.max(0) as u64, Ordering::Relaxed);
+                results.push(SettleResult {
+                    hold_id: s.hold_id.clone(),
+                    charged_mc: charged,
+                });
+            }
+            // An unknown hold cannot be retried into existence: report and move on.
+            Err(e) if e.0.kind == opsgate_core::ErrorKind::NotFound => {
+                eprintln!("opsgate: settle for unknown hold {}", s.hold_id);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Json(SettleResponse { results }))
+}

@@ -1,0 +1,46 @@
+//! The HTTP surface: `fn app(state) -> Router`, one router per surface. Internal routes
+//! serve the filter, public routes serve clients in the integration guide's shapes, BYOK
+//! and session routes serve a caller's own keys and browser sessions, admin routes manage
+//! the state. Who may call a route is the type of an argument of its handler
+//! ([`identity::Internal`], [`identity::Caller`], [`identity::Admin`]).
+
+mod admin;
+mod byok;
+mod extract;
+pub mod identity;
+mod internal;
+mod ops;
+mod public;
+mod sessions;
+
+use crate::error::AppError;
+use crate::state::AppState;
+use axum::Router;
+
+pub use internal::build_snapshot;
+
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(ops::router())
+        .merge(internal::router())
+        .merge(public::router())
+        .merge(byok::router())
+        .merge(sessions::router())
+        .merge(admin::router())
+        .fallback(|| async {
+            AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
+        })
+        // Errors always use the envelope (DESIGN: "Errors always use the envelope"), a known
+        // path with an unsupported method included. Set after every merge: it applies to the
+        // routes registered before it.
+        .method_not_allowed_fallback(|| async {
+            AppError::new(
+                opsgate_core::ErrorKind::MethodNotAllowed,
+                "This endpoint does not support that HTTP method.",
+            )
+        })
+        .layer(axum::middleware::map_response(
+            crate::error::envelope_plain_errors,
+        ))
+        .with_state(state)
+}

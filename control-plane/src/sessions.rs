@@ -1,0 +1,51 @@
+//! Browser sessions: a session token is returned once (for the cookie); only its digest is
+//! stored. A session is active until it expires or is revoked.
+
+use crate::accounts::random_hex;
+use crate::accounts::{self, User};
+use crate::db::Db;
+use crate::error::AppError;
+use opsgate_core::credentials;
+use sqlx::Row;
+
+pub const SESSION_COOKIE: &str = "session_token";
+
+/// The user of an active session.
+pub async fn user_for_session(db: &Db, digest: &str, now: i64) -> Result<Option<User>, AppError> {
+    let row = sqlx::query(
+        "SELECT user_id FROM sessions WHERE digest = $1 AND revoked_at IS NULL AND expires_at > $2",
+    )
+    .bind(digest)
+    .bind(now)
+    .fetch_optional(&db.pool)
+    .await?;
+    match row {
+        Some(r) => accounts::get_user(db, &r.try_get::<String, _>("user_id")?).await,
+        None => Ok(None),
+    }
+}
+
+/// Opens a session for `user_id` that lasts `ttl` seconds; returns its token.
+pub async fn open(db: &Db, user_id: &str, now: i64, ttl: i64) -> Result<String, AppError> {
+    let token = format!("st_{}", random_hex(32));
+    sqlx::query(
+        "INSERT INTO sessions (digest, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(credentials::digest(&token))
+    .bind(user_id)
+    .bind(now)
+    .bind(now + ttl)
+    .execute(&db.pool)
+    .await?;
+    Ok(token)
+}
+
+/// Revokes the session with this token, if it is active.
+pub async fn revoke(db: &Db, token: &str, now: i64) -> Result<(), AppError> {
+    sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE digest = $2 AND revoked_at IS NULL")
+        .bind(now)
+        .bind(credentials::digest(token))
+        .execute(&db.pool)
+        .await?;
+    Ok(())
+}

@@ -3,9 +3,9 @@
 
 use crate::db::Db;
 use crate::error::AppError;
-use opsgate_core::credentials::{digest, hex, is_service_key};
+use crate::store::{audit, ledger_entry, random_hex, EntryKind};
+use opsgate_core::credentials::{digest, is_service_key};
 use opsgate_core::plan::Plan;
-use rand::RngCore;
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
@@ -63,12 +63,6 @@ pub struct ApiKeyInfo {
     pub revoked_at: Option<i64>,
 }
 
-pub fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    rand::rngs::OsRng.fill_bytes(&mut buf);
-    hex(&buf)
-}
-
 fn parse_plan(s: &str) -> Result<Plan, AppError> {
     Plan::parse(s).ok_or_else(|| AppError::internal(format!("unknown plan '{s}' in the database")))
 }
@@ -110,27 +104,6 @@ fn check_id(field: &str, id: &str) -> Result<(), AppError> {
             "'{field}' must be 1-128 characters of letters, digits, '-', '_', '.', '@'"
         )));
     }
-    Ok(())
-}
-
-pub async fn audit(
-    tx: &mut crate::db::Tx,
-    actor: &str,
-    action: &str,
-    target: &str,
-    detail: &str,
-    now: i64,
-) -> Result<(), AppError> {
-    sqlx::query(
-        "INSERT INTO audit_log (actor, action, target, detail, at) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(actor)
-    .bind(action)
-    .bind(target)
-    .bind(detail)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 
@@ -219,7 +192,16 @@ pub async fn grant(
             ),
         });
     }
-    crate::ledger::ledger_entry(&mut tx, org_id, None, "grant", amount_mc, None, now).await?;
+    ledger_entry(
+        &mut tx,
+        org_id,
+        None,
+        EntryKind::Grant,
+        amount_mc,
+        None,
+        now,
+    )
+    .await?;
     audit(
         &mut tx,
         actor,
@@ -394,11 +376,11 @@ pub async fn set_allocation(
         ));
     }
     let delta = allocated_mc - prev;
-    crate::ledger::ledger_entry(
+    ledger_entry(
         &mut tx,
         &user.org_id,
         Some(user_id),
-        "allocate",
+        EntryKind::Allocate,
         delta,
         None,
         now,

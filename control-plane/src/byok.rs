@@ -233,7 +233,7 @@ pub async fn put(
             Owner::User(_) => "byok",
             Owner::Platform => "pk",
         },
-        crate::accounts::random_hex(10)
+        crate::store::random_hex(10)
     );
     let binding = Binding {
         scope: owner.scope(),
@@ -278,7 +278,7 @@ pub async fn put(
         Owner::User(_) => "byok.add",
         Owner::Platform => "provider_key.set",
     };
-    crate::accounts::audit(
+    crate::store::audit(
         &mut tx,
         actor,
         action,
@@ -388,7 +388,7 @@ pub async fn remove(
         Owner::User(_) => "byok.remove",
         Owner::Platform => "provider_key.remove",
     };
-    crate::accounts::audit(
+    crate::store::audit(
         &mut tx,
         actor,
         action,
@@ -523,7 +523,7 @@ pub async fn rotate_master_key(
         }
     }
     let mut tx = db.begin().await?;
-    crate::accounts::audit(
+    crate::store::audit(
         &mut tx,
         actor,
         "master_key.rotate",

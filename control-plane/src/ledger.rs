@@ -12,6 +12,7 @@ use crate::catalogue::{
 use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
+use crate::store::{ledger_entry, random_hex, EntryKind};
 use opsgate_core::contract::{
     AuthorizeRequest, CompletionLimit, Endpoint, Grant, Outcome, Settlement, Upstream, WindowLimit,
 };
@@ -394,7 +395,7 @@ pub async fn authorize(
                 "request_id must be 8-64 characters of [A-Za-z0-9_-]",
             ))
         }
-        None => format!("hold_{}", accounts::random_hex(12)),
+        None => format!("hold_{}", random_hex(12)),
     };
     let mut tx = db.begin().await?;
     let mut limits: Vec<(&'static str, WindowLimit)> = Vec::new();
@@ -523,7 +524,7 @@ pub async fn authorize(
         &mut tx,
         &user.org_id,
         Some(&user.id),
-        "hold",
+        EntryKind::Hold,
         hold,
         Some(&hold_id),
         now,
@@ -579,32 +580,6 @@ pub async fn authorize(
         daily: window("day"),
         byok,
     })
-}
-
-/// Appends one line to the ledger (nothing for a zero amount): grants, allocations, holds,
-/// charges and releases all go through here, so balances recompute from one table.
-pub(crate) async fn ledger_entry(
-    tx: &mut crate::db::Tx,
-    org_id: &str,
-    user_id: Option<&str>,
-    kind: &str,
-    amount: i64,
-    hold_id: Option<&str>,
-    now: i64,
-) -> Result<(), AppError> {
-    if amount == 0 {
-        return Ok(());
-    }
-    sqlx::query("INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES ($1, $2, $3, $4, $5, $6)")
-        .bind(org_id)
-        .bind(user_id)
-        .bind(kind)
-        .bind(amount)
-        .bind(hold_id)
-        .bind(now)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
 }
 
 /// Settles one hold. Idempotent: settling a hold that is no longer open changes nothing and
@@ -779,7 +754,7 @@ async fn close_hold(
         tx,
         &org_id,
         Some(&user_id),
-        "charge",
+        EntryKind::Charge,
         charged,
         Some(hold_id),
         now,
@@ -789,7 +764,7 @@ async fn close_hold(
         tx,
         &org_id,
         Some(&user_id),
-        "release",
+        EntryKind::Release,
         amount - charged,
         Some(hold_id),
         now,
@@ -838,22 +813,22 @@ pub async fn expire_holds(db: &Db, now: i64) -> Result<u64, AppError> {
 
 /// Balances recomputed from the ledger alone, per organisation: (total, used, held).
 pub async fn recompute_org(db: &Db, org_id: &str) -> Result<(i64, i64, i64), AppError> {
-    let sum = |kind: &'static str| {
+    let sum = |kind: EntryKind| {
         let db = db.clone();
         let org_id = org_id.to_string();
         async move {
             let r = sqlx::query("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) AS s FROM ledger WHERE org_id = $1 AND kind = $2")
                 .bind(org_id)
-                .bind(kind)
+                .bind(kind.as_str())
                 .fetch_one(&db.pool)
                 .await?;
             Ok::<i64, AppError>(r.try_get("s")?)
         }
     };
-    let grant = sum("grant").await?;
-    let hold = sum("hold").await?;
-    let charge = sum("charge").await?;
-    let release = sum("release").await?;
+    let grant = sum(EntryKind::Grant).await?;
+    let hold = sum(EntryKind::Hold).await?;
+    let charge = sum(EntryKind::Charge).await?;
+    let release = sum(EntryKind::Release).await?;
     Ok((grant, charge, hold - charge - release))
 }
 

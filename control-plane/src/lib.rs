@@ -15,6 +15,7 @@ pub mod http;
 pub mod ledger;
 pub mod sessions;
 pub mod state;
+pub mod store;
 
 pub use http::app;
 pub use state::{AppState, Settings};

@@ -1,10 +1,10 @@
 //! Browser sessions: a session token is returned once (for the cookie); only its digest is
 //! stored. A session is active until it expires or is revoked.
 
-use crate::accounts::random_hex;
 use crate::accounts::{self, User};
 use crate::db::Db;
 use crate::error::AppError;
+use crate::store::random_hex;
 use opsgate_core::credentials;
 use sqlx::Row;
 

@@ -8,6 +8,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::crypto::{Keyring, MasterKey};
 use crate::db::Db;
 use crate::http::app;
+use crate::keys;
 use crate::state::{AppState, Metrics, Settings};
 use opsgate_core::plan::Plan;
 use std::collections::BTreeMap;
@@ -284,7 +285,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             .await
             .map_err(e)?;
             if let Some(key) = a.flag("service-key") {
-                accounts::add_service_key(&db, &actor(), key, id, now)
+                keys::add_service_key(&db, &actor(), key, id, now)
                     .await
                     .map_err(e)?;
             }
@@ -310,7 +311,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["key", "issue", user] => {
             let db = open_db(&a).await?;
-            let (key, info) = accounts::issue_api_key(&db, &actor(), user, a.flag("name"), now)
+            let (key, info) = keys::issue_api_key(&db, &actor(), user, a.flag("name"), now)
                 .await
                 .map_err(e)?;
             print_json(&serde_json::json!({"api_key": key, "key": info}));
@@ -318,7 +319,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             Ok(())
         }
         ["key", "revoke", id] => {
-            accounts::revoke_api_key(&open_db(&a).await?, &actor(), id, now)
+            keys::revoke_api_key(&open_db(&a).await?, &actor(), id, now)
                 .await
                 .map_err(e)?;
             println!("revoked {id}");
@@ -326,14 +327,14 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["key", "list"] => {
             print_json(
-                &accounts::list_api_keys(&open_db(&a).await?, a.flag("user"))
+                &keys::list_api_keys(&open_db(&a).await?, a.flag("user"))
                     .await
                     .map_err(e)?,
             );
             Ok(())
         }
         ["service-key", "add", key] => {
-            accounts::add_service_key(&open_db(&a).await?, &actor(), key, a.need("user")?, now)
+            keys::add_service_key(&open_db(&a).await?, &actor(), key, a.need("user")?, now)
                 .await
                 .map_err(e)?;
             println!("service key bound to {}", a.need("user")?);
@@ -341,7 +342,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["service-key", "list"] => {
             print_json(
-                &accounts::list_service_keys(&open_db(&a).await?)
+                &keys::list_service_keys(&open_db(&a).await?)
                     .await
                     .map_err(e)?,
             );
@@ -385,7 +386,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             Ok(())
         }
         ["service-key", "revoke", key] => {
-            accounts::revoke_service_key(&open_db(&a).await?, &actor(), key, now)
+            keys::revoke_service_key(&open_db(&a).await?, &actor(), key, now)
                 .await
                 .map_err(e)?;
             println!("revoked");
@@ -524,7 +525,7 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
     )
     .await
     .map_err(e)?;
-    accounts::add_service_key(db, actor, DEMO_SERVICE_KEY, "loopnet-service", now)
+    keys::add_service_key(db, actor, DEMO_SERVICE_KEY, "loopnet-service", now)
         .await
         .map_err(e)?;
     accounts::create_user(
@@ -544,7 +545,7 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
     accounts::set_allocation(db, actor, "demo-user", 1_000 * 1000, now)
         .await
         .map_err(e)?;
-    let (key, _) = accounts::issue_api_key(db, actor, "demo-user", Some("demo"), now)
+    let (key, _) = keys::issue_api_key(db, actor, "demo-user", Some("demo"), now)
         .await
         .map_err(e)?;
     Ok(Some(key))

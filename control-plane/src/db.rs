@@ -127,11 +127,10 @@ impl Db {
 
     async fn migrate(&self) -> Result<(), String> {
         let err = |e: sqlx::Error| format!("migration failed: {e}");
-        // Fix: replicas that start together on a fresh PostgreSQL database ran the same DDL
-        // at once and all but one died ("duplicate key value violates unique constraint
-        // pg_type_typname_nsp_index" — even `CREATE TABLE IF NOT EXISTS` races). Every
-        // migration transaction now first takes a transaction-level advisory lock; whoever
-        // waited then sees the version recorded and skips it.
+        // Replicas may start together on a fresh PostgreSQL database, and concurrent DDL
+        // races even with `IF NOT EXISTS` (pg_type_typname_nsp_index). Every migration
+        // transaction first takes one transaction-level advisory lock, so migrations run
+        // one at a time; whoever waited sees the version recorded and skips it.
         const MIGRATION_LOCK: &str =
             "SELECT 1 AS locked FROM pg_advisory_xact_lock(7306916007443965286)";
         let mut tx = self.begin().await.map_err(err)?;
@@ -162,10 +161,9 @@ impl Db {
                 Backend::Sqlite => common.replace("$SERIAL", "INTEGER PRIMARY KEY AUTOINCREMENT"),
                 Backend::Postgres => common.replace("$SERIAL", "BIGSERIAL PRIMARY KEY"),
             };
-            // Fix: strip `--` comments before splitting into statements. 001's header comment
-            // ("milli-credits; time is unix seconds") has a ';', which cut the first
-            // statement in half and made every fresh database fail to migrate. (The
-            // migrations have no string literals containing "--".)
+            // `--` comments are stripped before splitting into statements: a comment may
+            // contain ';' (001's header does). Sound because no migration has a string
+            // literal containing "--".
             let sql = sql
                 .lines()
                 .map(|l| l.split("--").next().unwrap_or_default().trim_end())

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod db;
 pub mod error;
 pub mod http;
+pub mod keys;
 pub mod ledger;
 pub mod sessions;
 pub mod state;

@@ -11,6 +11,7 @@ use http_body_util::BodyExt;
 use opsgate_control_plane::accounts;
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::db::Db;
+use opsgate_control_plane::keys;
 use opsgate_control_plane::{app, AppState};
 use opsgate_core::contract::{AuthorizeRequest, Outcome, Principal, SettleBatch};
 use opsgate_core::credentials::digest;
@@ -131,7 +132,7 @@ async fn fixture(db: &Db) -> String {
         T0,
     )
     .await;
-    accounts::add_service_key(db, ACTOR, SERVICE_KEY, "svc_api", T0)
+    keys::add_service_key(db, ACTOR, SERVICE_KEY, "svc_api", T0)
         .await
         .expect("service key");
     seed(
@@ -144,7 +145,7 @@ async fn fixture(db: &Db) -> String {
         T0,
     )
     .await;
-    let (key, _) = accounts::issue_api_key(db, ACTOR, "pro_api", Some("test"), T0)
+    let (key, _) = keys::issue_api_key(db, ACTOR, "pro_api", Some("test"), T0)
         .await
         .expect("issue key");
     key
@@ -463,12 +464,12 @@ async fn credits_and_models_in_the_guides_shapes() {
                 assert_envelope(&api.get(path, bad).await, 401, "invalid_api_key");
             }
         }
-        let key_id = accounts::list_api_keys(&db, Some("pro_api"))
+        let key_id = keys::list_api_keys(&db, Some("pro_api"))
             .await
             .expect("keys")[0]
             .id
             .clone();
-        accounts::revoke_api_key(&db, ACTOR, &key_id, T0)
+        keys::revoke_api_key(&db, ACTOR, &key_id, T0)
             .await
             .expect("revoke");
         assert_envelope(
@@ -1046,7 +1047,7 @@ async fn a_service_key_cannot_be_silently_rebound() {
             audit.text
         );
         // A revoked key stays revoked: re-adding it is refused, not a silent no-op.
-        accounts::revoke_service_key(&db, ACTOR, SERVICE_KEY, T0)
+        keys::revoke_service_key(&db, ACTOR, SERVICE_KEY, T0)
             .await
             .expect("revoke");
         let r = api

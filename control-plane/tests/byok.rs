@@ -13,6 +13,7 @@ use opsgate_control_plane::byok::{self, Owner};
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::crypto::{Keyring, MasterKey, OpenError};
 use opsgate_control_plane::db::Db;
+use opsgate_control_plane::keys;
 use opsgate_control_plane::ledger::{self, Routing};
 use opsgate_control_plane::{app, AppState};
 use opsgate_core::contract::{Endpoint, Outcome, Principal};
@@ -137,10 +138,10 @@ async fn fixture(db: &Db) -> (String, String) {
     )
     .await;
     seed(db, "org_b", "bob", Plan::Professional, 0, None, T0).await;
-    let (a, _) = accounts::issue_api_key(db, ACTOR, "alice", None, T0)
+    let (a, _) = keys::issue_api_key(db, ACTOR, "alice", None, T0)
         .await
         .expect("key");
-    let (b, _) = accounts::issue_api_key(db, ACTOR, "bob", None, T0)
+    let (b, _) = keys::issue_api_key(db, ACTOR, "bob", None, T0)
         .await
         .expect("key");
     (a, b)

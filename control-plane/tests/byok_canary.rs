@@ -10,9 +10,9 @@ mod common;
 
 use base64::Engine;
 use common::*;
-use opsgate_control_plane::accounts;
 use opsgate_control_plane::crypto::MasterKey;
 use opsgate_control_plane::db::Backend;
+use opsgate_control_plane::keys;
 use opsgate_core::contract::{AuthorizeRequest, Outcome, Principal, SettleBatch};
 use opsgate_core::credentials::{digest, hex, mask};
 use opsgate_core::plan::Plan;
@@ -189,10 +189,7 @@ async fn canary_run(t: &TestDb) {
     seed(db, "org_c", "bob", Plan::Professional, 0, None, T0).await;
     seed(db, "org_c", "mallory", Plan::Professional, 0, None, T0).await;
     let key_of = |u: &'static str| async move {
-        accounts::issue_api_key(db, ACTOR, u, None, T0)
-            .await
-            .unwrap()
-            .0
+        keys::issue_api_key(db, ACTOR, u, None, T0).await.unwrap().0
     };
     let (alice, bob, mallory) = (
         key_of("alice").await,

@@ -6,8 +6,8 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
 use http_body_util::BodyExt;
-use opsgate_control_plane::accounts;
 use opsgate_control_plane::clock::ManualClock;
+use opsgate_control_plane::keys;
 use opsgate_control_plane::{app, AppState};
 use opsgate_core::contract::{
     AuthorizeRequest, Identity, Principal, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
@@ -291,7 +291,7 @@ async fn sessions_expire() {
 async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
     for_each_backend("admin_jwt", |db| async move {
         let st = setup(&db).await;
-        accounts::add_service_key(&db, "t", "sk-idtest-service-key-2025", "alice", T0)
+        keys::add_service_key(&db, "t", "sk-idtest-service-key-2025", "alice", T0)
             .await
             .unwrap();
         let admin = identity("root", &["opsgate-admin"]);
@@ -398,7 +398,7 @@ async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
 async fn credential_lookup_for_the_filter() {
     let db = TestDb::sqlite().await;
     let st = setup(&db.db).await;
-    let (key, _) = accounts::issue_api_key(&db.db, "t", "alice", None, T0)
+    let (key, _) = keys::issue_api_key(&db.db, "t", "alice", None, T0)
         .await
         .unwrap();
     let auth = format!("Bearer {INTERNAL_TOKEN}");

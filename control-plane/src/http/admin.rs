@@ -7,6 +7,7 @@ use super::identity::Admin;
 use crate::accounts::{self};
 use crate::byok::{self, Owner, Which};
 use crate::error::{AppError, AppResult};
+use crate::keys;
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -233,7 +234,7 @@ async fn admin_issue_key(
     } else {
         parse(&body)?
     };
-    let (key, info) = accounts::issue_api_key(
+    let (key, info) = keys::issue_api_key(
         &state.db,
         admin.actor(),
         &id,
@@ -256,7 +257,7 @@ async fn admin_list_keys(
     _: Admin,
 ) -> AppResult<Json<Value>> {
     Ok(Json(
-        json!({"data": accounts::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
+        json!({"data": keys::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
     ))
 }
 
@@ -265,7 +266,7 @@ async fn admin_revoke_key(
     Path(id): Path<String>,
     admin: Admin,
 ) -> AppResult<StatusCode> {
-    accounts::revoke_api_key(&state.db, admin.actor(), &id, state.clock.now()).await?;
+    keys::revoke_api_key(&state.db, admin.actor(), &id, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -282,7 +283,7 @@ async fn admin_add_service_key(
     body: Bytes,
 ) -> AppResult<StatusCode> {
     let r: NewServiceKey = parse(&body)?;
-    accounts::add_service_key(
+    keys::add_service_key(
         &state.db,
         admin.actor(),
         &r.key,
@@ -487,7 +488,7 @@ async fn admin_list_service_keys(
     _: Admin,
 ) -> AppResult<Json<Value>> {
     Ok(Json(
-        json!({"data": accounts::list_service_keys(&state.db).await?}),
+        json!({"data": keys::list_service_keys(&state.db).await?}),
     ))
 }
 
@@ -505,6 +506,6 @@ async fn admin_revoke_service_key(
     body: Bytes,
 ) -> AppResult<StatusCode> {
     let r: ServiceKeyReq = parse(&body)?;
-    accounts::revoke_service_key(&state.db, admin.actor(), &r.key, state.clock.now()).await?;
+    keys::revoke_service_key(&state.db, admin.actor(), &r.key, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }

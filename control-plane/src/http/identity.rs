@@ -8,6 +8,7 @@
 
 use crate::accounts::{self, User};
 use crate::error::{AppError, AppResult};
+use crate::keys;
 use crate::sessions;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -42,10 +43,10 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
     let now = state.clock.now();
     let user = match cred {
         Credential::ServiceKey(k) => {
-            accounts::user_by_service_key_digest(&state.db, &credentials::digest(k)).await?
+            keys::user_by_service_key_digest(&state.db, &credentials::digest(k)).await?
         }
         Credential::UserKey(k) => {
-            accounts::user_by_api_key_digest(&state.db, &credentials::digest(k), now).await?
+            keys::user_by_api_key_digest(&state.db, &credentials::digest(k), now).await?
         }
         Credential::Session(token) => {
             sessions::user_for_session(&state.db, &credentials::digest(token), now).await?

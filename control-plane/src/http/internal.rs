@@ -7,6 +7,7 @@ use crate::accounts::{self, User};
 use crate::catalogue::{Catalogue, ModelKind};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
+use crate::keys;
 use crate::ledger::{self, Routing};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -39,7 +40,7 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapshot> {
-    let service_keys: Vec<ServiceKeyEntry> = accounts::service_key_digests(db)
+    let service_keys: Vec<ServiceKeyEntry> = keys::service_key_digests(db)
         .await?
         .into_iter()
         .map(|(digest, user_id)| ServiceKeyEntry { digest, user_id })
@@ -129,9 +130,7 @@ async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Op
     let now = state.clock.now();
     match principal {
         Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await,
-        Principal::ApiKey { digest } => {
-            accounts::user_by_api_key_digest(&state.db, digest, now).await
-        }
+        Principal::ApiKey { digest } => keys::user_by_api_key_digest(&state.db, digest, now).await,
         Principal::Session { digest } => {
             crate::sessions::user_for_session(&state.db, digest, now).await
         }

@@ -56,15 +56,11 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         let status =
             StatusCode::from_u16(self.0.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut resp = (
-            status,
-            [(axum::http::header::CONTENT_TYPE, "application/json")],
-            self.0.to_json(),
-        )
-            .into_response();
-        if let Some(secs) = self.0.retry_after {
-            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-                resp.headers_mut().insert("retry-after", v);
+        let mut resp = (status, self.0.to_json()).into_response();
+        // The same reply headers as the filter's local replies (core::headers).
+        for (name, value) in opsgate_core::headers::error_reply_headers(&self.0) {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().insert(name, v);
             }
         }
         resp
@@ -79,7 +75,7 @@ pub async fn envelope_plain_errors(resp: Response) -> Response {
     let status = resp.status().as_u16();
     let json = resp
         .headers()
-        .get(axum::http::header::CONTENT_TYPE)
+        .get(opsgate_core::headers::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|c| c.contains("json"));
     if status < 400 || json {

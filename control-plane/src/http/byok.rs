@@ -13,8 +13,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -51,15 +50,51 @@ impl Drop for NewByokKey {
     }
 }
 
-fn byok_json(k: &byok::SecretInfo) -> Value {
-    json!({
-        "id": k.id,
-        "object": "byok_key",
-        "provider": k.provider,
-        "masked_key": k.masked_key,
-        "metadata": {"description": k.description},
-        "created_at": k.created_at,
-    })
+/// A key as its owner sees it. `replaced` appears only in the answer to adding one (the
+/// id of the key it replaced, or null).
+#[derive(Serialize)]
+struct ByokKeyJson {
+    id: String,
+    object: &'static str,
+    provider: String,
+    masked_key: String,
+    metadata: ByokMetadataJson,
+    created_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    replaced: Option<Option<String>>,
+}
+
+#[derive(Serialize)]
+struct ByokMetadataJson {
+    description: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ByokKeyList {
+    object: &'static str,
+    data: Vec<ByokKeyJson>,
+}
+
+#[derive(Serialize)]
+struct ByokKeyDeleted {
+    id: String,
+    object: &'static str,
+    provider: String,
+    deleted: bool,
+}
+
+fn byok_json(k: &byok::SecretInfo) -> ByokKeyJson {
+    ByokKeyJson {
+        id: k.id.clone(),
+        object: "byok_key",
+        provider: k.provider.clone(),
+        masked_key: k.masked_key.clone(),
+        metadata: ByokMetadataJson {
+            description: k.description.clone(),
+        },
+        created_at: k.created_at,
+        replaced: None,
+    }
 }
 
 async fn byok_add(
@@ -83,17 +118,22 @@ async fn byok_add(
         state.clock.now(),
     )
     .await?;
-    let mut v = byok_json(&info);
-    v["replaced"] = json!(replaced);
+    let v = ByokKeyJson {
+        replaced: Some(replaced),
+        ..byok_json(&info)
+    };
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn byok_list(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
+async fn byok_list(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+) -> AppResult<Json<ByokKeyList>> {
     let keys = byok::list(&state.db, Owner::User(&user.id)).await?;
-    Ok(Json(json!({
-        "object": "list",
-        "data": keys.iter().map(byok_json).collect::<Vec<_>>(),
-    })))
+    Ok(Json(ByokKeyList {
+        object: "list",
+        data: keys.iter().map(byok_json).collect(),
+    }))
 }
 
 #[derive(Deserialize)]
@@ -107,7 +147,7 @@ async fn byok_remove(
     State(state): State<AppState>,
     Q(q): Q<ByokSelector>,
     Caller(user): Caller,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ByokKeyDeleted>> {
     let which = match (&q.id, &q.provider) {
         (Some(id), None) => Which::Id(id),
         (None, Some(p)) => Which::Provider(p),
@@ -124,11 +164,15 @@ async fn byok_remove_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
     Caller(user): Caller,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<ByokKeyDeleted>> {
     remove_own(&state, &user, Which::Id(&id)).await
 }
 
-async fn remove_own(state: &AppState, user: &User, which: Which<'_>) -> AppResult<Json<Value>> {
+async fn remove_own(
+    state: &AppState,
+    user: &User,
+    which: Which<'_>,
+) -> AppResult<Json<ByokKeyDeleted>> {
     let info = byok::remove(
         &state.db,
         Owner::User(&user.id),
@@ -137,7 +181,10 @@ async fn remove_own(state: &AppState, user: &User, which: Which<'_>) -> AppResul
         state.clock.now(),
     )
     .await?;
-    Ok(Json(
-        json!({"id": info.id, "object": "byok_key", "provider": info.provider, "deleted": true}),
-    ))
+    Ok(Json(ByokKeyDeleted {
+        id: info.id,
+        object: "byok_key",
+        provider: info.provider,
+        deleted: true,
+    }))
 }

@@ -19,7 +19,7 @@ use opsgate_core::contract::{
     SettleResponse, SettleResult, Snapshot,
 };
 use opsgate_core::credentials;
-use serde_json::{json, Value};
+use serde::Serialize;
 use std::sync::atomic::Ordering;
 
 pub(super) fn router() -> Router<AppState> {
@@ -112,18 +112,28 @@ async fn authorize(
 
 /// `POST /internal/v1/credentials`: who a principal is (API key digest, session digest,
 /// service user, JWT subject), for the filter's credential cache; 401 envelope when unknown.
+/// Who a credential belongs to, as `POST /internal/v1/credentials` answers.
+#[derive(Serialize)]
+struct CredentialOwner {
+    user_id: String,
+    org_id: String,
+    plan: &'static str,
+}
+
 async fn credential_lookup(
     State(state): State<AppState>,
     _: Internal,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<CredentialOwner>> {
     let principal: Principal = parse(&body)?;
     let user = principal_user(&state, &principal)
         .await?
         .ok_or_else(|| AppError::unauthorized("Invalid or revoked credential"))?;
-    Ok(Json(
-        json!({"user_id": user.id, "org_id": user.org_id, "plan": user.plan.as_str()}),
-    ))
+    Ok(Json(CredentialOwner {
+        plan: user.plan.as_str(),
+        user_id: user.id,
+        org_id: user.org_id,
+    }))
 }
 
 async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Option<User>> {

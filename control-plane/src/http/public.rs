@@ -13,8 +13,7 @@ use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
 use opsgate_core::money::MilliCredits;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -24,16 +23,85 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/llm/usage", get(usage))
 }
 
-fn model_json(m: &Model) -> Value {
-    json!({
-        "id": m.id,
-        "object": "model",
-        "created": 0,
-        "owned_by": m.provider,
-        "tier": m.tier,
-        "local": m.local,
-        "kind": match m.kind { ModelKind::Chat => "chat", ModelKind::Image => "image" },
-    })
+/// A model entry. `byok` appears only in `/models`; `via_provider` only for the
+/// categorized listing's BYOK models.
+#[derive(Serialize)]
+struct ModelJson {
+    id: String,
+    object: &'static str,
+    created: i64,
+    owned_by: String,
+    tier: String,
+    local: bool,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    byok: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    via_provider: Option<String>,
+}
+
+fn model_json(m: &Model) -> ModelJson {
+    ModelJson {
+        id: m.id.clone(),
+        object: "model",
+        created: 0,
+        owned_by: m.provider.clone(),
+        tier: m.tier.clone(),
+        local: m.local,
+        kind: match m.kind {
+            ModelKind::Chat => "chat",
+            ModelKind::Image => "image",
+        },
+        byok: None,
+        via_provider: None,
+    }
+}
+
+#[derive(Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<ModelJson>,
+}
+
+#[derive(Serialize)]
+struct CategorizedModels {
+    byok: Vec<ModelJson>,
+    platform: Vec<ModelJson>,
+    summary: CategorizedSummary,
+}
+
+#[derive(Serialize)]
+struct CategorizedSummary {
+    byok_models: usize,
+    platform_models: usize,
+    byok_providers: Vec<String>,
+    /// With an OpenRouter key, any OpenRouter model id (vendor/model) may be named too.
+    openrouter_any_model: bool,
+}
+
+#[derive(Serialize)]
+struct Credits {
+    user_id: String,
+    credits_remaining: f64,
+    tier: &'static str,
+    monthly_cap: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct ProviderUsageJson {
+    provider: String,
+    requests: i64,
+    tokens: i64,
+    cost: f64,
+}
+
+#[derive(Serialize)]
+struct Usage {
+    total_requests: i64,
+    total_tokens: i64,
+    total_cost: f64,
+    avg_cost_per_request: f64,
+    providers: Vec<ProviderUsageJson>,
 }
 
 /// The caller's models: each one the plan allows or the caller's own keys reach, with the
@@ -65,57 +133,57 @@ async fn reachable<'c>(
     Ok((models, providers))
 }
 
-async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
+async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<ModelList>> {
     let (models, _) = reachable(&state, &user).await?;
-    let data: Vec<Value> = models
+    let data: Vec<ModelJson> = models
         .iter()
-        .map(|(m, via)| {
-            let mut v = model_json(m);
-            v["byok"] = json!(via.is_some());
-            v
+        .map(|(m, via)| ModelJson {
+            byok: Some(via.is_some()),
+            ..model_json(m)
         })
         .collect();
-    Ok(Json(json!({"object": "list", "data": data})))
+    Ok(Json(ModelList {
+        object: "list",
+        data,
+    }))
 }
 
 async fn models_categorized(
     State(state): State<AppState>,
     Caller(user): Caller,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<CategorizedModels>> {
     let (models, providers) = reachable(&state, &user).await?;
     let (mut byok, mut platform) = (Vec::new(), Vec::new());
     for (m, via) in &models {
         match via {
-            Some(p) => {
-                let mut v = model_json(m);
-                v["via_provider"] = json!(p);
-                byok.push(v);
-            }
+            Some(p) => byok.push(ModelJson {
+                via_provider: Some(p.clone()),
+                ..model_json(m)
+            }),
             None => platform.push(model_json(m)),
         }
     }
     let any_openrouter = providers.iter().any(|p| p == crate::catalogue::OPENROUTER);
-    Ok(Json(json!({
-        "byok": byok,
-        "platform": platform,
-        "summary": {
-            "byok_models": byok.len(),
-            "platform_models": platform.len(),
-            "byok_providers": providers,
-            // With an OpenRouter key, any OpenRouter model id (vendor/model) may be named too.
-            "openrouter_any_model": any_openrouter,
+    Ok(Json(CategorizedModels {
+        summary: CategorizedSummary {
+            byok_models: byok.len(),
+            platform_models: platform.len(),
+            byok_providers: providers,
+            openrouter_any_model: any_openrouter,
         },
-    })))
+        byok,
+        platform,
+    }))
 }
 
-async fn credits(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Value>> {
+async fn credits(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Credits>> {
     let remaining = ledger::spendable(&state.db, &user).await?;
-    Ok(Json(json!({
-        "user_id": user.id,
-        "credits_remaining": MilliCredits(remaining).to_credits_f64(),
-        "tier": user.plan.as_str(),
-        "monthly_cap": ledger::monthly_cap(&state.catalogue, user.plan),
-    })))
+    Ok(Json(Credits {
+        credits_remaining: MilliCredits(remaining).to_credits_f64(),
+        tier: user.plan.as_str(),
+        monthly_cap: ledger::monthly_cap(&state.catalogue, user.plan),
+        user_id: user.id,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -129,18 +197,23 @@ async fn usage(
     State(state): State<AppState>,
     Q(q): Q<UsageQuery>,
     Caller(user): Caller,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Usage>> {
     let start = q.start.unwrap_or(0);
     let end = q.end.unwrap_or(i64::MAX);
     let rows = crate::analytics::usage_by_provider(&state.db, &user.id, start, end).await?;
     let (mut requests, mut tokens, mut cost) = (0i64, 0i64, 0i64);
-    let providers: Vec<Value> = rows
+    let providers: Vec<ProviderUsageJson> = rows
         .iter()
         .map(|r| {
             requests += r.requests;
             tokens += r.tokens;
             cost += r.cost_mc;
-            json!({"provider": r.provider, "requests": r.requests, "tokens": r.tokens, "cost": MilliCredits(r.cost_mc).to_credits_f64()})
+            ProviderUsageJson {
+                provider: r.provider.clone(),
+                requests: r.requests,
+                tokens: r.tokens,
+                cost: MilliCredits(r.cost_mc).to_credits_f64(),
+            }
         })
         .collect();
     let avg = if requests > 0 {
@@ -148,11 +221,11 @@ async fn usage(
     } else {
         0.0
     };
-    Ok(Json(json!({
-        "total_requests": requests,
-        "total_tokens": tokens,
-        "total_cost": MilliCredits(cost).to_credits_f64(),
-        "avg_cost_per_request": (avg * 10_000.0).round() / 10_000.0,
-        "providers": providers,
-    })))
+    Ok(Json(Usage {
+        total_requests: requests,
+        total_tokens: tokens,
+        total_cost: MilliCredits(cost).to_credits_f64(),
+        avg_cost_per_request: (avg * 10_000.0).round() / 10_000.0,
+        providers,
+    }))
 }

@@ -80,19 +80,7 @@ fn a_panic_logs_its_location_never_the_request_and_a_fresh_vm_serves_on() {
 #[test]
 fn the_shipped_filter_has_no_crash_trigger() {
     let mut host = gateway();
-    let id = host.new_stream().unwrap();
-    host.request_headers(
-        id,
-        &[
-            (":method", "POST"),
-            (":path", "/api/v1/llm/chat/completions"),
-            (":authority", "gateway"),
-            ("authorization", &bearer(SERVICE_KEY)),
-            ("x-opsgate-test-crash", "1"),
-        ],
-        false,
-    )
-    .unwrap();
+    let id = open_chat(&mut host, &[("x-opsgate-test-crash", "1")]);
     host.request_body(id, QUICKSTART.as_bytes(), true).unwrap();
     assert!(host.failed().is_none());
     authorize_call(&mut host);

@@ -77,18 +77,7 @@ fn truncated_and_garbage_bodies_are_400s() {
         format!("{}1", "{\"a\":".repeat(50_000)).as_bytes(),
         b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xe9\"}]}",
     ] {
-        let id = host.new_stream().unwrap();
-        host.request_headers(
-            id,
-            &[
-                (":method", "POST"),
-                (":path", "/api/v1/llm/chat/completions"),
-                (":authority", "gateway"),
-                ("authorization", &bearer(SERVICE_KEY)),
-            ],
-            false,
-        )
-        .unwrap();
+        let id = open_chat(&mut host, &[]);
         host.request_body(id, body, true).unwrap();
         expect_reply(&host, id, 400, "bad_request");
         host.done(id).unwrap();
@@ -111,18 +100,7 @@ fn oversized_bodies_are_413s_announced_or_streamed() {
     assert_eq!(a, Action::Pause);
     expect_reply(&host, id, 413, "payload_too_large");
     // Streamed in chunks past the bound.
-    let id = host.new_stream().unwrap();
-    host.request_headers(
-        id,
-        &[
-            (":method", "POST"),
-            (":path", "/api/v1/llm/chat/completions"),
-            (":authority", "gateway"),
-            ("authorization", &bearer(SERVICE_KEY)),
-        ],
-        false,
-    )
-    .unwrap();
+    let id = open_chat(&mut host, &[]);
     let chunk = vec![b' '; 1024];
     for _ in 0..5 {
         if host.local_reply(id).is_some() {

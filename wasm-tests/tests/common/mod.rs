@@ -236,6 +236,22 @@ pub fn send(
     }
 }
 
+/// Opens a metered chat call with the service key and `extra` headers, its body still to
+/// come; returns the stream.
+pub fn open_chat(host: &mut Host, extra: &[(&str, &str)]) -> StreamId {
+    let id = host.new_stream().unwrap();
+    let auth = bearer(SERVICE_KEY);
+    let mut headers = vec![
+        (":method", "POST"),
+        (":path", "/api/v1/llm/chat/completions"),
+        (":authority", "gateway"),
+        ("authorization", auth.as_str()),
+    ];
+    headers.extend_from_slice(extra);
+    host.request_headers(id, &headers, false).unwrap();
+    id
+}
+
 pub fn chat(host: &mut Host, key: &str, body: &str) -> (StreamId, Action) {
     let auth = format!("Bearer {key}");
     send(

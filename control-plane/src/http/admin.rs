@@ -4,10 +4,11 @@
 
 use super::extract::{body_first, parse, parse_secret_body, Q};
 use super::identity::Admin;
-use crate::accounts::{self};
+use crate::accounts::{self, Allocation, Organization, User};
+use crate::analytics::AuditEntry;
 use crate::byok::{self, Owner, Which};
 use crate::error::{AppError, AppResult};
-use crate::keys;
+use crate::keys::{self, ApiKeyInfo, ServiceKeyInfo};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -18,8 +19,7 @@ use axum::{Json, Router};
 use opsgate_core::credentials;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -68,6 +68,12 @@ pub(super) fn router() -> Router<AppState> {
         )
 }
 
+/// A listing: `{"data": …}`.
+#[derive(Serialize)]
+struct Data<T> {
+    data: T,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewOrg {
@@ -94,19 +100,24 @@ async fn admin_create_org(
     Ok((StatusCode::CREATED, Json(org)).into_response())
 }
 
-async fn admin_list_orgs(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
-    Ok(Json(json!({"data": accounts::list_orgs(&state.db).await?})))
+async fn admin_list_orgs(
+    State(state): State<AppState>,
+    _: Admin,
+) -> AppResult<Json<Data<Vec<Organization>>>> {
+    Ok(Json(Data {
+        data: accounts::list_orgs(&state.db).await?,
+    }))
 }
 
 async fn admin_get_org(
     State(state): State<AppState>,
     Path(id): Path<String>,
     _: Admin,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Organization>> {
     let org = accounts::get_org(&state.db, &id)
         .await?
         .ok_or_else(|| AppError::not_found(format!("organization '{id}' not found")))?;
-    Ok(Json(json!(org)))
+    Ok(Json(org))
 }
 
 #[derive(Deserialize)]
@@ -130,7 +141,7 @@ async fn admin_grant(
     Path(id): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Organization>> {
     let req: GrantReq = parse(&body)?;
     let org = accounts::grant(
         &state.db,
@@ -140,7 +151,7 @@ async fn admin_grant(
         state.clock.now(),
     )
     .await?;
-    Ok(Json(json!(org)))
+    Ok(Json(org))
 }
 
 #[derive(Deserialize)]
@@ -193,10 +204,10 @@ async fn admin_list_users(
     State(state): State<AppState>,
     Q(q): Q<OrgFilter>,
     _: Admin,
-) -> AppResult<Json<Value>> {
-    Ok(Json(
-        json!({"data": accounts::list_users(&state.db, q.org_id.as_deref()).await?}),
-    ))
+) -> AppResult<Json<Data<Vec<User>>>> {
+    Ok(Json(Data {
+        data: accounts::list_users(&state.db, q.org_id.as_deref()).await?,
+    }))
 }
 
 async fn admin_set_allocation(
@@ -204,7 +215,7 @@ async fn admin_set_allocation(
     Path(id): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Allocation>> {
     let req: GrantReq = parse(&body)?;
     let a = accounts::set_allocation(
         &state.db,
@@ -214,7 +225,15 @@ async fn admin_set_allocation(
         state.clock.now(),
     )
     .await?;
-    Ok(Json(json!(a)))
+    Ok(Json(a))
+}
+
+/// A newly issued API key: the only time its secret is shown.
+#[derive(Serialize)]
+struct IssuedKey {
+    api_key: String,
+    key: ApiKeyInfo,
+    note: &'static str,
 }
 
 #[derive(Deserialize, Default)]
@@ -242,7 +261,12 @@ async fn admin_issue_key(
         state.clock.now(),
     )
     .await?;
-    Ok((StatusCode::CREATED, Json(json!({"api_key": key, "key": info, "note": "Store this key now: it is not shown again."}))).into_response())
+    let issued = IssuedKey {
+        api_key: key,
+        key: info,
+        note: "Store this key now: it is not shown again.",
+    };
+    Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -255,10 +279,10 @@ async fn admin_list_keys(
     State(state): State<AppState>,
     Q(q): Q<UserFilter>,
     _: Admin,
-) -> AppResult<Json<Value>> {
-    Ok(Json(
-        json!({"data": keys::list_api_keys(&state.db, q.user_id.as_deref()).await?}),
-    ))
+) -> AppResult<Json<Data<Vec<ApiKeyInfo>>>> {
+    Ok(Json(Data {
+        data: keys::list_api_keys(&state.db, q.user_id.as_deref()).await?,
+    }))
 }
 
 async fn admin_revoke_key(
@@ -294,10 +318,13 @@ async fn admin_add_service_key(
     Ok(StatusCode::CREATED)
 }
 
-async fn admin_audit(State(state): State<AppState>, _: Admin) -> AppResult<Json<Value>> {
-    Ok(Json(
-        json!({"data": crate::analytics::audit_log(&state.db, 500).await?}),
-    ))
+async fn admin_audit(
+    State(state): State<AppState>,
+    _: Admin,
+) -> AppResult<Json<Data<Vec<AuditEntry>>>> {
+    Ok(Json(Data {
+        data: crate::analytics::audit_log(&state.db, 500).await?,
+    }))
 }
 
 // ---- platform provider keys -----------------------------------------------------------
@@ -318,35 +345,58 @@ impl Drop for PlatformKeyReq {
     }
 }
 
-/// A provider's platform key as the admin sees it: the stored one (masked), else whether
-/// the environment supplies one (masked), else none.
-fn platform_key_json(state: &AppState, provider: &str, stored: Option<&byok::SecretInfo>) -> Value {
-    match (stored, state.settings.platform_keys.get(provider)) {
-        (Some(k), env) => json!({
-            "provider": provider,
-            "source": "stored",
-            "id": k.id,
-            "masked_key": k.masked_key,
-            "description": k.description,
-            "created_at": k.created_at,
-            "rotated_at": k.rotated_at,
-            "environment_key_shadowed": env.is_some(),
-        }),
-        (None, Some(k)) => json!({
-            "provider": provider,
-            "source": "environment",
-            "masked_key": credentials::mask(k),
-        }),
-        (None, None) => json!({"provider": provider, "source": "none"}),
+/// A provider's platform key as the admin sees it, by `source`: the stored one (masked),
+/// else the environment's (masked), else none.
+#[derive(Serialize)]
+#[serde(tag = "source", rename_all = "lowercase")]
+enum PlatformKeyJson {
+    Stored {
+        provider: String,
+        id: String,
+        masked_key: String,
+        description: Option<String>,
+        created_at: i64,
+        rotated_at: Option<i64>,
+        environment_key_shadowed: bool,
+    },
+    Environment {
+        provider: String,
+        masked_key: String,
+    },
+    #[serde(rename = "none")]
+    Absent { provider: String },
+}
+
+fn platform_key_json(
+    state: &AppState,
+    provider: &str,
+    stored: Option<&byok::SecretInfo>,
+) -> PlatformKeyJson {
+    let provider = provider.to_string();
+    match (stored, state.settings.platform_keys.get(&provider)) {
+        (Some(k), env) => PlatformKeyJson::Stored {
+            provider,
+            id: k.id.clone(),
+            masked_key: k.masked_key.clone(),
+            description: k.description.clone(),
+            created_at: k.created_at,
+            rotated_at: k.rotated_at,
+            environment_key_shadowed: env.is_some(),
+        },
+        (None, Some(k)) => PlatformKeyJson::Environment {
+            masked_key: credentials::mask(k),
+            provider,
+        },
+        (None, None) => PlatformKeyJson::Absent { provider },
     }
 }
 
 async fn admin_list_provider_keys(
     State(state): State<AppState>,
     _: Admin,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Data<Vec<PlatformKeyJson>>>> {
     let stored = byok::list(&state.db, Owner::Platform).await?;
-    let data: Vec<Value> = state
+    let data: Vec<PlatformKeyJson> = state
         .catalogue
         .providers
         .values()
@@ -359,14 +409,14 @@ async fn admin_list_provider_keys(
             )
         })
         .collect();
-    Ok(Json(json!({"data": data})))
+    Ok(Json(Data { data }))
 }
 
 async fn admin_get_provider_key(
     State(state): State<AppState>,
     Path(provider): Path<String>,
     _: Admin,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<PlatformKeyJson>> {
     byok::check_provider(&state.catalogue, &provider)?;
     let stored = byok::list(&state.db, Owner::Platform).await?;
     Ok(Json(platform_key_json(
@@ -381,7 +431,7 @@ async fn admin_set_provider_key(
     Path(provider): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<PlatformKeyJson>> {
     let req: PlatformKeyReq =
         parse_secret_body(&body, r#"{"api_key": "...", "description": "..."}"#)?;
     let (info, _) = byok::put(
@@ -441,7 +491,7 @@ async fn admin_analytics(
     Path(report): Path<String>,
     Q(q): Q<Period>,
     _: Admin,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Data<Option<serde_json::Value>>>> {
     let Some((_, default_days)) = crate::analytics::REPORTS.iter().find(|(n, _)| *n == report)
     else {
         return Err(AppError::not_found(format!(
@@ -450,7 +500,7 @@ async fn admin_analytics(
     };
     let (start, end, limit) = period(&state, q, *default_days)?;
     let rows = crate::analytics::report(&state.db, &report, start, end, limit).await?;
-    Ok(Json(json!({ "data": rows })))
+    Ok(Json(Data { data: rows }))
 }
 
 #[derive(Deserialize)]
@@ -464,11 +514,11 @@ async fn admin_set_user_plan(
     Path(id): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<User>> {
     let req: PlanReq = parse(&body)?;
     let u =
         accounts::set_user_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
-    Ok(Json(json!(u)))
+    Ok(Json(u))
 }
 
 async fn admin_set_org_plan(
@@ -476,20 +526,20 @@ async fn admin_set_org_plan(
     Path(id): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Value>> {
+) -> AppResult<Json<Organization>> {
     let req: PlanReq = parse(&body)?;
     let o =
         accounts::set_org_plan(&state.db, admin.actor(), &id, req.plan, state.clock.now()).await?;
-    Ok(Json(json!(o)))
+    Ok(Json(o))
 }
 
 async fn admin_list_service_keys(
     State(state): State<AppState>,
     _: Admin,
-) -> AppResult<Json<Value>> {
-    Ok(Json(
-        json!({"data": keys::list_service_keys(&state.db).await?}),
-    ))
+) -> AppResult<Json<Data<Vec<ServiceKeyInfo>>>> {
+    Ok(Json(Data {
+        data: keys::list_service_keys(&state.db).await?,
+    }))
 }
 
 #[derive(Deserialize)]

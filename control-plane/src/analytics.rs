@@ -200,19 +200,27 @@ pub async fn org_usage(db: &Db, start: i64, end: i64) -> Result<Vec<OrgUsage>, A
 /// look-back in days.
 pub const REPORTS: [(&str, i64); 3] = [("top-users", 30), ("models", 7), ("orgs", 30)];
 
-/// The named report over `[start, end)` as JSON rows; `None` for an unknown name.
+/// The rows of one report; serialised as the bare list of its rows.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Report {
+    TopUsers(Vec<TopUser>),
+    Models(Vec<ModelCost>),
+    Orgs(Vec<OrgUsage>),
+}
+
+/// The named report over `[start, end)`; `None` for an unknown name.
 pub async fn report(
     db: &Db,
     name: &str,
     start: i64,
     end: i64,
     limit: i64,
-) -> Result<Option<serde_json::Value>, AppError> {
-    let rows = match name {
-        "top-users" => serde_json::to_value(top_users(db, start, end, limit).await?),
-        "models" => serde_json::to_value(expensive_models(db, start, end, limit).await?),
-        "orgs" => serde_json::to_value(org_usage(db, start, end).await?),
+) -> Result<Option<Report>, AppError> {
+    Ok(Some(match name {
+        "top-users" => Report::TopUsers(top_users(db, start, end, limit).await?),
+        "models" => Report::Models(expensive_models(db, start, end, limit).await?),
+        "orgs" => Report::Orgs(org_usage(db, start, end).await?),
         _ => return Ok(None),
-    };
-    rows.map(Some).map_err(AppError::internal)
+    }))
 }

@@ -491,7 +491,7 @@ async fn admin_analytics(
     Path(report): Path<String>,
     Q(q): Q<Period>,
     _: Admin,
-) -> AppResult<Json<Data<Option<serde_json::Value>>>> {
+) -> AppResult<Json<Data<Option<crate::analytics::Report>>>> {
     let Some((_, default_days)) = crate::analytics::REPORTS.iter().find(|(n, _)| *n == report)
     else {
         return Err(AppError::not_found(format!(

@@ -63,17 +63,18 @@ def test_five_hostile_headers_then_a_good_request(stack):
     # 1. An unauthenticated request outside the API, four times (once per worker and more).
     for _ in range(4):
         assert raw_request(port, b"GET / HTTP/1.1\r\nHost: gateway\r\nX-Anything: caf\xe9\r\n") in (404, 503, 200)
-    # 2. The byte in Authorization, after a valid key: 401, the key never logged.
-    assert raw_request(port, chat_head(b"", key=user_key + b"\xe9"), CHAT) == 401
+    # 2. The byte in Authorization, after a valid key: 401, the key never logged. (Refused at
+    # the headers, so no body is sent: none is left unread when Envoy closes the connection.)
+    assert raw_request(port, chat_head(b"", key=user_key + b"\xe9")) == 401
     # 3. In X-Power-Level: 400.
-    assert raw_request(port, chat_head(b"X-Power-Level: caf\xe9\r\n"), CHAT) == 400
+    assert raw_request(port, chat_head(b"X-Power-Level: caf\xe9\r\n")) == 400
     # 4. In a header the filter does not read, on a metered call: ignored, answered.
     assert raw_request(port, chat_head(b"X-Anything: caf\xe9\r\n"), CHAT) == 200
-    # 5. Over HTTP/2 (prior knowledge), in X-Power-Level.
+    # 5. Over HTTP/2 (prior knowledge), in X-Power-Level. Without a body: an HTTP/2 server may
+    # answer early and reset a stream whose body is still coming, which curl reports as an error.
     out = subprocess.run(
         ["curl", "-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2-prior-knowledge",
-         "-X", "POST", f"{stack.api}/chat/completions", "-H", f"Authorization: Bearer {SERVICE_KEY}",
-         "-H", "Content-Type: application/json", "-H", b"X-Power-Level: caf\xe9", "--data-binary", CHAT],
+         f"{stack.api}/models", "-H", f"Authorization: Bearer {SERVICE_KEY}", "-H", b"X-Power-Level: caf\xe9"],
         capture_output=True, timeout=30)
     assert out.stdout.decode().split() == ["400", "2"], out
     # Every worker still answers: a good request, several times, on fresh connections.
@@ -152,4 +153,7 @@ def test_the_control_plane_down_is_a_503_envelope(crash_stack):
         r = httpx.get(f"{s.api}{path}", headers=auth(SERVICE_KEY), timeout=30)
         assert r.status_code == 503, (path, r.text)
         err = r.json()["error"]
-        assert err["code"] == "service_unavailable" and "control plane" in err["message"], err
+        # From Envoy's plain-text reply replaced by the filter — or, on a worker whose VM was
+        # just reloaded and could not fetch its snapshot, from the filter itself.
+        assert err["code"] == "service_unavailable", err
+        assert "control plane" in err["message"] or "starting" in err["message"], err

@@ -273,8 +273,7 @@ pub struct SettleResponse {
 /// [`identity_auth`] of the internal token (derived, so the token itself never travels on a
 /// public path and a leaked header value cannot call `/internal/*`). The filter strips both from every client request, so only it can set
 /// them; the control plane trusts the identity only when the token matches.
-pub const IDENTITY_HEADER: &str = "x-opsgate-identity";
-pub const IDENTITY_AUTH_HEADER: &str = "x-opsgate-identity-auth";
+pub use crate::headers::{IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
 
 /// The value of [`IDENTITY_AUTH_HEADER`] for an internal token.
 pub fn identity_auth(internal_token: &str) -> String {

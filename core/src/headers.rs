@@ -26,6 +26,31 @@ use crate::contract::{Grant, WindowLimit};
 use crate::error::ApiError;
 use crate::money::MilliCredits;
 
+// Read from clients.
+pub const AUTHORIZATION: &str = "authorization";
+pub const COOKIE: &str = "cookie";
+pub const ORIGIN: &str = "origin";
+pub const SEC_FETCH_SITE: &str = "sec-fetch-site";
+pub const CONTENT_LENGTH: &str = "content-length";
+pub const ACCEPT_ENCODING: &str = "accept-encoding";
+pub const ACCESS_CONTROL_REQUEST_METHOD: &str = "access-control-request-method";
+pub const ACCESS_CONTROL_REQUEST_HEADERS: &str = "access-control-request-headers";
+
+// CORS, emitted for configured origins.
+pub const ACCESS_CONTROL_ALLOW_ORIGIN: &str = "access-control-allow-origin";
+pub const ACCESS_CONTROL_ALLOW_METHODS: &str = "access-control-allow-methods";
+pub const ACCESS_CONTROL_ALLOW_HEADERS: &str = "access-control-allow-headers";
+pub const ACCESS_CONTROL_ALLOW_CREDENTIALS: &str = "access-control-allow-credentials";
+pub const ACCESS_CONTROL_MAX_AGE: &str = "access-control-max-age";
+pub const ACCESS_CONTROL_EXPOSE_HEADERS: &str = "access-control-expose-headers";
+pub const VARY: &str = "vary";
+
+/// The edge-verified identity a non-metered call carries to the control plane: the
+/// base64url JSON of [`crate::contract::Identity`], with [`IDENTITY_AUTH_HEADER`] proving the
+/// filter set it (see `contract::identity_auth`).
+pub const IDENTITY_HEADER: &str = "x-opsgate-identity";
+pub const IDENTITY_AUTH_HEADER: &str = "x-opsgate-identity-auth";
+
 pub const CONTENT_TYPE: &str = "content-type";
 pub const RETRY_AFTER: &str = "retry-after";
 pub const JSON: &str = "application/json";
@@ -123,14 +148,14 @@ pub fn error_reply_headers(err: &ApiError) -> Vec<(&'static str, String)> {
 }
 
 /// Headers a platform-key call keeps from the client (besides pseudo-headers).
-pub const PLATFORM_ALLOWED: [&str; 3] = ["content-type", "accept", "user-agent"];
+pub const PLATFORM_ALLOWED: [&str; 3] = [CONTENT_TYPE, "accept", "user-agent"];
 
 /// Headers a BYOK call never passes on.
 pub const BYOK_REMOVED: [&str; 4] = [
-    "cookie",
+    COOKIE,
     "proxy-authorization",
-    "accept-encoding",
-    "content-length",
+    ACCEPT_ENCODING,
+    CONTENT_LENGTH,
 ];
 
 /// Names under this prefix are the gateway's own; only it sets them.

@@ -16,6 +16,7 @@
 //! Pure functions: the filter reads the headers and sends what these return.
 
 use crate::config::CorsConfig;
+use opsgate_core::headers as H;
 use opsgate_core::{ApiError, ErrorKind};
 
 /// The methods a preflight may be answered for (the API's and the admin API's).
@@ -92,11 +93,11 @@ pub fn preflight_headers(
     requested_headers: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut h = vec![
-        ("access-control-allow-origin", origin.trim().to_string()),
-        ("access-control-allow-methods", ALLOWED_METHODS.to_string()),
-        ("access-control-max-age", cors.max_age_secs.to_string()),
+        (H::ACCESS_CONTROL_ALLOW_ORIGIN, origin.trim().to_string()),
+        (H::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS.to_string()),
+        (H::ACCESS_CONTROL_MAX_AGE, cors.max_age_secs.to_string()),
         (
-            "vary",
+            H::VARY,
             "origin, access-control-request-method, access-control-request-headers".to_string(),
         ),
     ];
@@ -104,10 +105,10 @@ pub fn preflight_headers(
         .map(allowed_request_headers)
         .unwrap_or_default();
     if !allowed.is_empty() {
-        h.push(("access-control-allow-headers", allowed));
+        h.push((H::ACCESS_CONTROL_ALLOW_HEADERS, allowed));
     }
     if cors.allow_credentials {
-        h.push(("access-control-allow-credentials", "true".to_string()));
+        h.push((H::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".to_string()));
     }
     h
 }
@@ -115,12 +116,12 @@ pub fn preflight_headers(
 /// The headers added to a response (forwarded or local) for an allowed `origin`.
 pub fn response_headers(cors: &CorsConfig, origin: &str) -> Vec<(&'static str, String)> {
     let mut h = vec![
-        ("access-control-allow-origin", origin.trim().to_string()),
-        ("vary", "origin".to_string()),
-        ("access-control-expose-headers", expose_headers()),
+        (H::ACCESS_CONTROL_ALLOW_ORIGIN, origin.trim().to_string()),
+        (H::VARY, H::ORIGIN.to_string()),
+        (H::ACCESS_CONTROL_EXPOSE_HEADERS, expose_headers()),
     ];
     if cors.allow_credentials {
-        h.push(("access-control-allow-credentials", "true".to_string()));
+        h.push((H::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true".to_string()));
     }
     h
 }

@@ -251,8 +251,8 @@ impl Filter {
 
     /// The cookie CSRF rule (see [`crate::cors`]): `Ok(Some(message))` when refused.
     pub(super) fn cookie_refusal(&self) -> Result<Option<String>, ApiError> {
-        let origin = request_header("origin")?;
-        let site = request_header("sec-fetch-site")?;
+        let origin = request_header(headers::ORIGIN)?;
+        let site = request_header(headers::SEC_FETCH_SITE)?;
         let own = cors::own_origin(
             request_header(":scheme")?.as_deref(),
             request_header(":authority")?.as_deref(),

@@ -7,20 +7,20 @@ use super::*;
 impl Filter {
     pub(super) fn response_headers(&mut self, end_of_stream: bool) -> Action {
         for (k, v) in &self.cors_headers {
-            if *k == "vary" {
+            if *k == headers::VARY {
                 // Keep what the upstream varies on.
-                let vary = match host::header_text(Headers::Response, "vary") {
+                let vary = match host::header_text(Headers::Response, headers::VARY) {
                     Some(old)
                         if !old
                             .split(',')
-                            .any(|t| t.trim().eq_ignore_ascii_case("origin")) =>
+                            .any(|t| t.trim().eq_ignore_ascii_case(headers::ORIGIN)) =>
                     {
                         format!("{old}, {v}")
                     }
                     Some(old) => old,
                     None => v.clone(),
                 };
-                set_header(Headers::Response, "vary", &vary);
+                set_header(Headers::Response, headers::VARY, &vary);
             } else {
                 set_header(Headers::Response, k, v);
             }
@@ -57,7 +57,7 @@ impl Filter {
                 let err = key_refused(&grant, self.upstream_status);
                 set_header(Headers::Response, ":status", &err.status().to_string());
                 set_header(Headers::Response, headers::CONTENT_TYPE, headers::JSON);
-                remove_header(Headers::Response, "content-length");
+                remove_header(Headers::Response, headers::CONTENT_LENGTH);
                 self.replacement = Some(err);
                 return if end_of_stream {
                     Action::Continue
@@ -74,7 +74,7 @@ impl Filter {
         self.streaming = host::header_text(Headers::Response, headers::CONTENT_TYPE)
             .is_some_and(|c| c.starts_with("text/event-stream"));
         if self.streaming {
-            remove_header(Headers::Response, "content-length");
+            remove_header(Headers::Response, headers::CONTENT_LENGTH);
             return Action::Continue;
         }
         if end_of_stream {
@@ -199,7 +199,7 @@ impl Filter {
         let err = ApiError::for_plain_status(status, &who);
         set_header(Headers::Response, ":status", &err.status().to_string());
         set_header(Headers::Response, headers::CONTENT_TYPE, headers::JSON);
-        remove_header(Headers::Response, "content-length");
+        remove_header(Headers::Response, headers::CONTENT_LENGTH);
         self.replacement = Some(err);
         Some(Action::Pause)
     }

@@ -250,7 +250,7 @@ fn request_header(name: &'static str) -> Result<Option<String>, ApiError> {
 }
 
 fn unreadable_header(name: &str) -> ApiError {
-    if name == "authorization" || name == "cookie" {
+    if name == headers::AUTHORIZATION || name == headers::COOKIE {
         ApiError::invalid_api_key(format!(
             "The {name} header is not valid UTF-8 text, so it holds no credential this gateway accepts."
         ))

@@ -54,7 +54,8 @@ impl Filter {
             return Action::Pause;
         }
         // Unreadable requested headers ask for nothing.
-        let requested = host::header_text(Headers::Request, "access-control-request-headers");
+        let requested =
+            host::header_text(Headers::Request, headers::ACCESS_CONTROL_REQUEST_HEADERS);
         let headers = cors::preflight_headers(&cors, origin, requested.as_deref());
         self.count(Counter::CorsPreflight);
         self.phase = Phase::Replied;
@@ -77,9 +78,9 @@ impl Filter {
         end_of_stream: bool,
     ) -> Result<Action, ApiError> {
         let method = request_header(":method")?.unwrap_or_default();
-        let origin = request_header("origin")?.filter(|o| !o.trim().is_empty());
+        let origin = request_header(headers::ORIGIN)?.filter(|o| !o.trim().is_empty());
         if method == "OPTIONS" {
-            let preflight = request_header("access-control-request-method")?.is_some();
+            let preflight = request_header(headers::ACCESS_CONTROL_REQUEST_METHOD)?.is_some();
             return Ok(match origin {
                 Some(origin) if preflight => self.preflight(&origin),
                 // Not a preflight: passed on, without credentials, as before.
@@ -108,14 +109,14 @@ impl Filter {
         self.headers_eos = end_of_stream;
         // A body announced larger than any we accept is refused before it is read.
         let max = self.shared.borrow().config.max_body_bytes;
-        let announced = host::header_text(Headers::Request, "content-length")
+        let announced = host::header_text(Headers::Request, headers::CONTENT_LENGTH)
             .and_then(|l| l.trim().parse::<u64>().ok());
         if announced.is_some_and(|l| l > max as u64) {
             return Err(too_large(max));
         }
         self.power_header = request_header(headers::X_POWER_LEVEL)?;
-        let auth = request_header("authorization")?;
-        let cookie = request_header("cookie")?;
+        let auth = request_header(headers::AUTHORIZATION)?;
+        let cookie = request_header(headers::COOKIE)?;
         let extracted = credentials::extract(auth.as_deref(), cookie.as_deref());
         if area == Area::Admin {
             // The admin token (any bearer that is not a JWT) is the control plane's to check.
@@ -318,7 +319,7 @@ impl Filter {
             host::set_header(Headers::Request, ":authority", &grant.upstream.authority),
             host::set_header(
                 Headers::Request,
-                "authorization",
+                headers::AUTHORIZATION,
                 &format!("Bearer {}", grant.upstream.api_key),
             ),
             host::set_header(
@@ -329,8 +330,8 @@ impl Filter {
             // Clients (the OpenAI SDKs, curl --compressed, browsers) send
             // `accept-encoding: gzip`; the filter must read `usage` and `[DONE]` in plain text
             // (a compressor filter may still compress towards the client).
-            host::remove_header(Headers::Request, "accept-encoding"),
-            host::remove_header(Headers::Request, "content-length"),
+            host::remove_header(Headers::Request, headers::ACCEPT_ENCODING),
+            host::remove_header(Headers::Request, headers::CONTENT_LENGTH),
             host::set_header(
                 Headers::Request,
                 headers::X_OPSGATE_CLUSTER,

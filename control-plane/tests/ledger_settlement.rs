@@ -321,8 +321,9 @@ async fn the_charge_is_the_real_cost_but_never_more_than_the_hold() {
 async fn a_hold_is_cut_to_what_the_balance_affords() {
     for_each_backend("hold_cut_to_balance", |db| async move {
         let router = Router::new(catalogue());
-        let user = seed(&db, "org_4", "ent_4", Plan::Enterprise, 5_000, None, T0).await;
-        // Unbounded request: the catalogue's 16,384 output tokens cost far more than 5 credits.
+        let user = seed(&db, "org_4", "ent_4", Plan::Enterprise, 50_000, None, T0).await;
+        // Unbounded request: the catalogue's 16,384 output tokens cost far more than 50 credits,
+        // so the gateway chooses the largest bound the balance affords (and says so).
         let g = ledger::authorize(
             &db,
             &router.routing(),
@@ -334,13 +335,17 @@ async fn a_hold_is_cut_to_what_the_balance_affords() {
         .expect("authorize");
         let k = g.max_tokens.expect("a bound is written into the request");
         assert!(k > 0 && k < 16_384, "{k}");
-        assert!(g.hold_mc.0 <= 5_000);
+        assert!(g.hold_mc.0 <= 50_000);
+        assert!(
+            g.max_tokens_chosen,
+            "the client is told the bound was chosen"
+        );
         assert_eq!(g.hold_mc.0, g.rate.cost(&usage(1_000, k)));
         assert!(
-            g.rate.cost(&usage(1_000, k + 1)) > 5_000,
+            g.rate.cost(&usage(1_000, k + 1)) > 50_000,
             "the largest affordable bound"
         );
-        assert_eq!(g.balance_mc.0, 5_000 - g.hold_mc.0);
+        assert_eq!(g.balance_mc.0, 50_000 - g.hold_mc.0);
         // With the pool (nearly) drained, a call that cannot fit even one token is refused.
         let e = ledger::authorize(
             &db,
@@ -353,6 +358,60 @@ async fn a_hold_is_cut_to_what_the_balance_affords() {
         .expect_err("nothing left");
         assert_eq!(e.0.kind, ErrorKind::InsufficientCredits);
         assert_eq!(e.0.status(), 402);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_explicit_max_tokens_the_balance_cannot_cover_is_a_402_never_cut() {
+    for_each_backend("explicit_bound_refused", |db| async move {
+        let router = Router::new(catalogue());
+        let user = seed(&db, "org_4b", "ent_4b", Plan::Enterprise, 50_000, None, T0).await;
+        // 8,000 completion tokens of gpt-4o cost more than 50 credits: refused, not shortened.
+        let e = ledger::authorize(
+            &db,
+            &router.routing(),
+            &user,
+            &chat("ent_4b", "gpt-4o", 1_000, Some(8_000)),
+            T0,
+        )
+        .await
+        .expect_err("an explicit bound is never reduced");
+        assert_eq!(e.0.status(), 402);
+        assert!(e.0.message.contains("Available: 50.000"), "{}", e.0.message);
+        assert!(e.0.message.contains("lower max_tokens"), "{}", e.0.message);
+        // A bound it covers is kept as asked, and not reported as chosen.
+        let g = ledger::authorize(
+            &db,
+            &router.routing(),
+            &user,
+            &chat("ent_4b", "gpt-4o", 1_000, Some(500)),
+            T0,
+        )
+        .await
+        .expect("authorize");
+        assert_eq!((g.max_tokens, g.max_tokens_chosen), (Some(500), false));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_bound_less_than_the_floor_is_a_402() {
+    for_each_backend("chosen_bound_floor", |db| async move {
+        let router = Router::new(catalogue());
+        // Enough for the prompt and a few tokens of gpt-4o, not for 256.
+        let user = seed(&db, "org_4c", "ent_4c", Plan::Enterprise, 4_000, None, T0).await;
+        let e = ledger::authorize(
+            &db,
+            &router.routing(),
+            &user,
+            &chat("ent_4c", "gpt-4o", 1_000, None),
+            T0,
+        )
+        .await
+        .expect_err("below the floor");
+        assert_eq!(e.0.status(), 402);
+        assert!(!e.0.message.contains("max_tokens"), "{}", e.0.message);
     })
     .await;
 }

@@ -188,6 +188,10 @@ pub struct Grant {
     pub daily: Option<WindowLimit>,
     /// The caller's own provider key is used: no credits are charged.
     pub byok: bool,
+    /// The client gave no `max_tokens` and the balance could not cover the model's whole
+    /// output: `max_tokens` is the bound the gateway chose (the client is told).
+    #[serde(default)]
+    pub max_tokens_chosen: bool,
 }
 
 /// A refusal, rendered by the filter as the client's error.

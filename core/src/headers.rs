@@ -65,6 +65,9 @@ pub const X_RATELIMIT_RESET: &str = "x-ratelimit-reset";
 pub const X_RATELIMIT_LIMIT_DAY: &str = "x-ratelimit-limit-day";
 pub const X_RATELIMIT_REMAINING_DAY: &str = "x-ratelimit-remaining-day";
 pub const X_RATELIMIT_RESET_DAY: &str = "x-ratelimit-reset-day";
+/// The completion bound the gateway chose when the client gave none and the balance could
+/// not cover the model's whole output.
+pub const X_MAX_TOKENS_APPLIED: &str = "x-max-tokens-applied";
 /// Sent to the provider: the call's effective power level (DESIGN).
 pub const X_POWER_LEVEL: &str = "x-power-level";
 /// Set again by the gateway from the connection's scheme (Envoy's route selection needs it).
@@ -73,9 +76,10 @@ pub const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
 pub const X_OPSGATE_CLUSTER: &str = "x-opsgate-cluster";
 
 /// The response headers a browser application may read (CORS `expose-headers`).
-pub const EXPOSED: [&str; 11] = [
+pub const EXPOSED: [&str; 12] = [
     X_PROVIDER_USED,
     X_MODEL_USED,
+    X_MAX_TOKENS_APPLIED,
     X_COST_INCURRED,
     X_CREDITS_REMAINING,
     X_RATELIMIT_LIMIT,
@@ -96,12 +100,17 @@ pub const PROVIDER_ACCOUNT: [&str; 4] = [
     "set-cookie",
 ];
 
-/// The provider and model headers of a metered response.
-pub fn provider_headers(grant: &Grant) -> [(&'static str, String); 2] {
-    [
+/// The provider and model headers of a metered response, and the completion bound when the
+/// gateway chose it.
+pub fn provider_headers(grant: &Grant) -> Vec<(&'static str, String)> {
+    let mut out = vec![
         (X_PROVIDER_USED, grant.provider.clone()),
         (X_MODEL_USED, grant.model.clone()),
-    ]
+    ];
+    if let (true, Some(n)) = (grant.max_tokens_chosen, grant.max_tokens) {
+        out.push((X_MAX_TOKENS_APPLIED, n.to_string()));
+    }
+    out
 }
 
 /// The plan's windows, as the integration guide names them: the period (monthly, or the

@@ -18,18 +18,29 @@ use crate::contract::{Endpoint, Outcome};
 use crate::money::MilliCredits;
 use crate::pricing::{RateCard, Usage};
 
+/// The smallest completion bound the gateway chooses for a call that gave none, when the
+/// balance cannot cover the model's whole output (or the model's maximum, if smaller). Below
+/// it the call is refused rather than answered uselessly short.
+pub const MIN_CHOSEN_COMPLETION: u64 = 256;
+
 /// The hold a call places and the completion bound it is forwarded with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hold {
     pub amount: MilliCredits,
     /// The completion bound sent to the provider (`None`: the client's own, or none).
     pub max_tokens: Option<u64>,
+    /// The client gave no bound and the balance could not cover the model's whole output:
+    /// the gateway chose `max_tokens` (told to the client in `X-Max-Tokens-Applied`).
+    pub chosen: bool,
 }
 
-/// What the hold needs and the caller cannot afford: the amount of the smallest useful call.
+/// What the hold needs and the caller cannot afford.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unaffordable {
+    /// The smallest hold the call could have been served with.
     pub needed: MilliCredits,
+    /// The client's own `max_tokens` is what cannot be covered (lowering it may help).
+    pub explicit_bound: bool,
 }
 
 /// What a call asks for, as far as its hold is concerned.
@@ -49,9 +60,11 @@ pub struct HoldRequest {
 /// * BYOK: nothing is held (the caller pays the provider); the client's bound stands, capped
 ///   by the model's maximum output.
 /// * Images: every image asked for (at least one) at the rate card; refused if unaffordable.
-/// * Chat: the prompt plus the completion bound (the client's, else the model's maximum
-///   output); when that is more than `spendable`, the bound shrinks to what `spendable`
-///   affords; refused when not even one completion token is affordable.
+/// * Chat with the client's own `max_tokens`: the prompt plus that bound (capped by the
+///   model's maximum output), or refused — an explicit bound is never silently reduced.
+/// * Chat without one: the prompt plus the model's maximum output; when the balance cannot
+///   cover that, the largest bound it affords if that is at least [`MIN_CHOSEN_COMPLETION`]
+///   (`chosen`), else refused.
 pub fn hold_for(
     rate: &RateCard,
     req: &HoldRequest,
@@ -65,6 +78,7 @@ pub fn hold_for(
             max_tokens: req
                 .max_tokens
                 .map(|m| model_max_output.map_or(m, |b| m.min(b))),
+            chosen: false,
         });
     }
     match req.endpoint {
@@ -74,11 +88,15 @@ pub fn hold_for(
                 ..Usage::default()
             }));
             if cost > spendable {
-                return Err(Unaffordable { needed: cost });
+                return Err(Unaffordable {
+                    needed: cost,
+                    explicit_bound: false,
+                });
             }
             Ok(Hold {
                 amount: cost,
                 max_tokens: None,
+                chosen: false,
             })
         }
         Endpoint::ChatCompletions => {
@@ -96,17 +114,29 @@ pub fn hold_for(
                 return Ok(Hold {
                     amount: full,
                     max_tokens: Some(wanted),
+                    chosen: false,
                 });
             }
+            if req.max_tokens.is_some() {
+                return Err(Unaffordable {
+                    needed: full,
+                    explicit_bound: true,
+                });
+            }
+            let floor = MIN_CHOSEN_COMPLETION.min(bound);
             match rate.affordable_completion_tokens(req.prompt_bytes, spendable.0) {
-                Some(k) if k >= 1 => {
+                Some(k) if k >= floor => {
                     let k = k.min(wanted);
                     Ok(Hold {
                         amount: chat(k),
                         max_tokens: Some(k),
+                        chosen: true,
                     })
                 }
-                _ => Err(Unaffordable { needed: chat(1) }),
+                _ => Err(Unaffordable {
+                    needed: chat(floor),
+                    explicit_bound: false,
+                }),
             }
         }
     }
@@ -257,13 +287,12 @@ mod tests {
             MilliCredits(10_000),
             false,
         );
-        assert_eq!(
-            h,
-            Ok(Hold {
-                amount: MilliCredits(450),
-                max_tokens: Some(500)
-            })
-        );
+        let expected = Hold {
+            amount: MilliCredits(450),
+            max_tokens: Some(500),
+            chosen: false,
+        };
+        assert_eq!(h, Ok(expected));
         // No client bound: the model's maximum output.
         let h = hold_for(
             &r,
@@ -272,11 +301,14 @@ mod tests {
             MilliCredits(100_000),
             false,
         );
-        assert_eq!(h.unwrap().max_tokens, Some(16_384));
+        assert_eq!(
+            h.map(|h| (h.max_tokens, h.chosen)),
+            Ok((Some(16_384), false))
+        );
     }
 
     #[test]
-    fn a_hold_shrinks_to_what_the_caller_can_spend_and_refuses_below_one_token() {
+    fn without_a_bound_the_gateway_chooses_one_the_balance_affords_above_a_floor() {
         let r = rate(150_000, 600_000, 0);
         let h = hold_for(
             &r,
@@ -288,13 +320,40 @@ mod tests {
         .unwrap();
         assert!(h.amount <= MilliCredits(1_000));
         assert_eq!(h.max_tokens, Some(1_416));
-        let e = hold_for(&r, &chat(1_000_000, None), None, MilliCredits(10), false);
-        assert_eq!(
-            e,
-            Err(Unaffordable {
-                needed: MilliCredits(150_001)
-            })
+        assert!(h.chosen, "the client is told the bound was chosen");
+        // Less than the floor affordable: refused, naming what the floor needs.
+        let e = hold_for(
+            &r,
+            &chat(1_000, None),
+            Some(16_384),
+            MilliCredits(300),
+            false,
         );
+        let needed = Unaffordable {
+            needed: MilliCredits(304),
+            explicit_bound: false,
+        };
+        assert_eq!(e, Err(needed));
+        // A model whose whole output is below the floor needs only that.
+        let h = hold_for(&r, &chat(1_000, None), Some(100), MilliCredits(300), false).unwrap();
+        assert_eq!((h.max_tokens, h.chosen), (Some(100), false));
+    }
+
+    #[test]
+    fn an_explicit_bound_the_balance_cannot_cover_is_refused_never_cut() {
+        let r = rate(150_000, 600_000, 0);
+        let e = hold_for(
+            &r,
+            &chat(1_000, Some(4_000)),
+            Some(16_384),
+            MilliCredits(1_000),
+            false,
+        );
+        let needed = Unaffordable {
+            needed: MilliCredits(2_550),
+            explicit_bound: true,
+        };
+        assert_eq!(e, Err(needed));
     }
 
     #[test]
@@ -315,7 +374,8 @@ mod tests {
         assert_eq!(
             hold_for(&r, &req, None, MilliCredits(100_000), false),
             Err(Unaffordable {
-                needed: MilliCredits(120_000)
+                needed: MilliCredits(120_000),
+                explicit_bound: false
             })
         );
     }
@@ -334,7 +394,8 @@ mod tests {
             h,
             Ok(Hold {
                 amount: MilliCredits::ZERO,
-                max_tokens: Some(4_096)
+                max_tokens: Some(4_096),
+                chosen: false
             })
         );
         let usage = Usage {

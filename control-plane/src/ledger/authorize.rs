@@ -25,7 +25,8 @@ pub async fn authorize(
     let route = route(db, routing, user, req).await?;
     let rate = rate_card(routing, user, &route, req);
     let windows = quota::quota_windows(routing.catalogue, user, now)?;
-    let (hold, max_tokens) = size_hold(db, user, &route, &rate, req).await?;
+    let sized = size_hold(db, user, &route, &rate, req).await?;
+    let hold = sized.amount.0;
     let hold_id = holds::hold_id(req)?;
     let new = NewHold {
         id: &hold_id,
@@ -45,9 +46,7 @@ pub async fn authorize(
     match place(&mut tx, user, new, &windows, now).await? {
         Ok(placed) => {
             tx.commit().await?;
-            Ok(grant(
-                user, req, route, rate, hold_id, hold, max_tokens, placed,
-            ))
+            Ok(grant(user, req, route, rate, hold_id, sized, placed))
         }
         Err(refused) => {
             tx.rollback().await?;
@@ -90,7 +89,7 @@ async fn size_hold(
     route: &Route<'_>,
     rate: &RateCard,
     req: &AuthorizeRequest,
-) -> Result<(i64, Option<u64>), AppError> {
+) -> Result<metering::Hold, AppError> {
     let spend = balance::spendable(db, user).await?;
     let bound = metering::hold_for(
         rate,
@@ -105,8 +104,17 @@ async fn size_hold(
         route.byok,
     );
     match bound {
-        Ok(h) => Ok((h.amount.0, h.max_tokens)),
-        Err(e) => Err(balance::refusal(db, user, e.needed.0).await?),
+        Ok(h) => Ok(h),
+        Err(e) => {
+            let mut refused = balance::refusal(db, user, e.needed.0).await?;
+            if e.explicit_bound {
+                // An explicit bound is never quietly reduced: say what would fit.
+                refused.0.message.push_str(
+                    ". The request's max_tokens is more than the balance covers: lower max_tokens, or omit it to let the gateway choose a bound the balance affords",
+                );
+            }
+            Err(refused)
+        }
     }
 }
 
@@ -155,15 +163,13 @@ async fn place(
 
 /// The grant the filter receives: where to send the call, with which key, under which
 /// bounds.
-#[allow(clippy::too_many_arguments)]
 fn grant(
     user: &User,
     req: &AuthorizeRequest,
     route: Route<'_>,
     rate: RateCard,
     hold_id: String,
-    hold: i64,
-    max_tokens: Option<u64>,
+    sized: metering::Hold,
     placed: Placed,
 ) -> Grant {
     let provider = route.provider;
@@ -194,12 +200,13 @@ fn grant(
             api_key: route.api_key.expose().to_string(),
             completion_limit: route.completion_limit,
         },
-        max_tokens,
+        max_tokens: sized.max_tokens,
         rate,
-        hold_mc: MilliCredits(hold),
+        hold_mc: sized.amount,
         balance_mc: MilliCredits(placed.balance),
         period: window(WindowKind::Period),
         daily: window(WindowKind::Day),
         byok: route.byok,
+        max_tokens_chosen: sized.chosen,
     }
 }

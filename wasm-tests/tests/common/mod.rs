@@ -304,6 +304,7 @@ pub fn grant() -> Grant {
             reset: 1_732_060_800,
         }),
         byok: false,
+        max_tokens_chosen: false,
     }
 }
 

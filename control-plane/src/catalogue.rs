@@ -52,6 +52,9 @@ struct RawModel {
     per_image: i64,
     #[serde(default = "default_max_output")]
     max_output_tokens: u64,
+    /// The most tokens one image part in a prompt can cost (vision models).
+    #[serde(default = "default_image_input_tokens")]
+    image_input_tokens: u64,
     /// `max_completion_tokens` for models that refuse `max_tokens` (OpenAI's o-series).
     #[serde(default)]
     completion_limit: opsgate_core::contract::CompletionLimit,
@@ -67,6 +70,17 @@ struct RawModel {
 fn chat_kind() -> ModelKind {
     ModelKind::Chat
 }
+/// The default bound for one image part in a prompt: a high-detail image on OpenAI's
+/// GPT-4o family costs at most ~1,105 tokens; this leaves headroom. Models priced otherwise
+/// (gpt-4o-mini bills images at many times the tokens) set their own.
+pub const DEFAULT_IMAGE_INPUT_TOKENS: u64 = 1_500;
+/// The largest per-image bound the catalogue accepts.
+pub const MAX_IMAGE_INPUT_TOKENS: u64 = 1_000_000;
+
+fn default_image_input_tokens() -> u64 {
+    DEFAULT_IMAGE_INPUT_TOKENS
+}
+
 fn default_max_output() -> u64 {
     16_384
 }
@@ -115,6 +129,8 @@ pub struct Model {
     pub kind: ModelKind,
     pub price: Price,
     pub max_output_tokens: u64,
+    /// The hold's bound for one image part in a prompt, in prompt tokens.
+    pub image_input_tokens: u64,
     pub completion_limit: opsgate_core::contract::CompletionLimit,
     pub quality: u32,
     pub tasks: Vec<TaskType>,
@@ -202,6 +218,11 @@ impl Catalogue {
             if m.max_output_tokens == 0 {
                 return Err(format!("{at}.max_output_tokens must be positive"));
             }
+            if m.image_input_tokens > MAX_IMAGE_INPUT_TOKENS {
+                return Err(format!(
+                    "{at}.image_input_tokens must be at most {MAX_IMAGE_INPUT_TOKENS}"
+                ));
+            }
             if let Some(o) = &m.openrouter_model {
                 if o.is_empty() || o.len() > 128 || !o.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(format!(
@@ -228,6 +249,7 @@ impl Catalogue {
                     per_image: m.per_image,
                 },
                 max_output_tokens: m.max_output_tokens,
+                image_input_tokens: m.image_input_tokens,
                 completion_limit: m.completion_limit,
                 quality: m.quality,
                 tasks: m.tasks,

@@ -10,6 +10,7 @@ use opsgate_control_plane::analytics;
 use opsgate_control_plane::clock::{Clock, ManualClock};
 use opsgate_control_plane::db::Db;
 use opsgate_control_plane::ledger;
+use opsgate_core::contract::AuthorizeRequest;
 use opsgate_core::contract::Outcome;
 use opsgate_core::plan::Plan;
 use opsgate_core::pricing::Usage;
@@ -391,6 +392,33 @@ async fn an_explicit_max_tokens_the_balance_cannot_cover_is_a_402_never_cut() {
         .await
         .expect("authorize");
         assert_eq!((g.max_tokens, g.max_tokens_chosen), (Some(500), false));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn image_parts_in_the_prompt_are_held_at_the_catalogues_bound() {
+    for_each_backend("image_parts_held", |db| async move {
+        let router = Router::new(catalogue());
+        let user = seed(
+            &db,
+            "org_4d",
+            "ent_4d",
+            Plan::Enterprise,
+            1_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let req = AuthorizeRequest {
+            prompt_images: 2,
+            ..chat("ent_4d", "gpt-4o", 1_000, Some(500))
+        };
+        let g = ledger::authorize(&db, &router.routing(), &user, &req, T0)
+            .await
+            .expect("authorize");
+        let each = opsgate_control_plane::catalogue::DEFAULT_IMAGE_INPUT_TOKENS;
+        assert_eq!(g.hold_mc.0, g.rate.cost(&usage(1_000 + 2 * each, 500)));
     })
     .await;
 }

@@ -109,6 +109,9 @@ pub struct AuthorizeRequest {
     pub stream: bool,
     /// Size of the request body: an upper bound of the prompt's tokens.
     pub prompt_bytes: u64,
+    /// Image parts in the prompt (each held at the model's per-image token bound).
+    #[serde(default)]
+    pub prompt_images: u64,
     /// The client's completion bound, if any.
     pub max_tokens: Option<u64>,
     /// Images asked for (image generation).

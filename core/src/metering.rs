@@ -47,8 +47,11 @@ pub struct Unaffordable {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldRequest {
     pub endpoint: Endpoint,
-    /// The prompt's size in bytes: an upper bound of its tokens.
+    /// The prompt's size in bytes: an upper bound of its text tokens.
     pub prompt_bytes: u64,
+    /// Image parts in the prompt, and the model's token bound for one (catalogue).
+    pub prompt_images: u64,
+    pub image_tokens_each: u64,
     /// The client's completion bound (`max_tokens` / `max_completion_tokens`).
     pub max_tokens: Option<u64>,
     /// Images asked for (image generation).
@@ -100,11 +103,15 @@ pub fn hold_for(
             })
         }
         Endpoint::ChatCompletions => {
+            // The prompt's bound: its bytes, plus every image part at the model's bound.
+            let prompt_tokens = req
+                .prompt_bytes
+                .saturating_add(req.prompt_images.saturating_mul(req.image_tokens_each));
             let bound = model_max_output.unwrap_or(u64::MAX);
             let wanted = req.max_tokens.unwrap_or(bound).min(bound);
             let chat = |completion_tokens: u64| {
                 MilliCredits(rate.cost(&Usage {
-                    prompt_tokens: req.prompt_bytes,
+                    prompt_tokens,
                     completion_tokens,
                     images: 0,
                 }))
@@ -124,7 +131,7 @@ pub fn hold_for(
                 });
             }
             let floor = MIN_CHOSEN_COMPLETION.min(bound);
-            match rate.affordable_completion_tokens(req.prompt_bytes, spendable.0) {
+            match rate.affordable_completion_tokens(prompt_tokens, spendable.0) {
                 Some(k) if k >= floor => {
                     let k = k.min(wanted);
                     Ok(Hold {
@@ -271,6 +278,8 @@ mod tests {
         HoldRequest {
             endpoint: Endpoint::ChatCompletions,
             prompt_bytes,
+            prompt_images: 0,
+            image_tokens_each: 0,
             max_tokens,
             images: 0,
         }
@@ -340,6 +349,19 @@ mod tests {
     }
 
     #[test]
+    fn image_parts_in_the_prompt_are_held_at_the_models_bound() {
+        let r = rate(150_000, 600_000, 0);
+        let with_images = HoldRequest {
+            prompt_images: 2,
+            image_tokens_each: 1_500,
+            ..chat(1_000, Some(500))
+        };
+        let h = hold_for(&r, &with_images, Some(16_384), MilliCredits(100_000), false).unwrap();
+        // (1,000 + 2 × 1,500) prompt tokens and 500 completion tokens.
+        assert_eq!(h.amount, MilliCredits(900));
+    }
+
+    #[test]
     fn an_explicit_bound_the_balance_cannot_cover_is_refused_never_cut() {
         let r = rate(150_000, 600_000, 0);
         let e = hold_for(
@@ -362,6 +384,8 @@ mod tests {
         let req = HoldRequest {
             endpoint: Endpoint::ImageGenerations,
             prompt_bytes: 10,
+            prompt_images: 0,
+            image_tokens_each: 0,
             max_tokens: None,
             images: 3,
         };

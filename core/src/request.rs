@@ -22,6 +22,9 @@ pub struct ChatRequest {
     pub include_usage: bool,
     pub max_tokens: Option<u64>,
     pub prompt_bytes: u64,
+    /// Image parts (`image_url`) in the messages: each costs vision tokens its URL's bytes
+    /// do not bound.
+    pub prompt_images: u64,
 }
 
 /// The metering-relevant facts of an image generation request.
@@ -46,6 +49,7 @@ impl ChatRequest {
             privacy_required: self.privacy_required,
             stream: self.stream,
             prompt_bytes: self.prompt_bytes,
+            prompt_images: self.prompt_images,
             max_tokens: self.max_tokens,
             images: 0,
         }
@@ -65,6 +69,7 @@ impl ImageRequest {
             privacy_required: false,
             stream: false,
             prompt_bytes: self.prompt_bytes,
+            prompt_images: 0,
             max_tokens: None,
             images: self.images,
         }
@@ -212,8 +217,23 @@ pub fn parse_chat(
             .unwrap_or(false),
         max_tokens,
         prompt_bytes: body.len() as u64,
+        prompt_images: image_parts(&map),
     };
     Ok((map, req))
+}
+
+/// The number of image parts in the messages' content arrays.
+fn image_parts(map: &Map<String, Value>) -> u64 {
+    let Some(Value::Array(messages)) = map.get("messages") else {
+        return 0;
+    };
+    let parts = messages
+        .iter()
+        .filter_map(|m| m.get("content").and_then(Value::as_array))
+        .flatten()
+        .filter(|part| part.get("type").and_then(Value::as_str) == Some("image_url"))
+        .count();
+    u64::try_from(parts).unwrap_or(u64::MAX)
 }
 
 /// Validates an image generation body.
@@ -360,6 +380,21 @@ mod tests {
 
     fn chat(body: &str) -> Result<ChatRequest, ApiError> {
         parse_chat(body.as_bytes(), None).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn image_parts_in_the_prompt_are_counted() {
+        let r = chat(
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":[{"type":"text","text":"what is this"},{"type":"image_url","image_url":{"url":"https://x/a.png"}},{"type":"image_url","image_url":{"url":"https://x/b.png"}}]},{"role":"user","content":"plain"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.prompt_images, 2);
+        assert_eq!(
+            chat(r#"{"messages":[{"role":"user","content":"hi"}]}"#)
+                .unwrap()
+                .prompt_images,
+            0
+        );
     }
 
     fn policy(body: &str) -> Result<Map<String, Value>, ApiError> {

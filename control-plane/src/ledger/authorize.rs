@@ -96,6 +96,8 @@ async fn size_hold(
         &HoldRequest {
             endpoint: req.endpoint,
             prompt_bytes: req.prompt_bytes,
+            prompt_images: req.prompt_images,
+            image_tokens_each: route.image_input_tokens,
             max_tokens: req.max_tokens,
             images: req.images,
         },

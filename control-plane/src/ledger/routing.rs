@@ -33,6 +33,9 @@ pub(super) struct Route<'c> {
     pub price: Price,
     /// The catalogue's completion bound; `None` for models outside the catalogue.
     pub max_output_tokens: Option<u64>,
+    /// The catalogue's bound for one image part in a prompt (0 outside the catalogue, whose
+    /// calls are BYOK and hold nothing).
+    pub image_input_tokens: u64,
     pub completion_limit: CompletionLimit,
     pub provider: &'c Provider,
     pub upstream_model: String,
@@ -180,6 +183,7 @@ fn outside_catalogue<'c>(
         model_id: id.clone(),
         price: Price::default(),
         max_output_tokens: None,
+        image_input_tokens: 0,
         completion_limit: CompletionLimit::MaxTokens,
         provider,
         upstream_model: id,
@@ -206,6 +210,7 @@ fn through_own_key<'c>(
                     model_id: model.id.clone(),
                     price: model.price,
                     max_output_tokens: Some(model.max_output_tokens),
+                    image_input_tokens: model.image_input_tokens,
                     completion_limit: model.completion_limit,
                     provider,
                     upstream_model,
@@ -241,6 +246,7 @@ async fn through_platform_key<'c>(
         model_id: model.id.clone(),
         price: model.price,
         max_output_tokens: Some(model.max_output_tokens),
+        image_input_tokens: model.image_input_tokens,
         completion_limit: model.completion_limit,
         provider,
         upstream_model: model.provider_model.clone(),

@@ -374,6 +374,7 @@ pub fn chat(
         privacy_required: false,
         stream: false,
         prompt_bytes,
+        prompt_images: 0,
         max_tokens,
         images: 0,
     }

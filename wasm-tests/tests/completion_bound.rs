@@ -6,21 +6,6 @@
 mod common;
 use common::*;
 
-fn answered(host: &mut opsgate_wasm_tests::Host, id: opsgate_wasm_tests::StreamId) {
-    host.response_headers(
-        id,
-        &[(":status", "200"), ("content-type", "application/json")],
-        false,
-    )
-    .unwrap();
-    host.response_body(
-        id,
-        br#"{"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
-        true,
-    )
-    .unwrap();
-}
-
 #[test]
 fn a_chosen_bound_is_written_upstream_and_told_to_the_client() {
     let mut host = gateway();
@@ -29,7 +14,7 @@ fn a_chosen_bound_is_written_upstream_and_told_to_the_client() {
     g.max_tokens_chosen = true;
     let id = forwarded_chat(&mut host, QUICKSTART, g);
     assert_eq!(forwarded_json(&host, id)["max_tokens"], 1_416);
-    answered(&mut host, id);
+    provider_answers(&mut host, id, 5, 7);
     assert_eq!(
         host.response_header(id, "x-max-tokens-applied").as_deref(),
         Some("1416")
@@ -40,6 +25,6 @@ fn a_chosen_bound_is_written_upstream_and_told_to_the_client() {
 fn the_clients_own_bound_is_not_reported_as_applied() {
     let mut host = gateway();
     let id = forwarded_chat(&mut host, QUICKSTART, grant());
-    answered(&mut host, id);
+    provider_answers(&mut host, id, 5, 7);
     assert!(host.response_header(id, "x-max-tokens-applied").is_none());
 }

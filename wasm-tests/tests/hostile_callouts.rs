@@ -56,18 +56,7 @@ fn a_junk_snapshot_keeps_the_last_good_one() {
 fn a_junk_settle_acknowledgement_is_retried() {
     let mut host = gateway();
     let id = forwarded_chat(&mut host, QUICKSTART, grant());
-    host.response_headers(
-        id,
-        &[(":status", "200"), ("content-type", "application/json")],
-        false,
-    )
-    .unwrap();
-    host.response_body(
-        id,
-        br#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
-        true,
-    )
-    .unwrap();
+    provider_answers(&mut host, id, 1, 1);
     host.done(id).unwrap();
     host.advance(std::time::Duration::from_millis(250));
     host.tick().unwrap();

@@ -137,18 +137,7 @@ fn non_utf8_request_headers_are_refused_or_ignored_never_a_trap() {
     // Still serving: a good request goes through, and its settlement too.
     while !flush_settlements(&mut host).is_empty() {}
     let id = forwarded_chat(&mut host, QUICKSTART, grant());
-    host.response_headers(
-        id,
-        &[(":status", "200"), ("content-type", "application/json")],
-        false,
-    )
-    .unwrap();
-    host.response_body(
-        id,
-        br#"{"usage":{"prompt_tokens":5,"completion_tokens":7}}"#,
-        true,
-    )
-    .unwrap();
+    provider_answers(&mut host, id, 5, 7);
     assert_eq!(
         host.response_header(id, "x-cost-incurred").as_deref(),
         Some("0.005")

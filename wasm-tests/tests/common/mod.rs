@@ -252,6 +252,20 @@ pub fn open_chat(host: &mut Host, extra: &[(&str, &str)]) -> StreamId {
     id
 }
 
+/// The provider answers a forwarded call: 200, JSON, a body reporting this usage.
+pub fn provider_answers(host: &mut Host, id: StreamId, prompt_tokens: u64, completion_tokens: u64) {
+    host.response_headers(
+        id,
+        &[(":status", "200"), ("content-type", "application/json")],
+        false,
+    )
+    .unwrap();
+    let body = format!(
+        r#"{{"usage":{{"prompt_tokens":{prompt_tokens},"completion_tokens":{completion_tokens}}}}}"#
+    );
+    host.response_body(id, body.as_bytes(), true).unwrap();
+}
+
 pub fn chat(host: &mut Host, key: &str, body: &str) -> (StreamId, Action) {
     let auth = format!("Bearer {key}");
     send(

@@ -47,5 +47,7 @@ def test_shipped_configs_reload_a_crashed_filter_and_bound_clients(name):
     for limit in ["request_headers_timeout:", "request_timeout:", "stream_idle_timeout:",
                   "idle_timeout: 300s", "max_headers_count:"]:
         assert limit in text, limit
+    # A plain response's hold ends with the call.
+    assert '"settle_wait_ms": 1000' in text
     # The routing header is the gateway's own: removed before a provider sees it.
     assert 'request_headers_to_remove: ["x-opsgate-cluster"]' in text

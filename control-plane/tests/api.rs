@@ -318,6 +318,7 @@ async fn authorize_and_settle_over_http() {
             images: 0,
         };
         let batch = SettleBatch {
+            with_balances: false,
             settlements: vec![
                 opsgate_core::contract::Settlement {
                     usage,
@@ -342,6 +343,28 @@ async fn authorize_and_settle_over_http() {
         assert_eq!(ledger_fingerprint(&db).await, before);
         let o = org(&db, "org_api").await;
         assert_eq!((o.credits_held, o.credits_used), (0, charged));
+        // Asked with balances, each result carries what the hold's user can spend now (and
+        // settling again still changes nothing).
+        let with = SettleBatch {
+            with_balances: true,
+            ..batch.clone()
+        };
+        let r = api.internal("/internal/v1/settle", &with).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let user =
+            opsgate_control_plane::accounts::get_user(&db, g["user_id"].as_str().expect("user"))
+                .await
+                .expect("read")
+                .expect("user");
+        let spendable = opsgate_control_plane::ledger::spendable(&db, &user)
+            .await
+            .expect("spendable");
+        assert!(
+            spendable < o.credits_total - o.credits_used,
+            "the allocation bounds it"
+        );
+        assert_eq!(r.json["results"][0]["balance_mc"], spendable, "{}", r.text);
+        assert_eq!(ledger_fingerprint(&db).await, before);
 
         // /usage totals, for the caller only.
         let u = api.get("/api/v1/llm/usage", Some(&uc_key)).await;
@@ -852,6 +875,7 @@ async fn no_route_leaks_keys_or_digests() {
         api.internal(
             "/internal/v1/settle",
             &SettleBatch {
+                with_balances: false,
                 settlements: vec![settlement(&hold, Outcome::Success, 10, 10)],
             },
         )

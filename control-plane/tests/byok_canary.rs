@@ -110,6 +110,7 @@ impl Seen {
 
     async fn settle(&mut self, addr: &str, hold: &str) {
         let body = serde_json::to_string(&SettleBatch {
+            with_balances: false,
             settlements: vec![settlement(hold, Outcome::Success, 120, 40)],
         })
         .unwrap();

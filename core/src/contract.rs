@@ -261,12 +261,19 @@ pub struct Settlement {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettleBatch {
     pub settlements: Vec<Settlement>,
+    /// Answer each result with the caller's spendable balance after it (a plain response
+    /// waits for it: its `X-Credits-Remaining` is the settled balance).
+    #[serde(default)]
+    pub with_balances: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SettleResult {
     pub hold_id: String,
     pub charged_mc: i64,
+    /// With `with_balances`: what the hold's user can spend now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub balance_mc: Option<MilliCredits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -20,6 +20,8 @@ struct RawConfig {
     settle_interval_ms: u64,
     #[serde(default = "default_settle_batch")]
     settle_batch: usize,
+    #[serde(default = "default_settle_wait_ms")]
+    settle_wait_ms: u64,
     #[serde(default = "default_settle_queue")]
     settle_queue_max: usize,
     /// OIDC access tokens; absent = JWTs are refused (401).
@@ -97,6 +99,9 @@ fn default_settle_ms() -> u64 {
 }
 fn default_settle_batch() -> usize {
     100
+}
+fn default_settle_wait_ms() -> u64 {
+    0
 }
 fn default_settle_queue() -> usize {
     10_000
@@ -317,6 +322,10 @@ pub struct FilterConfig {
     pub snapshot_interval: Duration,
     pub settle_interval: Duration,
     pub settle_batch: usize,
+    /// How long a plain response waits for its settlement's acknowledgement before it leaves
+    /// anyway (the settlement is then retried from the queue); zero: it does not wait, its
+    /// settlement goes with the next batch (the shipped Envoy configs set 1 s).
+    pub settle_wait: Duration,
     pub settle_queue_max: usize,
     /// `None`: JWTs are refused.
     pub jwt: Option<JwtConfig>,
@@ -385,6 +394,12 @@ impl FilterConfig {
         if !(1..=1000).contains(&raw.settle_batch) {
             return Err(field("settle_batch", "must be from 1 to 1000"));
         }
+        if raw.settle_wait_ms != 0 && !(50..=30_000).contains(&raw.settle_wait_ms) {
+            return Err(field(
+                "settle_wait_ms",
+                "must be 0 (off) or from 50 to 30000",
+            ));
+        }
         if raw.settle_queue_max < raw.settle_batch {
             return Err(field("settle_queue_max", "must be at least settle_batch"));
         }
@@ -436,6 +451,7 @@ impl FilterConfig {
             snapshot_interval: Duration::from_millis(raw.snapshot_interval_ms),
             settle_interval: Duration::from_millis(raw.settle_interval_ms),
             settle_batch: raw.settle_batch,
+            settle_wait: Duration::from_millis(raw.settle_wait_ms),
             settle_queue_max: raw.settle_queue_max,
             jwt,
             credential_cache_ttl: Duration::from_millis(raw.credential_cache_ttl_ms),

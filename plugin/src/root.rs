@@ -99,6 +99,7 @@ impl Root {
         }
         let body = match serde_json::to_vec(&SettleBatch {
             settlements: batch.clone(),
+            with_balances: false,
         }) {
             Ok(b) => b,
             Err(e) => {

@@ -97,6 +97,17 @@ pub fn call_control_plane(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<u32, HostError> {
+    call_control_plane_within(config, method, path, body, config.cp_timeout)
+}
+
+/// [`call_control_plane`] with its own timeout.
+pub fn call_control_plane_within(
+    config: &FilterConfig,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    timeout: std::time::Duration,
+) -> Result<u32, HostError> {
     let auth = format!("Bearer {}", config.cp_token);
     let mut headers = vec![
         (":method", method),
@@ -107,7 +118,7 @@ pub fn call_control_plane(
     if body.is_some() {
         headers.push(("content-type", "application/json"));
     }
-    host::dispatch_http_call(&config.cp_cluster, headers, body, config.cp_timeout)
+    host::dispatch_http_call(&config.cp_cluster, headers, body, timeout)
 }
 
 /// Status of a callout response; 0 when none arrived (reset, timeout, no cluster host) or

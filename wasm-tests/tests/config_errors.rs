@@ -108,6 +108,8 @@ fn route_prefix_without_leading_slash() {
 fn out_of_range_limits() {
     refused(&config_with(r#""max_body_bytes":10"#), "max_body_bytes");
     refused(&config_with(r#""settle_batch":0"#), "settle_batch");
+    refused(&config_with(r#""settle_wait_ms":10"#), "settle_wait_ms");
+    refused(&config_with(r#""settle_wait_ms":999999"#), "settle_wait_ms");
     refused(
         &config_with(r#""settle_batch":50,"settle_queue_max":10"#),
         "settle_queue_max",

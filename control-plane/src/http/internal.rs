@@ -181,9 +181,17 @@ async fn settle(
                     .metrics
                     .charged_mc
                     .fetch_add(charged.max(0) as u64, Ordering::Relaxed);
+                let balance_mc = if batch.with_balances {
+                    ledger::balance_after_hold(&state.db, &s.hold_id)
+                        .await?
+                        .map(opsgate_core::MilliCredits)
+                } else {
+                    None
+                };
                 results.push(SettleResult {
                     hold_id: s.hold_id.clone(),
                     charged_mc: charged,
+                    balance_mc,
                 });
             }
             // An unknown hold cannot be retried into existence: report and move on.

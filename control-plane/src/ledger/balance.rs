@@ -48,6 +48,23 @@ pub async fn spendable(db: &Db, user: &User) -> Result<i64, AppError> {
     Ok(alloc.map_or(pool, |a| a.min(pool)).max(0))
 }
 
+/// What the user of a hold can spend now (after it settled); `None` for an unknown hold.
+pub async fn balance_after_hold(db: &Db, hold_id: &str) -> Result<Option<i64>, AppError> {
+    let user_id: Option<String> = sqlx::query("SELECT user_id FROM holds WHERE id = $1")
+        .bind(hold_id)
+        .fetch_optional(&db.pool)
+        .await?
+        .map(|r| r.try_get("user_id"))
+        .transpose()?;
+    let Some(user) = (match user_id {
+        Some(id) => accounts::get_user(db, &id).await?,
+        None => None,
+    }) else {
+        return Ok(None);
+    };
+    spendable(db, &user).await.map(Some)
+}
+
 /// Which balance could not cover a hold.
 pub(super) enum Short {
     Pool,

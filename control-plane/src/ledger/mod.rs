@@ -15,7 +15,7 @@ use crate::catalogue::Catalogue;
 use opsgate_core::plan::Plan;
 
 pub use authorize::authorize;
-pub use balance::spendable;
+pub use balance::{balance_after_hold, spendable};
 pub use entries::recompute_org;
 pub use holds::{expire_holds, settle, HoldStatus, UsageOutcome};
 pub use quota::WindowKind;

@@ -110,8 +110,7 @@ impl Filter {
             self.response_buffered = body_size;
             return Action::Pause;
         }
-        self.response_complete(&grant, body_size);
-        Action::Continue
+        self.response_complete(&grant, body_size)
     }
 
     // An HTTP/2 (or gRPC-style) upstream can end the response with trailers instead of an
@@ -147,11 +146,15 @@ impl Filter {
             self.settle_stream();
             return Action::Continue;
         }
-        self.response_complete(&grant, self.response_buffered);
-        Action::Continue
+        self.response_complete(&grant, self.response_buffered)
     }
 
     pub(super) fn call_ended(&mut self) {
+        // The client left while its settlement was on its way: it is queued again (settling
+        // is idempotent, so a second delivery changes nothing).
+        if let Some((_, settlement)) = self.settle_wait.take() {
+            self.shared.borrow_mut().enqueue(settlement);
+        }
         // The stream is over, however it ended: whatever is still open is settled now.
         if matches!(self.phase, Phase::Authorizing { .. }) {
             // The client left before the decision arrived: release whatever it holds.
@@ -224,25 +227,111 @@ impl Filter {
     }
 
     pub(super) fn settle(&mut self, outcome: Outcome, usage: Usage) {
-        if self.settled {
-            return;
+        if let Some(settlement) = self.settlement(outcome, usage) {
+            self.shared.borrow_mut().enqueue(settlement);
         }
-        let Some(grant) = self.grant.as_ref() else {
-            return;
-        };
+    }
+
+    /// This call's settlement, once: `None` when it was already settled (or never forwarded).
+    fn settlement(&mut self, outcome: Outcome, usage: Usage) -> Option<Settlement> {
+        if self.settled {
+            return None;
+        }
+        let grant = self.grant.as_ref()?;
         self.settled = true;
         let latency_ms = self
             .started
             .and_then(|t| host::now().duration_since(t).ok())
             .map_or(0, |d| d.as_millis() as u64);
-        let settlement = Settlement {
+        Some(Settlement {
             hold_id: grant.hold_id.clone(),
             outcome,
             usage,
             upstream_status: self.upstream_status,
             latency_ms,
+        })
+    }
+
+    /// A plain response's hold ends with the call: its settlement is sent now, and the
+    /// response waits (body and headers held) for the acknowledgement, so its
+    /// `X-Credits-Remaining` is the settled balance and the client's next call finds the hold
+    /// gone. The wait is bounded (`settle_wait_ms`): a slow control plane never holds the
+    /// client for long; the settlement is then retried from the queue.
+    fn settle_and_wait(&mut self, outcome: Outcome, usage: Usage) -> Action {
+        if self.shared.borrow().config.settle_wait.is_zero() {
+            self.settle(outcome, usage);
+            return Action::Continue;
+        }
+        let Some(settlement) = self.settlement(outcome, usage) else {
+            return Action::Continue;
         };
-        self.shared.borrow_mut().enqueue(settlement);
+        let batch = SettleBatch {
+            settlements: vec![settlement.clone()],
+            with_balances: true,
+        };
+        let sent = serde_json::to_vec(&batch).ok().and_then(|body| {
+            let s = self.shared.borrow();
+            call_control_plane_within(
+                &s.config,
+                "POST",
+                SETTLE_PATH,
+                Some(&body),
+                s.config.settle_wait,
+            )
+            .ok()
+        });
+        match sent {
+            Some(token) => {
+                self.settle_wait = Some((token, settlement));
+                Action::Pause
+            }
+            None => {
+                self.shared.borrow_mut().enqueue(settlement);
+                Action::Continue
+            }
+        }
+    }
+
+    /// The acknowledgement of this call's own settlement (or its failure): the settled
+    /// balance replaces the estimate in `X-Credits-Remaining`, then the response leaves.
+    pub(super) fn settle_answered(&mut self, status: u16, body: &[u8]) {
+        let Some((_, settlement)) = self.settle_wait.take() else {
+            return;
+        };
+        let answer = (status == 200)
+            .then(|| serde_json::from_slice::<SettleResponse>(body).ok())
+            .flatten();
+        match answer {
+            Some(answer) => {
+                let balance = answer
+                    .results
+                    .iter()
+                    .find(|r| r.hold_id == settlement.hold_id)
+                    .and_then(|r| r.balance_mc);
+                if let Some(balance) = balance {
+                    set_header(
+                        Headers::Response,
+                        headers::X_CREDITS_REMAINING,
+                        &balance.to_credits_string(),
+                    );
+                }
+            }
+            None => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: settlement not acknowledged (status {status}); queued for retry"
+                    ),
+                );
+                self.shared.borrow_mut().enqueue(settlement);
+            }
+        }
+        if host::resume(Stream::Response).is_err() {
+            log(
+                LogLevel::Debug,
+                "opsgate: the host refused to resume the response",
+            );
+        }
     }
 
     /// The end of an SSE stream (end of stream, `[DONE]` or trailers): `Success` when the
@@ -256,10 +345,10 @@ impl Filter {
     /// (`body_size` bytes), at its last data frame or at its trailers: the refused key's
     /// envelope replaces it, or the cost headers are set on the held headers and the call is
     /// settled.
-    pub(super) fn response_complete(&mut self, grant: &Grant, body_size: usize) {
+    pub(super) fn response_complete(&mut self, grant: &Grant, body_size: usize) -> Action {
         if let Some(err) = self.replacement.as_ref() {
             set_response_body(body_size, err.to_json().as_bytes());
-            return;
+            return Action::Continue;
         }
         let body = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
         let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
@@ -287,7 +376,7 @@ impl Filter {
         for (name, value) in headers::cost_headers(cost, remaining) {
             set_header(Headers::Response, name, &value);
         }
-        self.settle(Outcome::Success, usage);
+        self.settle_and_wait(Outcome::Success, usage)
     }
 
     /// What the call cost, as the client sees it at the end of a stream.

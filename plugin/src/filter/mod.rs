@@ -40,11 +40,13 @@ use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::jwks;
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
-    after, call_control_plane, callout_status, log, CredentialState, SharedRef, TokenState,
+    after, call_control_plane, call_control_plane_within, callout_status, log, CredentialState,
+    SharedRef, TokenState,
 };
 use opsgate_core::contract::{
-    AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal, Settlement,
-    AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
+    AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal,
+    SettleBatch, SettleResponse, Settlement, AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
+    SETTLE_PATH,
 };
 use opsgate_core::credentials::{self, Credential};
 use opsgate_core::headers;
@@ -147,6 +149,9 @@ pub struct Filter {
     /// CORS headers for the response: the full set for an allowed origin, else only
     /// `vary: origin` when CORS is configured.
     cors_headers: Vec<(&'static str, String)>,
+    /// This call's own settlement, sent when its plain response completed, awaiting its
+    /// acknowledgement (callout token) while the response is held.
+    settle_wait: Option<(u32, Settlement)>,
     /// Passed on to the control plane (a non-metered route): its body is bounded and an
     /// error Envoy answers in plain text (control plane down or hung) becomes an envelope.
     to_control_plane: bool,
@@ -183,6 +188,7 @@ impl Filter {
             authorize_sent: None,
             cors_headers: Vec::new(),
             to_control_plane: false,
+            settle_wait: None,
         }
     }
 
@@ -362,6 +368,12 @@ impl Context for Filter {
                 let now = host::now();
                 jwks::apply(&self.shared, status, &body, now);
             }
+            return;
+        }
+        if self.settle_wait.as_ref().is_some_and(|(t, _)| *t == token) {
+            let status = callout_status(num_headers);
+            let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
+            self.settle_answered(status, &body);
             return;
         }
         match self.phase {

@@ -1,0 +1,106 @@
+//! With `settle_wait_ms` (the shipped Envoy configs set 1 s), a plain response's hold ends with
+//! the call: its settlement is sent as the body completes and the response is held until the
+//! control plane acknowledges it, so `X-Credits-Remaining` is the settled balance and the
+//! client's next call finds the hold gone. A failed or missing acknowledgement never loses the
+//! settlement: it goes to the queue and is retried.
+
+mod common;
+use common::*;
+use opsgate_core::contract::{Outcome, SettleResponse, SettleResult};
+use opsgate_wasm_tests::{Action, Host, StreamId, StreamKind};
+
+fn waiting_gateway() -> Host {
+    gateway_with(&config_with(r#""settle_wait_ms":1000"#))
+}
+
+const REPLY: &[u8] = br#"{"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
+
+/// A forwarded call whose plain response has fully arrived; returns the stream.
+fn answered(host: &mut Host) -> StreamId {
+    let id = forwarded_chat(host, QUICKSTART, grant());
+    host.response_headers(
+        id,
+        &[(":status", "200"), ("content-type", "application/json")],
+        false,
+    )
+    .unwrap();
+    let a = host.response_body(id, REPLY, true).unwrap();
+    assert_eq!(a, Action::Pause, "held for the settlement");
+    id
+}
+
+#[test]
+fn the_response_leaves_after_its_settlement_with_the_settled_balance() {
+    let mut host = waiting_gateway();
+    let id = answered(&mut host);
+    assert_eq!(host.resumed(id, StreamKind::Response), 0);
+    let call = settle_call(&mut host).expect("sent at once, not on a tick");
+    let batch = settle_batch(&call);
+    assert!(batch.with_balances);
+    assert_eq!(batch.settlements.len(), 1);
+    assert_eq!(batch.settlements[0].hold_id, "hold_1");
+    assert_eq!(batch.settlements[0].outcome, Outcome::Success);
+    assert_eq!(call.timeout, std::time::Duration::from_millis(1000));
+    let ack = SettleResponse {
+        results: vec![SettleResult {
+            hold_id: "hold_1".into(),
+            charged_mc: 5,
+            balance_mc: Some(MilliCredits(9_999_000)),
+        }],
+    };
+    host.respond(call.token, 200, &[], &serde_json::to_vec(&ack).unwrap())
+        .unwrap();
+    assert_eq!(host.resumed(id, StreamKind::Response), 1);
+    assert_eq!(
+        host.response_header(id, "x-credits-remaining").as_deref(),
+        Some("9999.000"),
+        "the settled balance, not the estimate"
+    );
+    assert_eq!(
+        host.response_header(id, "x-cost-incurred").as_deref(),
+        Some("0.005")
+    );
+    assert_eq!(host.forwarded_response_body(id), REPLY);
+    host.done(id).unwrap();
+    assert!(
+        flush_settlements(&mut host).is_empty(),
+        "settled exactly once"
+    );
+}
+
+#[test]
+fn a_failed_acknowledgement_lets_the_response_go_and_retries_the_settlement() {
+    let mut host = waiting_gateway();
+    let id = answered(&mut host);
+    let call = settle_call(&mut host).unwrap();
+    host.timeout_call(call.token).unwrap();
+    assert_eq!(host.resumed(id, StreamKind::Response), 1);
+    // The estimate stays: balance + hold - cost.
+    assert_eq!(
+        host.response_header(id, "x-credits-remaining").as_deref(),
+        Some("9999.995")
+    );
+    host.done(id).unwrap();
+    let retried = flush_settlements(&mut host);
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0].hold_id, "hold_1");
+}
+
+#[test]
+fn a_client_gone_while_waiting_leaves_its_settlement_queued() {
+    let mut host = waiting_gateway();
+    let id = answered(&mut host);
+    let call = settle_call(&mut host).unwrap();
+    // The client left: Envoy ends the stream (and cancels its callout with it).
+    host.done(id).unwrap();
+    host.advance(std::time::Duration::from_millis(250));
+    host.tick().unwrap();
+    // The root's queue sends it again, in a batch of its own.
+    let retry = host
+        .take_call(|c| is_call_to(c, SETTLE) && c.token != call.token)
+        .expect("queued again and sent by the root");
+    let batch = settle_batch(&retry);
+    assert!(!batch.with_balances);
+    assert_eq!(batch.settlements.len(), 1, "never lost");
+    assert_eq!(batch.settlements[0].hold_id, "hold_1");
+}

@@ -22,3 +22,18 @@ def test_back_to_back_sdk_calls_find_the_previous_hold_gone(stack):
         credits = httpx.get(f"{stack.api}/credits", headers=auth(key), timeout=30).json()
         assert float(told) == credits["credits_remaining"], (i, told, credits)
         assert float(told) < 12.0
+
+
+def test_back_to_back_streams_find_the_previous_hold_gone(stack):
+    _, key = new_user(stack, "professional", credits="12")
+    client = OpenAI(base_url=stack.api, api_key=key, max_retries=0)
+    for i in range(4):
+        text = "".join(chunk.choices[0].delta.content or ""
+                       for chunk in client.chat.completions.create(
+                           model="gpt-4o-mini", stream=True,
+                           messages=[{"role": "user", "content": f"stream {i}"}])
+                       if chunk.choices)
+        assert text, i
+        # The stream ended only after its settlement: nothing is held any more.
+        credits = httpx.get(f"{stack.api}/credits", headers=auth(key), timeout=30).json()
+        assert credits["credits_remaining"] > 11.0, (i, credits)

@@ -104,3 +104,48 @@ fn a_client_gone_while_waiting_leaves_its_settlement_queued() {
     assert_eq!(batch.settlements.len(), 1, "never lost");
     assert_eq!(batch.settlements[0].hold_id, "hold_1");
 }
+
+#[test]
+fn a_streams_done_leaves_after_its_settlement() {
+    let mut host = waiting_gateway();
+    let body =
+        r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let id = forwarded_chat(&mut host, body, grant());
+    host.response_headers(
+        id,
+        &[(":status", "200"), ("content-type", "text/event-stream")],
+        false,
+    )
+    .unwrap();
+    let chunk = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    assert_eq!(
+        host.response_body(id, chunk.as_bytes(), false).unwrap(),
+        Action::Continue,
+        "chunks before the end flow as they come"
+    );
+    let usage =
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":7}}\n\n";
+    let end = format!("{usage}data: [DONE]\n\n");
+    assert_eq!(
+        host.response_body(id, end.as_bytes(), false).unwrap(),
+        Action::Pause,
+        "[DONE] waits for the settlement"
+    );
+    // Whatever follows waits with it, untouched.
+    assert_eq!(host.response_body(id, b"", true).unwrap(), Action::Pause);
+    let call = settle_call(&mut host).expect("sent at [DONE]");
+    let batch = settle_batch(&call);
+    assert_eq!(batch.settlements.len(), 1);
+    assert_eq!(batch.settlements[0].outcome, Outcome::Success);
+    assert_eq!(batch.settlements[0].usage.completion_tokens, 7);
+    ack_settle(&mut host, &call);
+    assert_eq!(host.resumed(id, StreamKind::Response), 1);
+    let out = String::from_utf8(host.forwarded_response_body(id)).unwrap();
+    assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
+    assert!(out.contains(": opsgate "), "the cost comment: {out}");
+    host.done(id).unwrap();
+    assert!(
+        flush_settlements(&mut host).is_empty(),
+        "settled exactly once"
+    );
+}

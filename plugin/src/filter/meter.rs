@@ -93,6 +93,11 @@ impl Filter {
             return Action::Continue;
         }
         if self.replacement.is_none() && self.streaming {
+            if self.settle_wait.is_some() {
+                // The stream's end is held for its settlement: whatever else arrives waits in
+                // Envoy's buffer, untouched, and leaves with it.
+                return Action::Pause;
+            }
             let chunk = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
             let out = self.sse.process_annotated(
                 &chunk,
@@ -102,7 +107,8 @@ impl Filter {
             );
             set_response_body(body_size, &out);
             if end_of_stream || self.sse.done {
-                self.settle_stream();
+                // `[DONE]` (and the cost comment before it) leave once the call is settled.
+                return self.settle_stream_and_wait();
             }
             return Action::Continue;
         }
@@ -143,8 +149,7 @@ impl Filter {
                     ),
                 );
             }
-            self.settle_stream();
-            return Action::Continue;
+            return self.settle_stream_and_wait();
         }
         self.response_complete(&grant, self.response_buffered)
     }
@@ -335,10 +340,11 @@ impl Filter {
     }
 
     /// The end of an SSE stream (end of stream, `[DONE]` or trailers): `Success` when the
-    /// provider's usage chunk was seen, else `Partial`, bounded by what was seen.
-    pub(super) fn settle_stream(&mut self) {
+    /// provider's usage chunk was seen, else `Partial`, bounded by what was seen; held for
+    /// its settlement like a plain response's (see `settle_and_wait`).
+    fn settle_stream_and_wait(&mut self) -> Action {
         let usage = self.sse.partial_usage(self.prompt_bytes);
-        self.settle(metering::stream_outcome(self.sse.usage.is_some()), usage);
+        self.settle_and_wait(metering::stream_outcome(self.sse.usage.is_some()), usage)
     }
 
     /// The whole response body of a held (non-stream) or replaced response is buffered

@@ -1,7 +1,9 @@
-"""What latency does opsgate add? Runs the real stack (fake provider, control plane, Envoy
-with the filter) plus a baseline listener on the same Envoy that routes straight to the fake
-provider with no filter, then sends the same chat completion through both, alternating in
-blocks, and reports medians and p99 as ratios against the baseline measured in this run.
+"""What latency and CPU does opsgate add? Runs the real stack (fake provider, control plane,
+Envoy with the filter) plus a baseline listener on the same Envoy that routes straight to the
+fake provider with no filter, then sends the same chat completion through both, alternating in
+blocks, and reports medians and p99 as ratios against the baseline measured in this run — and
+the CPU each process spent per call (utime + stime from /proc/PID/stat, counted over each
+path's blocks only), which is steadier than throughput on a shared 2-core machine.
 
 Bounded: REQUESTS per path (default 1000), loopback only.  usage: scripts/bench
 """
@@ -65,6 +67,12 @@ class BenchStack(Stack):
             conftest.render = original
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(client: httpx.Client, url: str, headers: dict, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -90,12 +98,24 @@ def main():
             base_h = {"Authorization": f"Bearer {PROVIDER_KEY}"}
             gw_h = {"Authorization": f"Bearer {SERVICE_KEY}"}
             base, gw = [], []
+            envoy = next(p.pid for p in stack.procs if "envoy" in str(p.args[0]))
+            cp = next(p.pid for p in stack.procs if str(p.args[0]).endswith("opsgate"))
+            cpu = {"base_envoy": 0.0, "gw_envoy": 0.0, "base_cp": 0.0, "gw_cp": 0.0}
+
+            def block(kind, url, headers):
+                e0, c0 = cpu_seconds(envoy), cpu_seconds(cp)
+                out = measure(c, url, headers, BLOCK)
+                time.sleep(0.3)  # the last settlements of the block are sent on the next tick
+                cpu[f"{kind}_envoy"] += cpu_seconds(envoy) - e0
+                cpu[f"{kind}_cp"] += cpu_seconds(cp) - c0
+                return out
+
             with httpx.Client(timeout=30) as c:
                 measure(c, base_url, base_h, 50)  # warm up both paths (V8, connections)
                 measure(c, gw_url, gw_h, 50)
                 for _ in range(REQUESTS // BLOCK):
-                    base += measure(c, base_url, base_h, BLOCK)
-                    gw += measure(c, gw_url, gw_h, BLOCK)
+                    base += block("base", base_url, base_h)
+                    gw += block("gw", gw_url, gw_h)
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -105,6 +125,11 @@ def main():
     print(f"opsgate   Envoy + filter + control plane  p50 {g50 * 1e3:7.3f} ms   p99 {g99 * 1e3:7.3f} ms")
     print(f"ratio (opsgate / baseline)                p50 {g50 / b50:7.2f} x    p99 {g99 / b99:7.2f} x")
     print(f"added per call                            p50 {(g50 - b50) * 1e3:7.3f} ms")
+    n = len(base)
+    be, ge = cpu["base_envoy"] / n * 1e6, cpu["gw_envoy"] / n * 1e6
+    print(f"CPU per call, Envoy                       baseline {be:7.0f} µs   opsgate {ge:7.0f} µs   ({ge / be:.2f}x)")
+    print(f"CPU per call, control plane (SQLite)      opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
+          f"(idle while the baseline ran: {cpu['base_cp'] / n * 1e6:.0f} µs)")
 
 
 if __name__ == "__main__":

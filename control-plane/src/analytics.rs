@@ -6,6 +6,9 @@ use opsgate_core::money::MilliCredits;
 use serde::Serialize;
 use sqlx::Row;
 
+/// Failed calls cost nothing and are left out of every report.
+const FAILED: &str = crate::ledger::UsageOutcome::Failed.as_str();
+
 #[derive(Debug, Serialize)]
 pub struct ProviderUsage {
     pub provider: String,
@@ -24,11 +27,12 @@ pub async fn usage_by_provider(
     let rows = sqlx::query(
         "SELECT provider, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS t, \
          CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c FROM usage_logs \
-         WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 AND outcome <> 'failed' GROUP BY provider ORDER BY provider",
+         WHERE user_id = $1 AND created_at >= $2 AND created_at < $3 AND outcome <> $4 GROUP BY provider ORDER BY provider",
     )
     .bind(user_id)
     .bind(start)
     .bind(end)
+    .bind(FAILED)
     .fetch_all(&db.pool)
     .await?;
     rows.iter()
@@ -93,12 +97,13 @@ pub async fn top_users(
         "SELECT user_id, CAST(COUNT(*) AS BIGINT) AS n, \
          CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS t, \
          CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c, CAST(COALESCE(SUM(latency_ms), 0) AS BIGINT) AS l \
-         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> 'failed' \
+         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> $4 \
          GROUP BY user_id ORDER BY n DESC, user_id LIMIT $3",
     )
     .bind(start)
     .bind(end)
     .bind(limit)
+    .bind(FAILED)
     .fetch_all(&db.pool)
     .await?;
     rows.iter()
@@ -134,12 +139,13 @@ pub async fn expensive_models(
 ) -> Result<Vec<ModelCost>, AppError> {
     let rows = sqlx::query(
         "SELECT model, CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c \
-         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> 'failed' \
+         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> $4 \
          GROUP BY model ORDER BY c DESC, model LIMIT $3",
     )
     .bind(start)
     .bind(end)
     .bind(limit)
+    .bind(FAILED)
     .fetch_all(&db.pool)
     .await?;
     rows.iter()
@@ -176,11 +182,12 @@ pub async fn org_usage(db: &Db, start: i64, end: i64) -> Result<Vec<OrgUsage>, A
         "SELECT o.id AS id, o.name AS name, CAST(COUNT(DISTINCT u.user_id) AS BIGINT) AS users, \
          CAST(COUNT(*) AS BIGINT) AS n, CAST(COALESCE(SUM(u.cost), 0) AS BIGINT) AS c \
          FROM usage_logs u JOIN organizations o ON o.id = u.org_id \
-         WHERE u.created_at >= $1 AND u.created_at < $2 AND u.outcome <> 'failed' \
+         WHERE u.created_at >= $1 AND u.created_at < $2 AND u.outcome <> $3 \
          GROUP BY o.id, o.name ORDER BY c DESC, o.id",
     )
     .bind(start)
     .bind(end)
+    .bind(FAILED)
     .fetch_all(&db.pool)
     .await?;
     rows.iter()

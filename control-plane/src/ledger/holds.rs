@@ -68,7 +68,7 @@ pub enum UsageOutcome {
 
 impl UsageOutcome {
     /// The stored form; the only place it is spelled.
-    pub fn as_str(self) -> &'static str {
+    pub const fn as_str(self) -> &'static str {
         match self {
             UsageOutcome::Success => "success",
             UsageOutcome::Failed => "failed",

@@ -128,7 +128,8 @@ def main():
     n = len(base)
     be, ge = cpu["base_envoy"] / n * 1e6, cpu["gw_envoy"] / n * 1e6
     print(f"CPU per call, Envoy                       baseline {be:7.0f} µs   opsgate {ge:7.0f} µs   ({ge / be:.2f}x)")
-    print(f"CPU per call, control plane (SQLite)      opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
+    backend = "PostgreSQL" if os.environ.get("OPSGATE_DATABASE_URL", "").startswith("postgres") else "SQLite"
+    print(f"CPU per call, control plane ({backend:10}) opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
           f"(idle while the baseline ran: {cpu['base_cp'] / n * 1e6:.0f} µs)")
 
 

@@ -4,9 +4,9 @@
 //! fetch never replaces keys that work: the last good keys stay in use.
 
 use crate::config::JwtConfig;
-use crate::host::{self, HostError, LogLevel};
+use crate::host::{self, Buffer, HostError, LogLevel};
 use crate::metrics::Counter;
-use crate::shared::{after, log, SharedRef};
+use crate::shared::{after, callout_status, log, SharedRef};
 use opsgate_core::jwt::KeySet;
 use std::rc::Rc;
 use std::time::{Duration, SystemTime};
@@ -28,6 +28,18 @@ pub fn dispatch(jwt: &JwtConfig) -> Result<u32, HostError> {
         None,
         jwt.timeout,
     )
+}
+
+/// A JWKS fetch answered (or failed): its keys are applied, whoever sent it (the root's
+/// periodic fetch, or a request's unknown-`kid` refetch).
+pub fn answered(shared: &SharedRef, num_headers: usize, body_size: usize) {
+    let status = callout_status(num_headers);
+    let body = if status == 200 {
+        host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size)
+    } else {
+        Vec::new()
+    };
+    apply(shared, status, &body, host::now());
 }
 
 /// Is the root's periodic fetch due at `now`?

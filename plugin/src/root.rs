@@ -170,17 +170,12 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let status = callout_status(num_headers);
         if self.jwks_call == Some(token) {
             self.jwks_call = None;
-            let body = if status == 200 {
-                host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size)
-            } else {
-                Vec::new()
-            };
-            jwks::apply(&shared, status, &body, host::now());
+            jwks::answered(&shared, num_headers, body_size);
             return;
         }
+        let status = callout_status(num_headers);
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
             let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);

@@ -196,9 +196,8 @@ impl Filter {
 
     /// The JWKS refetch this request waited for has answered (or failed): verify again with
     /// whatever keys there are now, then go on.
-    pub(super) fn keys_arrived(&mut self, status: u16, body: &[u8]) {
+    pub(super) fn keys_arrived(&mut self) {
         let now = host::now();
-        jwks::apply(&self.shared, status, body, now);
         let Some(token) = self.pending_jwt.take() else {
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
             return;

@@ -25,17 +25,16 @@ impl Filter {
                 set_header(Headers::Response, k, v);
             }
         }
+        let status = response_status();
         let Some(grant) = self.grant.clone() else {
             if self.to_control_plane {
                 return self
-                    .envelope_plain_error(end_of_stream, None)
+                    .envelope_plain_error(status, end_of_stream, None)
                     .unwrap_or(Action::Continue);
             }
             return Action::Continue;
         };
-        self.upstream_status = host::header_text(Headers::Response, ":status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
+        self.upstream_status = status;
         // Headers that name the account behind the key (the platform's, or the caller's own)
         // stay at the gateway; so do provider-set cookies.
         for h in headers::PROVIDER_ACCOUNT {
@@ -54,20 +53,12 @@ impl Filter {
                 // A key was refused. The provider's body is replaced: it may carry a masked
                 // key or org ids. The caller's own key: say so, naming the provider (never
                 // retried on platform credits). The platform's key: the gateway's fault.
-                let err = key_refused(&grant, self.upstream_status);
-                set_header(Headers::Response, ":status", &err.status().to_string());
-                set_header(Headers::Response, headers::CONTENT_TYPE, headers::JSON);
-                remove_header(Headers::Response, headers::CONTENT_LENGTH);
-                self.replacement = Some(err);
-                return if end_of_stream {
-                    Action::Continue
-                } else {
-                    Action::Pause
-                };
+                let err = key_refused(&grant, status);
+                return self.replace_response(err, end_of_stream);
             }
             // Envoy's own replies (provider unreachable, timed out) are plain text.
             return self
-                .envelope_plain_error(end_of_stream, Some(&grant.provider))
+                .envelope_plain_error(status, end_of_stream, Some(&grant.provider))
                 .unwrap_or(Action::Continue);
         }
         // A content-type that is not text is no stream.
@@ -187,14 +178,12 @@ impl Filter {
     /// An error response that is not JSON (Envoy's own `upstream connect error…`, `upstream
     /// request timeout`, a framework's plain-text 413) is replaced with the envelope for its
     /// status. `provider`: the metered call's provider, `None` for the control plane.
-    pub(super) fn envelope_plain_error(
+    fn envelope_plain_error(
         &mut self,
+        status: u16,
         end_of_stream: bool,
         provider: Option<&str>,
     ) -> Option<Action> {
-        let status: u16 = host::header_text(Headers::Response, ":status")?
-            .parse()
-            .ok()?;
         let json = host::header_text(Headers::Response, headers::CONTENT_TYPE)
             .is_some_and(|c| c.to_ascii_lowercase().contains("json"));
         if status < 400 || json || end_of_stream {
@@ -204,12 +193,21 @@ impl Filter {
             Some(p) => format!("The provider {p}"),
             None => "The gateway's control plane".to_string(),
         };
-        let err = ApiError::for_plain_status(status, &who);
+        Some(self.replace_response(ApiError::for_plain_status(status, &who), end_of_stream))
+    }
+
+    /// The response becomes `err`'s envelope: its status and JSON type now, its body at the
+    /// end of the stream (`replace_body`), held until then.
+    fn replace_response(&mut self, err: ApiError, end_of_stream: bool) -> Action {
         set_header(Headers::Response, ":status", &err.status().to_string());
         set_header(Headers::Response, headers::CONTENT_TYPE, headers::JSON);
         remove_header(Headers::Response, headers::CONTENT_LENGTH);
         self.replacement = Some(err);
-        Some(Action::Pause)
+        if end_of_stream {
+            Action::Continue
+        } else {
+            Action::Pause
+        }
     }
 
     /// The body of a response whose envelope replaces it (see `envelope_plain_error`):
@@ -439,4 +437,11 @@ pub(super) fn key_refused(grant: &Grant, status: u16) -> ApiError {
             ),
         )
     }
+}
+
+/// The response's status; 0 when it has none that reads as a number.
+fn response_status() -> u16 {
+    host::header_text(Headers::Response, ":status")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

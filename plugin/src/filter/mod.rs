@@ -354,19 +354,11 @@ impl Context for Filter {
     ) {
         if self.jwks_call == Some(token) {
             self.jwks_call = None;
-            let status = callout_status(num_headers);
-            let body = if status == 200 {
-                host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size)
-            } else {
-                Vec::new()
-            };
+            // Applied even when the request was answered meanwhile (e.g. 413): the refetch
+            // spent the cooldown, so its keys serve everyone else.
+            jwks::answered(&self.shared, num_headers, body_size);
             if matches!(self.phase, Phase::AwaitingKeys) {
-                self.keys_arrived(status, &body);
-            } else {
-                // The request was answered meanwhile (e.g. 413): the refetch spent the
-                // cooldown, so its keys still serve everyone else.
-                let now = host::now();
-                jwks::apply(&self.shared, status, &body, now);
+                self.keys_arrived();
             }
             return;
         }

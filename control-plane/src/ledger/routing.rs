@@ -44,6 +44,30 @@ pub(super) struct Route<'c> {
     pub byok: bool,
 }
 
+impl<'c> Route<'c> {
+    /// A catalogue model through `provider` with `api_key`: its price and bounds come from
+    /// the catalogue entry.
+    fn catalogue(
+        model: &Model,
+        provider: &'c Provider,
+        upstream_model: String,
+        api_key: Secret,
+        byok: bool,
+    ) -> Self {
+        Route {
+            model_id: model.id.clone(),
+            price: model.price,
+            max_output_tokens: Some(model.max_output_tokens),
+            image_input_tokens: model.image_input_tokens,
+            completion_limit: model.completion_limit,
+            provider,
+            upstream_model,
+            api_key,
+            byok,
+        }
+    }
+}
+
 fn endpoint_kind(e: Endpoint) -> ModelKind {
     match e {
         Endpoint::ChatCompletions => ModelKind::Chat,
@@ -206,17 +230,13 @@ fn through_own_key<'c>(
     for (provider, upstream_model) in routes {
         match own.open(&provider.name) {
             Ok(api_key) => {
-                return Ok(Some(Route {
-                    model_id: model.id.clone(),
-                    price: model.price,
-                    max_output_tokens: Some(model.max_output_tokens),
-                    image_input_tokens: model.image_input_tokens,
-                    completion_limit: model.completion_limit,
+                return Ok(Some(Route::catalogue(
+                    model,
                     provider,
                     upstream_model,
                     api_key,
-                    byok: true,
-                }))
+                    true,
+                )))
             }
             Err(e) => refusal = refusal.or(Some(e)),
         }
@@ -242,17 +262,14 @@ async fn through_platform_key<'c>(
     let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
         AppError::internal(format!("model {} names a missing provider", model.id))
     })?;
-    Ok(Route {
-        model_id: model.id.clone(),
-        price: model.price,
-        max_output_tokens: Some(model.max_output_tokens),
-        image_input_tokens: model.image_input_tokens,
-        completion_limit: model.completion_limit,
+    let api_key = platform_key(db, routing, provider).await?;
+    Ok(Route::catalogue(
+        model,
         provider,
-        upstream_model: model.provider_model.clone(),
-        api_key: platform_key(db, routing, provider).await?,
-        byok: false,
-    })
+        model.provider_model.clone(),
+        api_key,
+        false,
+    ))
 }
 
 /// The platform's key for `provider`: the stored one, else the environment's. A stored key

@@ -486,7 +486,14 @@ mod tests {
             MilliCredits(i64::MAX),
             false,
         );
-        assert!(h.is_ok() || h.is_err(), "no panic");
+        // Every cost saturates at i64::MAX, which a saturated balance affords: no panic, no
+        // wrap to a small or negative hold.
+        let saturated = Hold {
+            amount: MilliCredits(i64::MAX),
+            max_tokens: Some(u64::MAX),
+            chosen: false,
+        };
+        assert_eq!(h, Ok(saturated));
         assert_eq!(
             balance_after(
                 MilliCredits(i64::MAX),

@@ -515,8 +515,9 @@ mod tests {
     fn malformed_maps_are_refused_not_panicked_on() {
         let good = encode_pairs(&[("name", "value")]);
         for cut in 1..good.len() - 1 {
-            // Every truncation is either refused or (when only trailing NULs go) parsed.
-            let _ = decode_pairs(&good[..cut]);
+            // Every truncation that cuts into the counts, lengths, name or value is refused
+            // (only the final NUL may go).
+            assert_eq!(decode_pairs(&good[..cut]), None, "cut at {cut}");
         }
         assert_eq!(decode_pairs(&[1, 0, 0]), None);
         // A count that promises more pairs than the bytes hold.

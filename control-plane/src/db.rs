@@ -19,6 +19,8 @@ pub struct Db {
     /// SQLite has one writer: transactions queue here, in arrival order, instead of polling
     /// SQLite's busy handler (whose millisecond back-off made the latency tail).
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
+    /// Authorizes, settlements and expiries waiting for the ledger's group commit.
+    pub(crate) ledger_queue: Arc<crate::ledger::Queue>,
 }
 
 /// A write transaction. It dereferences to the connection (`&mut *tx` executes queries, as
@@ -103,6 +105,7 @@ impl Db {
             pool,
             backend,
             writer,
+            ledger_queue: Arc::default(),
         };
         db.migrate().await?;
         Ok(db)

@@ -42,8 +42,39 @@ impl From<ApiError> for AppError {
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
+        if is_transient(&e) {
+            return unavailable_database(&e.to_string());
+        }
         AppError::internal(format!("database: {e}"))
     }
+}
+
+/// Database failures that say "busy, try again", not "broken": PostgreSQL's lock and
+/// statement timeouts, a deadlock or serialization failure, a session ended by
+/// `idle_in_transaction_session_timeout` or an administrator, and a pool with no free
+/// connection in time.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => matches!(
+            d.code().as_deref(),
+            Some("55P03" | "57014" | "40P01" | "40001" | "25P03" | "57P01" | "53300")
+        ),
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        _ => false,
+    }
+}
+
+/// The 503 for a database that is busy or out of reach: logged, and the client told to
+/// retry shortly.
+pub fn unavailable_database(detail: &str) -> AppError {
+    eprintln!("opsgate: database unavailable: {detail}");
+    AppError(ApiError {
+        retry_after: Some(1),
+        ..ApiError::new(
+            ErrorKind::Unavailable,
+            "The gateway's database is busy; retry shortly.",
+        )
+    })
 }
 
 impl std::fmt::Display for AppError {

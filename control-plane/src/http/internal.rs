@@ -172,26 +172,22 @@ async fn settle(
 ) -> AppResult<Json<SettleResponse>> {
     let batch: SettleBatch = parse(&body)?;
     let now = state.clock.now();
+    let answers = ledger::settle_many(&state.db, &batch.settlements, now).await;
     let mut results = Vec::with_capacity(batch.settlements.len());
-    for s in &batch.settlements {
-        match ledger::settle(&state.db, s, now).await {
-            Ok(charged) => {
+    for (s, answer) in batch.settlements.iter().zip(answers) {
+        match answer {
+            Ok((charged, balance)) => {
                 state.metrics.settled.fetch_add(1, Ordering::Relaxed);
                 state
                     .metrics
                     .charged_mc
                     .fetch_add(charged.max(0) as u64, Ordering::Relaxed);
-                let balance_mc = if batch.with_balances {
-                    ledger::balance_after_hold(&state.db, &s.hold_id)
-                        .await?
-                        .map(opsgate_core::MilliCredits)
-                } else {
-                    None
-                };
                 results.push(SettleResult {
                     hold_id: s.hold_id.clone(),
                     charged_mc: charged,
-                    balance_mc,
+                    balance_mc: balance
+                        .filter(|_| batch.with_balances)
+                        .map(opsgate_core::MilliCredits),
                 });
             }
             // An unknown hold cannot be retried into existence: report and move on.

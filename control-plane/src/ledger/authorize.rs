@@ -1,20 +1,23 @@
-//! Authorize: route the call, price it, size its hold, then — in one transaction — reserve
-//! its quota slots, set its credits aside and record the hold; or refuse. Hold sizing and
+//! Authorize: route the call, price it, then let the ledger writer size its hold, reserve its
+//! quota slots and set its credits aside (or refuse) in one transaction. Hold sizing and
 //! charging are core's (`opsgate_core::metering`); nothing here does money arithmetic.
 
-use super::balance::{self, Short};
-use super::holds::{self, NewHold};
-use super::quota::{self, QuotaWindow, WindowKind};
+use super::book::{Answer, AuthorizeJob, Job, Placed};
+use super::holds;
+use super::quota::{self, WindowKind};
 use super::routing::{route, Route, Routing};
+use super::writer;
 use crate::accounts::User;
-use crate::db::{Db, Tx};
+use crate::db::Db;
 use crate::error::AppError;
-use opsgate_core::contract::{AuthorizeRequest, Endpoint, Grant, Upstream, WindowLimit};
-use opsgate_core::metering::{self, HoldRequest};
+use opsgate_core::contract::{AuthorizeRequest, Endpoint, Grant, Upstream};
+use opsgate_core::metering::HoldRequest;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::{Price, RateCard};
 
-/// Places a hold and reserves quota, or refuses.
+/// Places a hold and reserves quota, or refuses. Routing, pricing and the quota windows are
+/// decided here; the balances and counts are read, decided and written by the ledger writer,
+/// in one batch with whatever else is queued.
 pub async fn authorize(
     db: &Db,
     routing: &Routing<'_>,
@@ -25,36 +28,34 @@ pub async fn authorize(
     let route = route(db, routing, user, req).await?;
     let rate = rate_card(routing, user, &route, req);
     let windows = quota::quota_windows(routing.catalogue, user, now)?;
-    let sized = size_hold(db, user, &route, &rate, req).await?;
-    let hold = sized.amount.0;
     let hold_id = holds::hold_id(req)?;
-    let new = NewHold {
-        id: &hold_id,
-        org_id: &user.org_id,
-        user_id: &user.id,
-        amount: hold,
-        model: &route.model_id,
-        provider: &route.provider.name,
-        rate: &rate,
+    let job = AuthorizeJob {
+        hold_id: hold_id.clone(),
+        org_id: user.org_id.clone(),
+        user_id: user.id.clone(),
+        windows,
+        rate,
+        request: HoldRequest {
+            endpoint: req.endpoint,
+            prompt_bytes: req.prompt_bytes,
+            prompt_images: req.prompt_images,
+            image_tokens_each: route.image_input_tokens,
+            max_tokens: req.max_tokens,
+            images: req.images,
+        },
+        max_output_tokens: route.max_output_tokens,
         byok: route.byok,
-        has_allocation: false,
-        windows: &windows,
+        model: route.model_id.clone(),
+        provider: route.provider.name.clone(),
         now,
         expires_at: now + routing.hold_ttl_secs,
     };
-    let mut tx = db.begin().await?;
-    match place(&mut tx, user, new, &windows, now).await? {
-        Ok(placed) => {
-            tx.commit().await?;
-            Ok(grant(user, req, route, rate, hold_id, sized, placed))
-        }
-        Err(refused) => {
-            tx.rollback().await?;
-            Err(match refused {
-                Refused::Because(e) => e,
-                Refused::Short(short) => balance::short_of(db, user, hold, short).await?,
-            })
-        }
+    match writer::submit(db, Job::Authorize(Box::new(job))).await? {
+        Answer::Placed(placed) => Ok(grant(user, req, route, rate, hold_id, placed)),
+        Answer::Refused(e) => Err(e),
+        other => Err(AppError::internal(format!(
+            "an authorize answered {other:?}"
+        ))),
     }
 }
 
@@ -80,89 +81,6 @@ fn rate_card(
     }
 }
 
-/// The hold (milli-credits) and the completion bound: the largest cost this call can reach,
-/// reduced to what the caller can afford (core::metering::hold_for); a 402 when even the
-/// smallest call is out of reach.
-async fn size_hold(
-    db: &Db,
-    user: &User,
-    route: &Route<'_>,
-    rate: &RateCard,
-    req: &AuthorizeRequest,
-) -> Result<metering::Hold, AppError> {
-    let spend = balance::spendable(db, user).await?;
-    let bound = metering::hold_for(
-        rate,
-        &HoldRequest {
-            endpoint: req.endpoint,
-            prompt_bytes: req.prompt_bytes,
-            prompt_images: req.prompt_images,
-            image_tokens_each: route.image_input_tokens,
-            max_tokens: req.max_tokens,
-            images: req.images,
-        },
-        route.max_output_tokens,
-        MilliCredits(spend),
-        route.byok,
-    );
-    match bound {
-        Ok(h) => Ok(h),
-        Err(e) => {
-            let mut refused = balance::refusal(db, user, e.needed.0).await?;
-            if e.explicit_bound {
-                // An explicit bound is never quietly reduced: say what would fit.
-                refused.0.message.push_str(
-                    ". The request's max_tokens is more than the balance covers: lower max_tokens, or omit it to let the gateway choose a bound the balance affords",
-                );
-            }
-            Err(refused)
-        }
-    }
-}
-
-/// Why a hold was not placed inside its transaction (the caller rolls back, then answers).
-enum Refused {
-    /// An answer already made: a full quota window, a replayed request id.
-    Because(AppError),
-    /// A balance could not cover the hold; the 402 is worded after the rollback.
-    Short(Short),
-}
-
-/// What a placed hold leaves behind for the grant.
-struct Placed {
-    limits: Vec<(WindowKind, WindowLimit)>,
-    /// Spendable after the hold, read inside the transaction.
-    balance: i64,
-}
-
-/// The transaction's steps, in lock order: quota rows (period, then day), the organization,
-/// the allocation, then the hold itself.
-async fn place(
-    tx: &mut Tx,
-    user: &User,
-    mut new: NewHold<'_>,
-    windows: &[QuotaWindow],
-    now: i64,
-) -> Result<Result<Placed, Refused>, AppError> {
-    let limits = match quota::reserve(tx, user, windows, now).await? {
-        Ok(limits) => limits,
-        Err(e) => return Ok(Err(Refused::Because(e))),
-    };
-    new.has_allocation = match balance::hold_credits(tx, user, new.amount).await? {
-        Ok(has_allocation) => has_allocation,
-        Err(short) => return Ok(Err(Refused::Short(short))),
-    };
-    if holds::seen(tx, new.id).await? {
-        return Ok(Err(Refused::Because(AppError::bad_request(format!(
-            "Request {} was already decided or cancelled.",
-            new.id
-        )))));
-    }
-    holds::insert(tx, &new).await?;
-    let balance = balance::spendable_in(tx, user, new.has_allocation).await?;
-    Ok(Ok(Placed { limits, balance }))
-}
-
 /// The grant the filter receives: where to send the call, with which key, under which
 /// bounds.
 fn grant(
@@ -171,9 +89,9 @@ fn grant(
     route: Route<'_>,
     rate: RateCard,
     hold_id: String,
-    sized: metering::Hold,
     placed: Placed,
 ) -> Grant {
+    let sized = placed.hold;
     let provider = route.provider;
     let window = |kind: WindowKind| {
         placed

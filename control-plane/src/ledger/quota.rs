@@ -4,15 +4,12 @@
 
 use crate::accounts::User;
 use crate::catalogue::{Catalogue, PeriodKind};
-use crate::db::Tx;
 use crate::error::AppError;
-use opsgate_core::contract::WindowLimit;
 use opsgate_core::time::{daily_window, date_string, monthly_window, trial_window, Window};
 use opsgate_core::{ApiError, ErrorKind};
-use sqlx::Row;
 
-/// A kind of quota window, as stored in `quota_usage.kind`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A kind of quota window, as stored in `quota_usage.kind`. Ordered as rows are locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum WindowKind {
     /// The plan's period: a calendar month, or the trial.
     Period,
@@ -108,55 +105,8 @@ pub(super) fn quota_windows(
     Ok(out)
 }
 
-/// Reserves one call in each window, in the order given. `Ok(Err(refusal))`: a window is
-/// full; nothing was reserved that the caller's rollback does not undo.
-pub(super) async fn reserve(
-    tx: &mut Tx,
-    user: &User,
-    windows: &[QuotaWindow],
-    now: i64,
-) -> Result<Result<Vec<(WindowKind, WindowLimit)>, AppError>, AppError> {
-    let mut limits = Vec::new();
-    for w in windows {
-        sqlx::query("INSERT INTO quota_usage (user_id, kind, window_start, used, reserved) VALUES ($1, $2, $3, 0, 0) ON CONFLICT DO NOTHING")
-            .bind(&user.id)
-            .bind(w.kind.as_str())
-            .bind(w.window.start)
-            .execute(&mut **tx)
-            .await?;
-        let r = sqlx::query(
-            "UPDATE quota_usage SET reserved = reserved + 1 WHERE user_id = $1 AND kind = $2 AND window_start = $3 AND used + reserved < $4",
-        )
-        .bind(&user.id)
-        .bind(w.kind.as_str())
-        .bind(w.window.start)
-        .bind(w.limit as i64)
-        .execute(&mut **tx)
-        .await?;
-        let row = sqlx::query("SELECT used, reserved FROM quota_usage WHERE user_id = $1 AND kind = $2 AND window_start = $3")
-            .bind(&user.id)
-            .bind(w.kind.as_str())
-            .bind(w.window.start)
-            .fetch_one(&mut **tx)
-            .await?;
-        let taken = row.try_get::<i64, _>("used")? + row.try_get::<i64, _>("reserved")?;
-        if r.rows_affected() == 0 {
-            return Ok(Err(window_full(w, taken, now)));
-        }
-        limits.push((
-            w.kind,
-            WindowLimit {
-                limit: w.limit,
-                remaining: w.limit.saturating_sub(taken as u64),
-                reset: w.window.end,
-            },
-        ));
-    }
-    Ok(Ok(limits))
-}
-
 /// The 429 for a full window, with when it resets.
-fn window_full(w: &QuotaWindow, taken: i64, now: i64) -> AppError {
+pub(super) fn window_full(w: &QuotaWindow, taken: i64, now: i64) -> AppError {
     let retry = (w.window.end - now).max(1) as u64;
     AppError(ApiError {
         retry_after: Some(retry),
@@ -171,25 +121,4 @@ fn window_full(w: &QuotaWindow, taken: i64, now: i64) -> AppError {
             ),
         )
     })
-}
-
-/// Turns the slots a hold reserved into used ones (`consume`) or frees them.
-pub(super) async fn release(
-    tx: &mut Tx,
-    user_id: &str,
-    row: &sqlx::any::AnyRow,
-    consume: bool,
-) -> Result<(), AppError> {
-    for kind in WindowKind::ALL {
-        if let Some(start) = row.try_get::<Option<i64>, _>(kind.hold_column())? {
-            sqlx::query("UPDATE quota_usage SET reserved = reserved - 1, used = used + $1 WHERE user_id = $2 AND kind = $3 AND window_start = $4")
-                .bind(i64::from(consume))
-                .bind(user_id)
-                .bind(kind.as_str())
-                .bind(start)
-                .execute(&mut **tx)
-                .await?;
-        }
-    }
-    Ok(())
 }

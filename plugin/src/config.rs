@@ -100,8 +100,11 @@ fn default_settle_ms() -> u64 {
 fn default_settle_batch() -> usize {
     100
 }
+/// On by default: a call's hold ends with the call (its response waits up to this long for
+/// the settlement's acknowledgement). 0 turns the wait off (settlements then go in the
+/// background queue only).
 fn default_settle_wait_ms() -> u64 {
-    0
+    1_000
 }
 fn default_settle_queue() -> usize {
     10_000

@@ -1,4 +1,4 @@
-//! With `settle_wait_ms` (the shipped Envoy configs set 1 s), a plain response's hold ends with
+//! With `settle_wait_ms` (1 s by default, as the shipped Envoy configs set), a plain response's hold ends with
 //! the call: its settlement is sent as the body completes and the response is held until the
 //! control plane acknowledges it, so `X-Credits-Remaining` is the settled balance and the
 //! client's next call finds the hold gone. A failed or missing acknowledgement never loses the
@@ -27,6 +27,19 @@ fn answered(host: &mut Host) -> StreamId {
     let a = host.response_body(id, REPLY, true).unwrap();
     assert_eq!(a, Action::Pause, "held for the settlement");
     id
+}
+
+#[test]
+fn the_wait_is_on_by_default() {
+    // The filter's own default, with no settle_wait_ms in the configuration at all.
+    let base = config().replace(r#","settle_wait_ms":0"#, "");
+    assert!(!base.contains("settle_wait"));
+    let mut host = gateway_with(&base);
+    let id = answered(&mut host);
+    assert_eq!(host.resumed(id, StreamKind::Response), 0, "held");
+    let call = settle_call(&mut host).expect("its settlement sent at once");
+    assert_eq!(call.timeout, std::time::Duration::from_millis(1000));
+    assert!(settle_batch(&call).with_balances);
 }
 
 #[test]

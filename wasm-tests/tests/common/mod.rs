@@ -19,7 +19,7 @@ pub const CP: &str = "opsgate_control_plane";
 
 pub fn config() -> String {
     format!(
-        r#"{{"control_plane":{{"cluster":"{CP}","authority":"cp","token":"{TOKEN}","timeout_ms":1500}},"snapshot_interval_ms":5000,"settle_interval_ms":200}}"#
+        r#"{{"control_plane":{{"cluster":"{CP}","authority":"cp","token":"{TOKEN}","timeout_ms":1500}},"snapshot_interval_ms":5000,"settle_interval_ms":200,"settle_wait_ms":0}}"#
     )
 }
 
@@ -42,6 +42,13 @@ pub fn gateway() -> Host {
 /// [`config`] with extra top-level fields, e.g. `"max_body_bytes":2048`.
 pub fn config_with(extra: &str) -> String {
     let base = config();
+    // The base turns the settlement wait off (most scenarios drive the background queue);
+    // a scenario that sets it gets its own value, not a duplicate field.
+    let base = if extra.contains("settle_wait_ms") {
+        base.replace(r#","settle_wait_ms":0"#, "")
+    } else {
+        base
+    };
     format!("{},{extra}}}", &base[..base.len() - 1])
 }
 

@@ -40,8 +40,8 @@ pub enum Counter {
     JwksFetchFailed,
     /// Refetches triggered by an unknown `kid`.
     JwksRefetchUnknownKid,
-    /// Settlements dropped because the queue was full.
-    SettleDropped,
+    /// Metered calls refused (503) because this worker's settlements were behind.
+    SettleBackpressure,
     /// CORS preflights answered 204 (allowed origin).
     CorsPreflight,
     /// CORS preflights refused (origin not allowed, or CORS not configured).
@@ -78,7 +78,7 @@ impl Counter {
         Counter::JwksFetchOk,
         Counter::JwksFetchFailed,
         Counter::JwksRefetchUnknownKid,
-        Counter::SettleDropped,
+        Counter::SettleBackpressure,
         Counter::CorsPreflight,
         Counter::CorsRefused,
         Counter::CookieOriginRefused,
@@ -111,7 +111,7 @@ impl Counter {
             Counter::JwksFetchOk => "opsgate.jwt.jwks_fetches",
             Counter::JwksFetchFailed => "opsgate.jwt.jwks_fetch_failures",
             Counter::JwksRefetchUnknownKid => "opsgate.jwt.jwks_unknown_kid_refetches",
-            Counter::SettleDropped => "opsgate.settle.dropped",
+            Counter::SettleBackpressure => "opsgate.settle.backpressure",
             Counter::CorsPreflight => "opsgate.cors.preflights",
             Counter::CorsRefused => "opsgate.cors.preflights_refused",
             Counter::CookieOriginRefused => "opsgate.cors.cookie_origin_refused",

@@ -72,19 +72,17 @@ impl Shared {
         }
     }
 
-    /// Queues a settlement; bounded in memory. A settlement dropped because the queue is full
-    /// is counted in `opsgate.settle.dropped` (its hold expires and is charged as held: the
-    /// ledger stays safe, the caller pays the bound).
+    /// Queues a settlement. Never dropped: the queue is bounded by admission instead —
+    /// while it holds `settle_queue_max` or more, new metered calls are refused
+    /// ([`Shared::settlements_behind`]), so it grows at most by the calls already in flight.
     pub fn enqueue(&mut self, s: Settlement) {
-        if self.settle_queue.len() >= self.config.settle_queue_max {
-            self.metrics.inc(Counter::SettleDropped);
-            log(
-                LogLevel::Error,
-                &format!("opsgate: settle queue full; hold {} will expire", s.hold_id),
-            );
-            return;
-        }
         self.settle_queue.push_back(s);
+    }
+
+    /// Settlements are behind: new metered calls wait for the queue to drain (503 with
+    /// `Retry-After`) before a finished call's settlement could ever be discarded.
+    pub fn settlements_behind(&self) -> bool {
+        self.settle_queue.len() >= self.config.settle_queue_max
     }
 }
 

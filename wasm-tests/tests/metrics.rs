@@ -60,7 +60,7 @@ fn every_metric_is_defined_at_configuration() {
         "opsgate.jwt.jwks_fetches",
         "opsgate.jwt.jwks_fetch_failures",
         "opsgate.jwt.jwks_unknown_kid_refetches",
-        "opsgate.settle.dropped",
+        "opsgate.settle.backpressure",
     ] {
         assert_eq!(host.metric(name), Some(0), "{name} defined");
     }
@@ -185,15 +185,17 @@ fn credential_cache_and_jwt_counters() {
 }
 
 #[test]
-fn dropped_settlements_are_counted() {
+fn calls_refused_while_settlements_are_behind_are_counted() {
     let mut host = gateway_with(&config_with(r#""settle_batch":1,"settle_queue_max":1"#));
-    for i in 0..3 {
-        let mut g = grant();
-        g.hold_id = format!("hold_{i}");
-        let id = forwarded_chat(&mut host, QUICKSTART, g);
-        host.response_headers(id, &[(":status", "500")], true)
-            .unwrap();
-        host.done(id).unwrap();
+    let mut g = grant();
+    g.hold_id = "hold_0".into();
+    let id = forwarded_chat(&mut host, QUICKSTART, g);
+    host.response_headers(id, &[(":status", "500")], true)
+        .unwrap();
+    host.done(id).unwrap();
+    assert_eq!(counter(&host, "opsgate.settle.backpressure"), 0);
+    for _ in 0..2 {
+        chat(&mut host, SERVICE_KEY, QUICKSTART);
     }
-    assert_eq!(counter(&host, "opsgate.settle.dropped"), 2);
+    assert_eq!(counter(&host, "opsgate.settle.backpressure"), 2);
 }

@@ -145,17 +145,39 @@ fn settle_batch_limits_the_batch_size() {
 }
 
 #[test]
-fn a_full_queue_drops_and_logs_rather_than_growing() {
+fn a_full_queue_refuses_new_calls_and_never_drops_a_settlement() {
     let mut host = gateway_with(&config_with(r#""settle_batch":1,"settle_queue_max":2"#));
-    for h in ["h1", "h2", "h3"] {
-        complete_call(&mut host, h);
+    // Calls already in flight finish past the bound: each settlement is kept.
+    let ids: Vec<_> = ["h1", "h2", "h3"]
+        .into_iter()
+        .map(|h| {
+            let mut g = grant();
+            g.hold_id = h.into();
+            forwarded_chat(&mut host, QUICKSTART, g)
+        })
+        .collect();
+    for id in ids {
+        host.response_headers(
+            id,
+            &[(":status", "200"), ("content-type", "application/json")],
+            false,
+        )
+        .unwrap();
+        host.response_body(id, PROVIDER_REPLY.as_bytes(), true)
+            .unwrap();
+        host.done(id).unwrap();
     }
-    assert!(has_log_at(&host, 4, "settle queue full; hold h3"));
+    // A new call is refused before any hold is placed: 503 with Retry-After, no authorize.
+    let (id, _) = chat(&mut host, SERVICE_KEY, QUICKSTART);
+    let reply = host.local_reply(id).expect("refused at once");
+    assert_eq!(reply.status, 503, "{}", reply.body_str());
+    assert_eq!(reply.header("retry-after"), Some("1"));
+    assert_eq!(pending_to(&host, AUTHORIZE), 0, "no hold placed");
     let settled: Vec<_> = flush_settlements(&mut host)
         .into_iter()
         .map(|s| s.hold_id)
         .collect();
-    assert_eq!(settled, ["h1", "h2"]);
+    assert_eq!(settled, ["h1", "h2", "h3"], "nothing dropped");
 }
 
 #[test]

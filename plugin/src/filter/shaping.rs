@@ -230,6 +230,20 @@ impl Filter {
                 ));
             }
         }
+        if self.shared.borrow().settlements_behind() {
+            // Finished calls' settlements come first: a new call waits for them.
+            self.shared
+                .borrow()
+                .metrics
+                .inc(Counter::SettleBackpressure);
+            return Err(ApiError {
+                retry_after: Some(1),
+                ..ApiError::new(
+                    ErrorKind::Unavailable,
+                    "The gateway is catching up on settling finished calls; retry shortly.",
+                )
+            });
+        }
         let request_id = new_request_id(host::now());
         let req = AuthorizeRequest {
             request_id: Some(request_id.clone()),

@@ -445,7 +445,7 @@ async fn without_a_bound_less_than_the_floor_is_a_402() {
 }
 
 #[tokio::test]
-async fn an_expired_hold_is_charged_as_held_and_a_late_settlement_changes_nothing() {
+async fn an_expired_hold_is_charged_as_held_until_its_real_outcome_arrives() {
     for_each_backend("expired_hold", |db| async move {
         let clock = ManualClock::at(T0);
         let router = Router::new(catalogue());
@@ -478,15 +478,88 @@ async fn an_expired_hold_is_charged_as_held_and_a_late_settlement_changes_nothin
             1
         );
 
+        // Expiry is provisional: the real outcome, arriving late, replaces the charge.
+        let real = ledger::settle(&db, &settlement(&g.hold_id, Outcome::Success, 10, 10), clock.now() + 5)
+            .await
+            .expect("late settle");
+        assert!(real > 0 && real < g.hold_mc.0, "the real cost ({real}), not the hold ({})", g.hold_mc.0);
+        let o = org(&db, "org_5").await;
+        assert_eq!((o.credits_used, o.credits_held), (real, 0));
+        let a = allocation(&db, "org_5", "pro_5").await;
+        assert_eq!((a.used, a.held), (real, 0));
+        assert_eq!(quota(&db, "pro_5", "day", daily_window(T0).start).await, (1, 0), "still one call");
+        assert_eq!(
+            scalar(&db, "SELECT CAST(SUM(cost) AS BIGINT) AS n FROM usage_logs WHERE hold_id = $1", &[&g.hold_id]).await,
+            real,
+            "the usage line shows the real cost"
+        );
+        assert_eq!(ledger::recompute_org(&db, "org_5").await.expect("recompute"), (1_000_000, real, 0));
+        // Once settled, later duplicates (even a failure) change nothing.
         let before = ledger_fingerprint(&db).await;
         for outcome in [Outcome::Success, Outcome::Failed] {
-            let late = ledger::settle(&db, &settlement(&g.hold_id, outcome, 10, 10), clock.now() + 5)
+            let again = ledger::settle(&db, &settlement(&g.hold_id, outcome, 10, 10), clock.now() + 6)
                 .await
-                .expect("late settle");
-            assert_eq!(late, g.hold_mc.0, "a late settlement reports what was charged");
+                .expect("duplicate settle");
+            assert_eq!(again, real, "a duplicate reports what was charged");
         }
-        assert_eq!(ledger_fingerprint(&db).await, before, "a late settlement changed the books");
-        assert_eq!(ledger::recompute_org(&db, "org_5").await.expect("recompute"), (1_000_000, g.hold_mc.0, 0));
+        assert_eq!(ledger_fingerprint(&db).await, before, "a duplicate changed the books");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_failed_call_settled_after_its_hold_expired_is_refunded_whole() {
+    for_each_backend("expired_failed", |db| async move {
+        let clock = ManualClock::at(T0);
+        let router = Router::new(catalogue());
+        let user = seed(
+            &db,
+            "org_6",
+            "pro_6",
+            Plan::Professional,
+            1_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let g = ledger::authorize(
+            &db,
+            &router.routing(),
+            &user,
+            &chat("pro_6", "gpt-4o-mini", 800, Some(400)),
+            clock.now(),
+        )
+        .await
+        .expect("authorize");
+        clock.advance(HOLD_TTL + 1);
+        assert_eq!(
+            ledger::expire_holds(&db, clock.now())
+                .await
+                .expect("expire"),
+            1
+        );
+        assert_eq!(org(&db, "org_6").await.credits_used, g.hold_mc.0);
+        let late = ledger::settle(
+            &db,
+            &settlement(&g.hold_id, Outcome::Failed, 0, 0),
+            clock.now(),
+        )
+        .await
+        .expect("late failure");
+        assert_eq!(late, 0);
+        let o = org(&db, "org_6").await;
+        assert_eq!((o.credits_used, o.credits_held), (0, 0));
+        assert_eq!(
+            quota(&db, "pro_6", "day", daily_window(T0).start).await,
+            (0, 0),
+            "the slot is free again"
+        );
+        assert_eq!(
+            ledger::recompute_org(&db, "org_6")
+                .await
+                .expect("recompute"),
+            (1_000_000, 0, 0)
+        );
     })
     .await;
 }
@@ -753,7 +826,9 @@ async fn random_run(db: Db, seed_value: u64) {
             // Usage up to 30 % beyond the bound: the provider may over-report.
             let p = rng.below(prompt * 13 / 10 + 1);
             let k = rng.below(max * 13 / 10 + 1);
-            let before = if status == "held" {
+            // An expired hold's late settlement corrects its charge (the books are checked
+            // below); any other closed hold's changes nothing.
+            let before = if status == "held" || status == "expired" {
                 None
             } else {
                 Some(ledger_fingerprint(&db).await)
@@ -772,6 +847,11 @@ async fn random_run(db: Db, seed_value: u64) {
                     ledger_fingerprint(&db).await,
                     "{at}: settling a closed hold"
                 );
+            } else if status == "expired" {
+                t.late += 1;
+                if outcome == Outcome::Failed {
+                    assert_eq!(charged, 0, "{at}: a late failure is refunded whole");
+                }
             } else {
                 match outcome {
                     Outcome::Failed => {

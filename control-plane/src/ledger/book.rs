@@ -216,6 +216,8 @@ pub(super) struct Book {
     pub limits: BTreeMap<QuotaKey, i64>,
     pub new_holds: Vec<HoldRow>,
     pub closed: Vec<Closed>,
+    /// Expired holds whose real outcome arrived late, with their rewritten usage line.
+    pub corrected: Vec<(Closed, UsageLine)>,
     pub entries: Vec<Entry>,
     pub usage: Vec<UsageLine>,
     /// Set when a refusal rested on a balance or a quota count.
@@ -404,6 +406,16 @@ impl Book {
             return Err(AppError::not_found(format!("no hold '{}'", s.hold_id)));
         };
         let owner = Some((row.org_id.clone(), row.user_id.clone()));
+        if row.status == HoldStatus::Expired {
+            // Expiry is provisional: the call's real outcome, arriving late, replaces the
+            // charge (never more than the hold expiry took).
+            let charged = self.correct(&row, s, now)?;
+            return Ok(Answer::Settled {
+                charged,
+                owner,
+                balance: None,
+            });
+        }
         if row.status != HoldStatus::Held {
             return Ok(Answer::Settled {
                 charged: row.charged.unwrap_or(0),
@@ -438,6 +450,75 @@ impl Book {
             owner,
             balance: None,
         })
+    }
+
+    /// A settlement for a hold that expired: the charge becomes the call's real cost (0 for a
+    /// failed call, whose quota slot is freed too), the difference returned to the balances,
+    /// the usage line rewritten. The ledger records the refund as a negative charge and an
+    /// equal release, so its sums still give used and held exactly.
+    fn correct(&mut self, row: &HoldRow, s: &Settlement, now: i64) -> Result<i64, AppError> {
+        let was = row.charged.unwrap_or(row.amount);
+        let charged = charge_for(s, row)?.min(was);
+        let refund = was - charged;
+        if s.outcome == Outcome::Failed {
+            for kind in WindowKind::ALL {
+                if let Some(start) = row.window(kind) {
+                    let key = (row.user_id.clone(), kind, start);
+                    self.calls
+                        .entry(key)
+                        .or_insert_with(|| Tracked::new(Calls::default()))
+                        .now
+                        .used -= 1;
+                }
+            }
+        }
+        if let Some(p) = self.pools.get_mut(&row.org_id) {
+            p.now.used -= refund;
+        }
+        if row.has_allocation {
+            if let Some(a) = self
+                .allocations
+                .get_mut(&(row.org_id.clone(), row.user_id.clone()))
+            {
+                a.now.used -= refund;
+            }
+        }
+        self.entry(row, EntryKind::Charge, -refund, now);
+        self.entry(row, EntryKind::Release, refund, now);
+        let status = match s.outcome {
+            Outcome::Failed => HoldStatus::Released,
+            Outcome::Success | Outcome::Partial => HoldStatus::Settled,
+        };
+        if let Some(h) = self.holds.get_mut(&row.id) {
+            h.status = status;
+            h.charged = Some(charged);
+            h.settled_at = Some(now);
+        }
+        self.corrected.push((
+            Closed {
+                id: row.id.clone(),
+                status,
+                charged,
+                at: now,
+            },
+            UsageLine {
+                hold_id: row.id.clone(),
+                org_id: row.org_id.clone(),
+                user_id: row.user_id.clone(),
+                model: row.model.clone(),
+                provider: row.provider.clone(),
+                prompt_tokens: s.usage.prompt_tokens as i64,
+                completion_tokens: s.usage.completion_tokens as i64,
+                images: s.usage.images as i64,
+                cost: charged,
+                outcome: UsageOutcome::from(s.outcome),
+                upstream_status: i64::from(s.upstream_status),
+                latency_ms: s.latency_ms as i64,
+                byok: row.byok,
+                created_at: now,
+            },
+        ));
+        Ok(charged)
     }
 
     /// Charges a hold past its expiry as held (its outcome never arrived).

@@ -371,7 +371,8 @@ async fn read(
         }
     }
     for h in book.holds.values() {
-        if h.status == HoldStatus::Held {
+        // An expired hold may be settled late (its quota slot freed for a failed call).
+        if matches!(h.status, HoldStatus::Held | HoldStatus::Expired) {
             owners.insert((h.org_id.clone(), h.user_id.clone()));
             for kind in WindowKind::ALL {
                 let start = match kind {
@@ -530,6 +531,36 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
     .await?;
     if n != rows.len() as u64 {
         return Ok(false);
+    }
+
+    // Expired holds settled late: only if still as expiry left them.
+    let expired = HoldStatus::Expired.as_str();
+    for (c, u) in &book.corrected {
+        let r = sqlx::query(&format!(
+            "UPDATE holds SET status = $1, charged = $2, settled_at = $3 WHERE id = $4 AND status = '{expired}'"
+        ))
+        .bind(c.status.as_str())
+        .bind(c.charged)
+        .bind(c.at)
+        .bind(c.id.as_str())
+        .execute(&mut **tx)
+        .await?;
+        if r.rows_affected() != 1 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE usage_logs SET prompt_tokens = $1, completion_tokens = $2, images = $3, cost = $4, outcome = $5, upstream_status = $6, latency_ms = $7 WHERE hold_id = $8",
+        )
+        .bind(u.prompt_tokens)
+        .bind(u.completion_tokens)
+        .bind(u.images)
+        .bind(u.cost)
+        .bind(u.outcome.as_str())
+        .bind(u.upstream_status)
+        .bind(u.latency_ms)
+        .bind(u.hold_id.as_str())
+        .execute(&mut **tx)
+        .await?;
     }
 
     let rows: Vec<Vec<Val>> = book

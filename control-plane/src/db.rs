@@ -53,6 +53,35 @@ impl std::ops::DerefMut for Tx {
     }
 }
 
+/// PostgreSQL session timeouts (milliseconds), from `OPSGATE_PG_LOCK_TIMEOUT_MS` (default
+/// 2000), `OPSGATE_PG_STATEMENT_TIMEOUT_MS` (10000) and
+/// `OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS` (2000).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PgTimeouts {
+    pub lock_ms: u64,
+    pub statement_ms: u64,
+    pub idle_in_transaction_ms: u64,
+}
+
+impl PgTimeouts {
+    pub fn from_env() -> Result<PgTimeouts, String> {
+        let read = |name: &str, default: u64| match std::env::var(name) {
+            Err(_) => Ok(default),
+            Ok(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if (1..=600_000).contains(&ms) => Ok(ms),
+                _ => Err(format!(
+                    "{name} must be milliseconds from 1 to 600000 (got '{v}')"
+                )),
+            },
+        };
+        Ok(PgTimeouts {
+            lock_ms: read("OPSGATE_PG_LOCK_TIMEOUT_MS", 2_000)?,
+            statement_ms: read("OPSGATE_PG_STATEMENT_TIMEOUT_MS", 10_000)?,
+            idle_in_transaction_ms: read("OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 2_000)?,
+        })
+    }
+}
+
 /// Schema versions, per backend. Append; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/001_init.sql")),
@@ -85,6 +114,25 @@ impl Db {
         let mut opts = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
             .acquire_timeout(Duration::from_secs(10));
+        if backend == Backend::Postgres {
+            // No session may hold a row while it waits on anything: a frozen or killed
+            // replica's transaction is ended by the server, and a statement waiting on a
+            // lock gives up (a 503 the filter retries) instead of piling up the pool.
+            let t = PgTimeouts::from_env()?;
+            opts = opts.after_connect(move |conn, _| {
+                Box::pin(async move {
+                    conn.execute(
+                        format!(
+                            "SET lock_timeout = {}; SET statement_timeout = {}; SET idle_in_transaction_session_timeout = {}",
+                            t.lock_ms, t.statement_ms, t.idle_in_transaction_ms
+                        )
+                        .as_str(),
+                    )
+                    .await?;
+                    Ok(())
+                })
+            });
+        }
         if backend == Backend::Sqlite {
             opts = opts.after_connect(|conn, _| {
                 Box::pin(async move {

@@ -548,3 +548,74 @@ async fn two_processes_migrate_an_empty_postgres_schema_together() {
     assert!(both_up, "both replicas start on an empty schema");
     t.close().await;
 }
+
+/// A replica frozen mid-transaction (here: a session that locked the organisation's row and
+/// went quiet) costs the others at most a 503 with `Retry-After` — never a 500, never a wait
+/// longer than the lock timeout — and the server ends the stalled session, so calls succeed
+/// again without anyone intervening.
+#[tokio::test]
+async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
+    use sqlx::{Connection, Executor};
+    let Some(t) = TestDb::postgres("stalled_session").await else {
+        return;
+    };
+    let db = t.db.clone();
+    let router = Router::new(catalogue());
+    let user = seed(
+        &db,
+        "org_f",
+        "pro_f",
+        Plan::Professional,
+        1_000_000_000,
+        None,
+        T0,
+    )
+    .await;
+    let routing = router.routing();
+    let mut stalled = sqlx::AnyConnection::connect(&t.url).await.expect("connect");
+    // The replica's own sessions end after 2 s idle in a transaction; this stand-in's after
+    // 3.5 s, so the 2 s lock timeout is what the other caller meets first.
+    for step in [
+        "SET idle_in_transaction_session_timeout = 3500",
+        "BEGIN",
+        "UPDATE organizations SET credits_held = credits_held WHERE id = 'org_f'",
+    ] {
+        stalled.execute(step).await.expect("lock the row");
+    }
+
+    let started = std::time::Instant::now();
+    let e = ledger::authorize(
+        &db,
+        &routing,
+        &user,
+        &chat("pro_f", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS)),
+        T0,
+    )
+    .await
+    .expect_err("the row is locked");
+    let waited = started.elapsed();
+    assert_eq!(e.0.status(), 503, "{e}");
+    assert_eq!(e.0.retry_after, Some(1));
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+
+    // The server ends the stalled session; the next call goes through.
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    ledger::authorize(
+        &db,
+        &routing,
+        &user,
+        &chat("pro_f", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS)),
+        T0,
+    )
+    .await
+    .expect("served once the stalled session is gone");
+    let lock_timeout: String = sqlx::query("SHOW lock_timeout")
+        .fetch_one(&db.pool)
+        .await
+        .and_then(|r| sqlx::Row::try_get(&r, 0))
+        .expect("show");
+    assert_eq!(
+        lock_timeout, "2s",
+        "the pool's sessions carry the lock timeout"
+    );
+}

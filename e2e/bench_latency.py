@@ -10,8 +10,12 @@ Bounded: REQUESTS per path (default 1000), loopback only.  usage: scripts/bench
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -83,6 +87,25 @@ def measure(client: httpx.Client, url: str, headers: dict, n: int) -> list[float
     return out
 
 
+WRK_SECONDS = int(os.environ.get("OPSGATE_BENCH_WRK_SECONDS", "5"))
+WRK_CONNECTIONS = 8
+
+
+def wrk(url: str, headers: dict, tmp: Path) -> tuple[float, int]:
+    """Requests per second at c8 for WRK_SECONDS (wrk; every non-2xx counted and reported)."""
+    script = tmp / "post.lua"
+    body = json.dumps(BODY).replace("\\", "\\\\").replace('"', '\\"')
+    lines = ['wrk.method = "POST"', f'wrk.body = "{body}"', 'wrk.headers["Content-Type"] = "application/json"']
+    lines += [f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items()]
+    script.write_text("\n".join(lines) + "\n")
+    out = subprocess.run(["wrk", "-t2", f"-c{WRK_CONNECTIONS}", f"-d{WRK_SECONDS}s", "-s", str(script), url],
+                         capture_output=True, text=True, timeout=WRK_SECONDS + 30).stdout
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if bad:
+        raise AssertionError(f"wrk saw {bad.group(1)} failed responses:\n{out}")
+    return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), int(re.search(r"(\d+) requests in", out).group(1))
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
@@ -116,6 +139,13 @@ def main():
                 for _ in range(REQUESTS // BLOCK):
                     base += block("base", base_url, base_h)
                     gw += block("gw", gw_url, gw_h)
+            thr = {}
+            if shutil.which("wrk"):
+                for kind, url, headers in (("base", base_url, base_h), ("gw", gw_url, gw_h)):
+                    e0, c0 = cpu_seconds(envoy), cpu_seconds(cp)
+                    rps, n_req = wrk(url, headers, Path(tmp))
+                    time.sleep(0.5)
+                    thr[kind] = (rps, (cpu_seconds(envoy) - e0) / n_req * 1e6, (cpu_seconds(cp) - c0) / n_req * 1e6)
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -131,6 +161,13 @@ def main():
     backend = "PostgreSQL" if os.environ.get("OPSGATE_DATABASE_URL", "").startswith("postgres") else "SQLite"
     print(f"CPU per call, control plane ({backend:10}) opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
           f"(idle while the baseline ran: {cpu['base_cp'] / n * 1e6:.0f} µs)")
+    if thr:
+        (brps, be8, _), (grps, ge8, gc8) = thr["base"], thr["gw"]
+        print(f"throughput at c{WRK_CONNECTIONS} ({WRK_SECONDS} s, wrk)             baseline {brps:7.0f} req/s   opsgate {grps:7.0f} req/s   ({grps / brps:.2f}x)")
+        print(f"CPU per call at c{WRK_CONNECTIONS}, Envoy                 baseline {be8:7.0f} µs   opsgate {ge8:7.0f} µs   ({ge8 / be8:.2f}x)")
+        print(f"CPU per call at c{WRK_CONNECTIONS}, control plane ({backend:10}) {gc8:7.0f} µs")
+    else:
+        print("throughput: skipped (wrk not installed: apt-get install wrk)")
 
 
 if __name__ == "__main__":

@@ -169,13 +169,13 @@ async fn attempt(db: &Db, jobs: &[Job], locked: bool) -> Result<Option<Vec<Answe
     let pg_lock = locked && db.backend == Backend::Postgres;
     let mut tx = db.begin().await?;
     let mut book = Book::default();
-    read(&mut tx, &mut book, jobs, locked, pg_lock).await?;
+    read(&mut tx, db.backend, &mut book, jobs, locked, pg_lock).await?;
     let mut answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
     if !locked && book.refused_on_counts {
         tx.rollback().await?;
         return Ok(None);
     }
-    if !write(&mut tx, &book).await? {
+    if !write(&mut tx, db.backend, &book).await? {
         tx.rollback().await?;
         return Ok(None);
     }
@@ -194,6 +194,7 @@ async fn attempt(db: &Db, jobs: &[Job], locked: bool) -> Result<Option<Vec<Answe
 }
 
 /// A value bound into a statement.
+#[derive(Clone, Copy)]
 enum Val<'a> {
     Int(i64),
     OptInt(Option<i64>),
@@ -252,48 +253,121 @@ fn list(n: usize, first: usize) -> String {
         .join(", ")
 }
 
-/// Runs `sql(k)` for each chunk of `keys`, binding each key's values; collects the rows.
-async fn select_chunks(
-    tx: &mut Tx,
-    keys: &[Vec<Val<'_>>],
-    sql: impl Fn(usize) -> String,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
-    let mut rows = Vec::new();
-    let mut at = 0;
-    for size in chunk_sizes(keys.len()) {
-        let text = sql(size);
-        let mut q = sqlx::query(&text);
-        for key in &keys[at..at + size] {
-            for v in key {
-                q = bind(q, v);
-            }
-        }
-        rows.extend(q.fetch_all(&mut **tx).await?);
-        at += size;
-    }
-    Ok(rows)
+/// One statement of a batch, its placeholders numbered from `$1`, and how many rows it must
+/// change (writes) — fewer means a row moved since it was read.
+struct Stmt<'a> {
+    sql: String,
+    vals: Vec<Val<'a>>,
+    expect: u64,
 }
 
-/// Runs `sql(k)` for each chunk of `rows`; the rows affected, summed.
-async fn execute_chunks(
-    tx: &mut Tx,
-    rows: &[Vec<Val<'_>>],
-    sql: impl Fn(usize) -> String,
-) -> Result<u64, sqlx::Error> {
-    let mut affected = 0;
+/// The statements that write (or read) `rows` in chunks: `sql(k)` for a chunk of `k` rows.
+fn chunked<'a>(rows: &[Vec<Val<'a>>], sql: impl Fn(usize) -> String) -> Vec<Stmt<'a>> {
+    let mut out = Vec::new();
     let mut at = 0;
     for size in chunk_sizes(rows.len()) {
-        let text = sql(size);
-        let mut q = sqlx::query(&text);
-        for row in &rows[at..at + size] {
-            for v in row {
-                q = bind(q, v);
-            }
-        }
-        affected += q.execute(&mut **tx).await?.rows_affected();
+        out.push(Stmt {
+            sql: sql(size),
+            vals: rows[at..at + size].iter().flatten().copied().collect(),
+            expect: size as u64,
+        });
         at += size;
     }
-    Ok(affected)
+    out
+}
+
+/// `sql` with every `$N` renumbered to `$N+offset`.
+fn renumber(sql: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut chars = sql.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut n = String::new();
+        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+            n.push(d);
+            chars.next();
+        }
+        match n.parse::<usize>() {
+            Ok(n) => out.push_str(&(n + offset).to_string()),
+            Err(_) => out.push_str(&n),
+        }
+    }
+    out
+}
+
+/// SQLite: the statements as one multi-statement query (placeholders renumbered across it),
+/// so the batch costs one trip to the connection's worker thread instead of one per
+/// statement — those trips, not SQLite, were most of the control plane's CPU per call.
+fn combined<'a>(stmts: Vec<Stmt<'a>>) -> Stmt<'a> {
+    let mut all = Stmt {
+        sql: String::new(),
+        vals: Vec::new(),
+        expect: 0,
+    };
+    for s in stmts {
+        all.sql.push_str(&renumber(&s.sql, all.vals.len()));
+        all.sql.push_str(";\n");
+        all.vals.extend(s.vals);
+        all.expect += s.expect;
+    }
+    all
+}
+
+fn query<'q>(s: &'q Stmt<'q>) -> Query<'q> {
+    let mut q = sqlx::query(&s.sql).persistent(s.sql.len() < 2_000);
+    for v in &s.vals {
+        q = bind(q, v);
+    }
+    q
+}
+
+/// Runs reads; every row carries its statement's tag in column `t`.
+async fn fetch(
+    tx: &mut Tx,
+    backend: Backend,
+    stmts: Vec<Stmt<'_>>,
+) -> Result<Vec<AnyRow>, sqlx::Error> {
+    if stmts.is_empty() {
+        return Ok(Vec::new());
+    }
+    match backend {
+        Backend::Sqlite => {
+            let all = combined(stmts);
+            query(&all).fetch_all(&mut **tx).await
+        }
+        Backend::Postgres => {
+            let mut rows = Vec::new();
+            for s in &stmts {
+                rows.extend(query(s).fetch_all(&mut **tx).await?);
+            }
+            Ok(rows)
+        }
+    }
+}
+
+/// Runs writes; `false` when one changed fewer rows than it must (a row moved since it was
+/// read: the caller rolls back and retries on locked rows).
+async fn apply(tx: &mut Tx, backend: Backend, stmts: Vec<Stmt<'_>>) -> Result<bool, sqlx::Error> {
+    if stmts.is_empty() {
+        return Ok(true);
+    }
+    match backend {
+        Backend::Sqlite => {
+            let all = combined(stmts);
+            Ok(query(&all).execute(&mut **tx).await?.rows_affected() == all.expect)
+        }
+        Backend::Postgres => {
+            for s in &stmts {
+                if query(s).execute(&mut **tx).await?.rows_affected() != s.expect {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        }
+    }
 }
 
 const HOLD_COLUMNS: &str = "id, org_id, user_id, amount, charged, status, model, provider, rate, byok, has_allocation, day_start, period_start, created_at, expires_at, settled_at";
@@ -321,11 +395,13 @@ fn hold_row(r: &AnyRow) -> Result<HoldRow, sqlx::Error> {
     })
 }
 
-/// Reads every row the batch's jobs touch into the book. With `pg_lock`, rows are locked in
-/// the fixed order; on the optimistic attempt an authorize's id is not read (a hold already
-/// under it makes the insert conflict, and the locked attempt then reads it).
+/// Reads every row the batch's jobs touch into the book: the holds, then (in one trip on
+/// SQLite) the quota windows, organisations and allocations they name. With `pg_lock`, rows
+/// are locked in the fixed order; on the optimistic attempt an authorize's id is not read (a
+/// hold already under it makes the insert conflict, and the locked attempt then reads it).
 async fn read(
     tx: &mut Tx,
+    backend: Backend,
     book: &mut Book,
     jobs: &[Job],
     locked: bool,
@@ -346,15 +422,14 @@ async fn read(
         .map(Job::hold_id)
         .collect();
     let keys: Vec<Vec<Val>> = ids.iter().map(|id| vec![Val::Text(id)]).collect();
-    for r in select_chunks(tx, &keys, |n| {
+    let stmts = chunked(&keys, |n| {
         format!(
-            "SELECT {HOLD_COLUMNS} FROM holds WHERE id IN ({}){}",
+            "SELECT 'h' AS t, {HOLD_COLUMNS} FROM holds WHERE id IN ({}){}",
             list(n, 1),
             order(r#"id COLLATE "C""#)
         )
-    })
-    .await?
-    {
+    });
+    for r in fetch(tx, backend, stmts).await? {
         let h = hold_row(&r)?;
         book.holds.insert(h.id.clone(), h);
     }
@@ -389,87 +464,85 @@ async fn read(
         }
     }
 
-    if !windows.is_empty() {
-        let keys: Vec<Vec<Val>> = windows
-            .iter()
-            .map(|(u, k, s)| vec![Val::Text(u), Val::Text(k.as_str()), Val::Int(*s)])
-            .collect();
-        for r in select_chunks(tx, &keys, |n| {
-            format!(
-                "SELECT user_id, kind, window_start, used, reserved FROM quota_usage WHERE (user_id, kind, window_start) IN (VALUES {}){}",
-                placeholders(n, 3, 1),
-                order(r#"user_id COLLATE "C", CASE kind WHEN 'period' THEN 0 ELSE 1 END, window_start"#)
-            )
-        })
-        .await?
-        {
-            let kind: String = r.try_get("kind")?;
-            let Some(kind) = WindowKind::ALL.into_iter().find(|k| k.as_str() == kind) else {
-                continue;
-            };
-            let key: QuotaKey = (r.try_get("user_id")?, kind, r.try_get("window_start")?);
-            book.read_windows.insert(key.clone());
-            book.calls.insert(
-                key,
-                Tracked::new(Calls {
-                    used: r.try_get("used")?,
-                    reserved: r.try_get("reserved")?,
-                }),
-            );
-        }
-    }
-
-    let orgs: BTreeSet<&str> = owners.iter().map(|(o, _)| o.as_str()).collect();
-    let keys: Vec<Vec<Val>> = orgs.iter().map(|o| vec![Val::Text(o)]).collect();
-    for r in select_chunks(tx, &keys, |n| {
+    let window_keys: Vec<Vec<Val>> = windows
+        .iter()
+        .map(|(u, k, s)| vec![Val::Text(u), Val::Text(k.as_str()), Val::Int(*s)])
+        .collect();
+    let mut stmts = chunked(&window_keys, |n| {
         format!(
-            "SELECT id, credits_total, credits_used, credits_held FROM organizations WHERE id IN ({}){}",
+            "SELECT 'q' AS t, user_id, kind, window_start, used, reserved FROM quota_usage WHERE (user_id, kind, window_start) IN (VALUES {}){}",
+            placeholders(n, 3, 1),
+            order(r#"user_id COLLATE "C", CASE kind WHEN 'period' THEN 0 ELSE 1 END, window_start"#)
+        )
+    });
+    let orgs: BTreeSet<&str> = owners.iter().map(|(o, _)| o.as_str()).collect();
+    let org_keys: Vec<Vec<Val>> = orgs.iter().map(|o| vec![Val::Text(o)]).collect();
+    stmts.extend(chunked(&org_keys, |n| {
+        format!(
+            "SELECT 'o' AS t, id, credits_total, credits_used, credits_held FROM organizations WHERE id IN ({}){}",
             list(n, 1),
             order(r#"id COLLATE "C""#)
         )
-    })
-    .await?
-    {
-        book.pools.insert(
-            r.try_get("id")?,
-            Tracked::new(Pool {
-                total: r.try_get("credits_total")?,
-                used: r.try_get("credits_used")?,
-                held: r.try_get("credits_held")?,
-            }),
-        );
-    }
-
-    let keys: Vec<Vec<Val>> = owners
+    }));
+    let owner_keys: Vec<Vec<Val>> = owners
         .iter()
         .map(|(o, u)| vec![Val::Text(o), Val::Text(u)])
         .collect();
-    if !keys.is_empty() {
-        for r in select_chunks(tx, &keys, |n| {
-            format!(
-                "SELECT org_id, user_id, allocated, used, held FROM allocations WHERE (org_id, user_id) IN (VALUES {}){}",
-                placeholders(n, 2, 1),
-                order(r#"org_id COLLATE "C", user_id COLLATE "C""#)
-            )
-        })
-        .await?
-        {
-            book.allocations.insert(
-                (r.try_get("org_id")?, r.try_get("user_id")?),
-                Tracked::new(Pool {
-                    total: r.try_get("allocated")?,
-                    used: r.try_get("used")?,
-                    held: r.try_get("held")?,
-                }),
-            );
+    stmts.extend(chunked(&owner_keys, |n| {
+        format!(
+            "SELECT 'a' AS t, org_id, user_id, allocated, used, held FROM allocations WHERE (org_id, user_id) IN (VALUES {}){}",
+            placeholders(n, 2, 1),
+            order(r#"org_id COLLATE "C", user_id COLLATE "C""#)
+        )
+    }));
+    for r in fetch(tx, backend, stmts).await? {
+        let tag: String = r.try_get("t")?;
+        match tag.as_str() {
+            "q" => {
+                let kind: String = r.try_get("kind")?;
+                let Some(kind) = WindowKind::ALL.into_iter().find(|k| k.as_str() == kind) else {
+                    continue;
+                };
+                let key: QuotaKey = (r.try_get("user_id")?, kind, r.try_get("window_start")?);
+                book.read_windows.insert(key.clone());
+                book.calls.insert(
+                    key,
+                    Tracked::new(Calls {
+                        used: r.try_get("used")?,
+                        reserved: r.try_get("reserved")?,
+                    }),
+                );
+            }
+            "o" => {
+                book.pools.insert(
+                    r.try_get("id")?,
+                    Tracked::new(Pool {
+                        total: r.try_get("credits_total")?,
+                        used: r.try_get("credits_used")?,
+                        held: r.try_get("credits_held")?,
+                    }),
+                );
+            }
+            _ => {
+                book.allocations.insert(
+                    (r.try_get("org_id")?, r.try_get("user_id")?),
+                    Tracked::new(Pool {
+                        total: r.try_get("allocated")?,
+                        used: r.try_get("used")?,
+                        held: r.try_get("held")?,
+                    }),
+                );
+            }
         }
     }
     Ok(())
 }
 
-/// Writes the book's changes. `false` when a row moved since it was read (a conditional
-/// statement changed fewer rows than it should have): the caller rolls back and retries.
-async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
+/// Writes the book's changes, in one trip on SQLite. `false` when a row moved since it was
+/// read (a conditional statement changed fewer rows than it should have): the caller rolls
+/// back and retries.
+async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx::Error> {
+    let mut stmts = Vec::new();
     // New holds and tombstones; an id taken meanwhile conflicts.
     let rows: Vec<Vec<Val>> = book
         .new_holds
@@ -495,16 +568,12 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
             ]
         })
         .collect();
-    let n = execute_chunks(tx, &rows, |n| {
+    stmts.extend(chunked(&rows, |n| {
         format!(
             "INSERT INTO holds ({HOLD_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
             placeholders(n, 16, 1)
         )
-    })
-    .await?;
-    if n != rows.len() as u64 {
-        return Ok(false);
-    }
+    }));
 
     // Holds closed, each only if still open.
     let rows: Vec<Vec<Val>> = book
@@ -520,47 +589,44 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
         })
         .collect();
     let held = HoldStatus::Held.as_str();
-    let n = execute_chunks(tx, &rows, |n| {
+    stmts.extend(chunked(&rows, |n| {
         format!(
             "WITH v (id, status, charged, at) AS (VALUES {}) \
              UPDATE holds SET status = v.status, charged = v.charged, settled_at = v.at \
              FROM v WHERE holds.id = v.id AND holds.status = '{held}'",
             placeholders(n, 4, 1)
         )
-    })
-    .await?;
-    if n != rows.len() as u64 {
-        return Ok(false);
-    }
+    }));
 
     // Expired holds settled late: only if still as expiry left them.
     let expired = HoldStatus::Expired.as_str();
     for (c, u) in &book.corrected {
-        let r = sqlx::query(&format!(
-            "UPDATE holds SET status = $1, charged = $2, settled_at = $3 WHERE id = $4 AND status = '{expired}'"
-        ))
-        .bind(c.status.as_str())
-        .bind(c.charged)
-        .bind(c.at)
-        .bind(c.id.as_str())
-        .execute(&mut **tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
-        sqlx::query(
-            "UPDATE usage_logs SET prompt_tokens = $1, completion_tokens = $2, images = $3, cost = $4, outcome = $5, upstream_status = $6, latency_ms = $7 WHERE hold_id = $8",
-        )
-        .bind(u.prompt_tokens)
-        .bind(u.completion_tokens)
-        .bind(u.images)
-        .bind(u.cost)
-        .bind(u.outcome.as_str())
-        .bind(u.upstream_status)
-        .bind(u.latency_ms)
-        .bind(u.hold_id.as_str())
-        .execute(&mut **tx)
-        .await?;
+        stmts.push(Stmt {
+            sql: format!(
+                "UPDATE holds SET status = $1, charged = $2, settled_at = $3 WHERE id = $4 AND status = '{expired}'"
+            ),
+            vals: vec![
+                Val::Text(c.status.as_str()),
+                Val::Int(c.charged),
+                Val::Int(c.at),
+                Val::Text(&c.id),
+            ],
+            expect: 1,
+        });
+        stmts.push(Stmt {
+            sql: "UPDATE usage_logs SET prompt_tokens = $1, completion_tokens = $2, images = $3, cost = $4, outcome = $5, upstream_status = $6, latency_ms = $7 WHERE hold_id = $8".into(),
+            vals: vec![
+                Val::Int(u.prompt_tokens),
+                Val::Int(u.completion_tokens),
+                Val::Int(u.images),
+                Val::Int(u.cost),
+                Val::Text(u.outcome.as_str()),
+                Val::Int(u.upstream_status),
+                Val::Int(u.latency_ms),
+                Val::Text(&u.hold_id),
+            ],
+            expect: 1,
+        });
     }
 
     let rows: Vec<Vec<Val>> = book
@@ -577,13 +643,12 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
             ]
         })
         .collect();
-    execute_chunks(tx, &rows, |n| {
+    stmts.extend(chunked(&rows, |n| {
         format!(
             "INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES {}",
             placeholders(n, 6, 1)
         )
-    })
-    .await?;
+    }));
 
     let rows: Vec<Vec<Val>> = book
         .usage
@@ -607,20 +672,19 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
             ]
         })
         .collect();
-    execute_chunks(tx, &rows, |n| {
+    stmts.extend(chunked(&rows, |n| {
         format!(
             "INSERT INTO usage_logs (hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at) VALUES {}",
             placeholders(n, 14, 1)
         )
-    })
-    .await?;
+    }));
 
     // The contended rows last, in lock order (quota windows, organisations, allocations),
     // each as one conditional delta: held only from here to the commit.
     let mut new_windows = Vec::new();
     for (key, t) in &book.calls {
         let (du, dr) = (t.now.used - t.read.used, t.now.reserved - t.read.reserved);
-        if t.read == Calls::default() && !was_read(book, key) {
+        if !was_read(book, key) {
             new_windows.push((key, t.now));
             continue;
         }
@@ -629,84 +693,66 @@ async fn write(tx: &mut Tx, book: &Book) -> Result<bool, sqlx::Error> {
         }
         let limit = book.limits.get(key).copied().unwrap_or(i64::MAX);
         let (user, kind, start) = key;
-        let r = sqlx::query(
-            "UPDATE quota_usage SET used = used + $1, reserved = reserved + $2 \
-             WHERE user_id = $3 AND kind = $4 AND window_start = $5 AND used + reserved + $1 + $2 <= $6",
-        )
-        .bind(du)
-        .bind(dr)
-        .bind(user.as_str())
-        .bind(kind.as_str())
-        .bind(*start)
-        .bind(limit)
-        .execute(&mut **tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
+        stmts.push(Stmt {
+            sql: "UPDATE quota_usage SET used = used + $1, reserved = reserved + $2 \
+                  WHERE user_id = $3 AND kind = $4 AND window_start = $5 AND used + reserved + $1 + $2 <= $6"
+                .into(),
+            vals: vec![
+                Val::Int(du),
+                Val::Int(dr),
+                Val::Text(user),
+                Val::Text(kind.as_str()),
+                Val::Int(*start),
+                Val::Int(limit),
+            ],
+            expect: 1,
+        });
     }
-    if !new_windows.is_empty() {
-        let rows: Vec<Vec<Val>> = new_windows
-            .iter()
-            .map(|((u, k, s), c)| {
-                vec![
-                    Val::Text(u),
-                    Val::Text(k.as_str()),
-                    Val::Int(*s),
-                    Val::Int(c.used),
-                    Val::Int(c.reserved),
-                ]
-            })
-            .collect();
-        let n = execute_chunks(tx, &rows, |n| {
-            format!(
-                "INSERT INTO quota_usage (user_id, kind, window_start, used, reserved) VALUES {} ON CONFLICT DO NOTHING",
-                placeholders(n, 5, 1)
-            )
+    let rows: Vec<Vec<Val>> = new_windows
+        .iter()
+        .map(|((u, k, s), c)| {
+            vec![
+                Val::Text(u),
+                Val::Text(k.as_str()),
+                Val::Int(*s),
+                Val::Int(c.used),
+                Val::Int(c.reserved),
+            ]
         })
-        .await?;
-        if n != rows.len() as u64 {
-            return Ok(false);
-        }
-    }
+        .collect();
+    stmts.extend(chunked(&rows, |n| {
+        format!(
+            "INSERT INTO quota_usage (user_id, kind, window_start, used, reserved) VALUES {} ON CONFLICT DO NOTHING",
+            placeholders(n, 5, 1)
+        )
+    }));
     for (org, t) in &book.pools {
         let (du, dh) = (t.now.used - t.read.used, t.now.held - t.read.held);
         if du == 0 && dh == 0 {
             continue;
         }
-        let r = sqlx::query(
-            "UPDATE organizations SET credits_used = credits_used + $1, credits_held = credits_held + $2 \
-             WHERE id = $3 AND credits_total - credits_used - credits_held >= $1 + $2",
-        )
-        .bind(du)
-        .bind(dh)
-        .bind(org.as_str())
-        .execute(&mut **tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
+        stmts.push(Stmt {
+            sql: "UPDATE organizations SET credits_used = credits_used + $1, credits_held = credits_held + $2 \
+                  WHERE id = $3 AND credits_total - credits_used - credits_held >= $1 + $2"
+                .into(),
+            vals: vec![Val::Int(du), Val::Int(dh), Val::Text(org)],
+            expect: 1,
+        });
     }
     for ((org, user), t) in &book.allocations {
         let (du, dh) = (t.now.used - t.read.used, t.now.held - t.read.held);
         if du == 0 && dh == 0 {
             continue;
         }
-        let r = sqlx::query(
-            "UPDATE allocations SET used = used + $1, held = held + $2 \
-             WHERE org_id = $3 AND user_id = $4 AND allocated - used - held >= $1 + $2",
-        )
-        .bind(du)
-        .bind(dh)
-        .bind(org.as_str())
-        .bind(user.as_str())
-        .execute(&mut **tx)
-        .await?;
-        if r.rows_affected() != 1 {
-            return Ok(false);
-        }
+        stmts.push(Stmt {
+            sql: "UPDATE allocations SET used = used + $1, held = held + $2 \
+                  WHERE org_id = $3 AND user_id = $4 AND allocated - used - held >= $1 + $2"
+                .into(),
+            vals: vec![Val::Int(du), Val::Int(dh), Val::Text(org), Val::Text(user)],
+            expect: 1,
+        });
     }
-    Ok(true)
+    apply(tx, backend, stmts).await
 }
 
 /// Whether a window's row came from the database (rather than being new in this batch).
@@ -716,7 +762,7 @@ fn was_read(book: &Book, key: &QuotaKey) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{chunk_sizes, placeholders};
+    use super::{chunk_sizes, combined, placeholders, renumber, Stmt, Val};
 
     #[test]
     fn rows_split_into_powers_of_two_up_to_the_cap() {
@@ -725,5 +771,30 @@ mod tests {
         assert_eq!(chunk_sizes(7), vec![4, 2, 1]);
         assert_eq!(chunk_sizes(70), vec![32, 32, 4, 2]);
         assert_eq!(placeholders(2, 2, 3), "($3, $4), ($5, $6)");
+    }
+
+    #[test]
+    fn statements_combine_with_their_placeholders_renumbered() {
+        assert_eq!(
+            renumber("a = $1 AND b >= $1 + $12", 3),
+            "a = $4 AND b >= $4 + $15"
+        );
+        let all = combined(vec![
+            Stmt {
+                sql: "UPDATE x SET a = $1 WHERE id = $2".into(),
+                vals: vec![Val::Int(1), Val::Text("p")],
+                expect: 1,
+            },
+            Stmt {
+                sql: "INSERT INTO y VALUES ($1), ($2)".into(),
+                vals: vec![Val::Int(2), Val::Int(3)],
+                expect: 2,
+            },
+        ]);
+        assert_eq!(
+            all.sql,
+            "UPDATE x SET a = $1 WHERE id = $2;\nINSERT INTO y VALUES ($3), ($4);\n"
+        );
+        assert_eq!((all.vals.len(), all.expect), (4, 3));
     }
 }

@@ -113,7 +113,11 @@ impl Db {
         };
         let mut opts = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
-            .acquire_timeout(Duration::from_secs(10));
+            .acquire_timeout(Duration::from_secs(10))
+            // No liveness ping on every checkout: on SQLite it is one more trip to the
+            // connection's worker thread per query, on PostgreSQL one more round trip. A
+            // connection that died fails its query, which is a 503 the caller retries.
+            .test_before_acquire(false);
         if backend == Backend::Postgres {
             // No session may hold a row while it waits on anything: a frozen or killed
             // replica's transaction is ended by the server, and a statement waiting on a

@@ -3,8 +3,8 @@
 
 use crate::cache::BoundedCache;
 use crate::config::FilterConfig;
-use crate::host::{self, Headers, HostError, LogLevel};
-use crate::metrics::{Counter, Metrics};
+use crate::host::{self, Headers, HostError};
+use crate::metrics::Metrics;
 use opsgate_core::contract::{Principal, Settlement, Snapshot};
 use opsgate_core::jwt::KeySet;
 use opsgate_core::ApiError;

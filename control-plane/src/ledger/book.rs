@@ -16,7 +16,7 @@ use opsgate_core::contract::{Outcome, Settlement, WindowLimit};
 use opsgate_core::metering::{self, HoldRequest};
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::RateCard;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 /// An organisation's pool as read: credits granted, charged, set aside.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -62,11 +62,15 @@ pub(super) struct HoldRow {
 }
 
 impl HoldRow {
-    fn window(&self, kind: WindowKind) -> Option<i64> {
-        match kind {
-            WindowKind::Period => self.period_start,
-            WindowKind::Day => self.day_start,
-        }
+    /// The quota windows this hold reserved a slot in, in lock order.
+    pub fn windows(&self) -> impl Iterator<Item = QuotaKey> + '_ {
+        WindowKind::ALL.into_iter().filter_map(|kind| {
+            let start = match kind {
+                WindowKind::Period => self.period_start,
+                WindowKind::Day => self.day_start,
+            };
+            start.map(|s| (self.user_id.clone(), kind, s))
+        })
     }
 }
 
@@ -189,16 +193,32 @@ pub(super) struct Closed {
     pub at: i64,
 }
 
-/// A row read and where it stands now; the writer applies `now - read` as a delta.
+/// A row as read and where it stands now: the writer applies `now - read` as a delta to a
+/// row that exists, and inserts one that does not (`read` is then all zeros).
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Tracked<T> {
     pub read: T,
     pub now: T,
+    pub exists: bool,
 }
 
-impl<T: Copy> Tracked<T> {
-    pub fn new(read: T) -> Self {
-        Tracked { read, now: read }
+impl<T: Copy + Default> Tracked<T> {
+    /// A row read from the database.
+    pub fn stored(read: T) -> Self {
+        Tracked {
+            read,
+            now: read,
+            exists: true,
+        }
+    }
+
+    /// A row this batch creates.
+    pub fn fresh() -> Self {
+        Tracked {
+            read: T::default(),
+            now: T::default(),
+            exists: false,
+        }
     }
 }
 
@@ -209,8 +229,6 @@ pub(super) struct Book {
     pub pools: BTreeMap<OrgId, Tracked<Pool>>,
     pub allocations: BTreeMap<AllocKey, Tracked<Pool>>,
     pub calls: BTreeMap<QuotaKey, Tracked<Calls>>,
-    /// The windows whose rows exist (were read); the others are inserted.
-    pub read_windows: BTreeSet<QuotaKey>,
     /// The largest limit an admitted call was checked against, per window (the writer's
     /// conditional update keeps the window within it whatever other replicas did).
     pub limits: BTreeMap<QuotaKey, i64>,
@@ -227,12 +245,41 @@ pub(super) struct Book {
 impl Book {
     /// What a user can spend now: the smaller of the pool and their allocation.
     pub fn spendable(&self, org_id: &str, user_id: &str) -> Option<i64> {
+        let (pool, alloc) = self.available(org_id, user_id)?;
+        Some(alloc.map_or(pool, |a| a.min(pool)).max(0))
+    }
+
+    /// What the organisation's pool and the user's allocation (if any) have left now.
+    fn available(&self, org_id: &str, user_id: &str) -> Option<(i64, Option<i64>)> {
         let pool = self.pools.get(org_id)?.now.available();
         let alloc = self
             .allocations
             .get(&(org_id.to_string(), user_id.to_string()))
             .map(|a| a.now.available());
-        Some(alloc.map_or(pool, |a| a.min(pool)).max(0))
+        Some((pool, alloc))
+    }
+
+    /// Moves credits of a user's pool (and allocation, when the hold has one) between held
+    /// and used.
+    fn move_credits(&mut self, row: &HoldRow, held: i64, used: i64) {
+        if let Some(p) = self.pools.get_mut(&row.org_id) {
+            p.now.held += held;
+            p.now.used += used;
+        }
+        if row.has_allocation {
+            if let Some(a) = self
+                .allocations
+                .get_mut(&(row.org_id.clone(), row.user_id.clone()))
+            {
+                a.now.held += held;
+                a.now.used += used;
+            }
+        }
+    }
+
+    /// A quota window's counts, created (to be inserted) when it has no row yet.
+    fn window(&mut self, key: QuotaKey) -> &mut Calls {
+        &mut self.calls.entry(key).or_insert_with(Tracked::fresh).now
     }
 
     /// Decides one job against the rows as they stand after the jobs before it.
@@ -266,15 +313,13 @@ impl Book {
                 a.hold_id
             ))));
         }
-        let alloc_key = (a.org_id.clone(), a.user_id.clone());
-        let pool = self.pools.get(&a.org_id).map(|p| p.now).ok_or_else(|| {
+        let (pool, alloc) = self.available(&a.org_id, &a.user_id).ok_or_else(|| {
             other(AppError::internal(format!(
                 "user {} has no organization",
                 a.user_id
             )))
         })?;
-        let alloc = self.allocations.get(&alloc_key).map(|t| t.now);
-        let spendable = self.spendable(&a.org_id, &a.user_id).unwrap_or(0);
+        let spendable = alloc.map_or(pool, |al| al.min(pool)).max(0);
         let hold = metering::hold_for(
             &a.rate,
             &a.request,
@@ -283,13 +328,7 @@ impl Book {
             a.byok,
         )
         .map_err(|e| {
-            let pool_avail = pool.available();
-            let alloc_avail = alloc.map(|p| p.available());
-            let mut refused = insufficient(
-                alloc_avail.map_or(pool_avail, |al| al.min(pool_avail)),
-                e.needed.0,
-                alloc_avail.is_none_or(|al| pool_avail <= al),
-            );
+            let mut refused = insufficient(spendable, e.needed.0, alloc.is_none_or(|al| pool <= al));
             if e.explicit_bound {
                 // An explicit bound is never quietly reduced: say what would fit.
                 refused.0.message.push_str(
@@ -320,23 +359,9 @@ impl Book {
             let key = (a.user_id.clone(), w.kind, w.window.start);
             let limit = self.limits.entry(key.clone()).or_insert(0);
             *limit = (*limit).max(w.limit as i64);
-            self.calls
-                .entry(key)
-                .or_insert_with(|| Tracked::new(Calls::default()))
-                .now
-                .reserved += 1;
+            self.window(key).reserved += 1;
         }
         let amount = hold.amount.0;
-        if let Some(p) = self.pools.get_mut(&a.org_id) {
-            p.now.held += amount;
-        }
-        let has_allocation = match self.allocations.get_mut(&alloc_key) {
-            Some(t) => {
-                t.now.held += amount;
-                true
-            }
-            None => false,
-        };
         let rate = serde_json::to_string(&a.rate).map_err(|e| other(AppError::internal(e)))?;
         let window = |kind: WindowKind| {
             a.windows
@@ -355,13 +380,14 @@ impl Book {
             provider: a.provider.clone(),
             rate,
             byok: a.byok,
-            has_allocation,
+            has_allocation: alloc.is_some(),
             day_start: window(WindowKind::Day),
             period_start: window(WindowKind::Period),
             created_at: a.now,
             expires_at: a.expires_at,
             settled_at: None,
         };
+        self.move_credits(&row, amount, 0);
         self.entry(&row, EntryKind::Hold, amount, a.now);
         self.holds.insert(row.id.clone(), row.clone());
         self.new_holds.push(row);
@@ -424,27 +450,9 @@ impl Book {
             });
         }
         let charged = charge_for(s, &row)?;
-        let (status, consume) = match s.outcome {
-            Outcome::Failed => (HoldStatus::Released, false),
-            Outcome::Success | Outcome::Partial => (HoldStatus::Settled, true),
-        };
-        self.close(&row, charged, status, consume, now);
-        self.usage.push(UsageLine {
-            hold_id: row.id.clone(),
-            org_id: row.org_id.clone(),
-            user_id: row.user_id.clone(),
-            model: row.model.clone(),
-            provider: row.provider.clone(),
-            prompt_tokens: s.usage.prompt_tokens as i64,
-            completion_tokens: s.usage.completion_tokens as i64,
-            images: s.usage.images as i64,
-            cost: charged,
-            outcome: UsageOutcome::from(s.outcome),
-            upstream_status: i64::from(s.upstream_status),
-            latency_ms: s.latency_ms as i64,
-            byok: row.byok,
-            created_at: now,
-        });
+        let status = closing_status(s.outcome);
+        self.close(&row, charged, status, status == HoldStatus::Settled, now);
+        self.usage.push(UsageLine::of(&row, Some(s), charged, now));
         Ok(Answer::Settled {
             charged,
             owner,
@@ -460,64 +468,18 @@ impl Book {
         let was = row.charged.unwrap_or(row.amount);
         let charged = charge_for(s, row)?.min(was);
         let refund = was - charged;
-        if s.outcome == Outcome::Failed {
-            for kind in WindowKind::ALL {
-                if let Some(start) = row.window(kind) {
-                    let key = (row.user_id.clone(), kind, start);
-                    self.calls
-                        .entry(key)
-                        .or_insert_with(|| Tracked::new(Calls::default()))
-                        .now
-                        .used -= 1;
-                }
+        let status = closing_status(s.outcome);
+        if status == HoldStatus::Released {
+            for key in row.windows() {
+                self.window(key).used -= 1;
             }
         }
-        if let Some(p) = self.pools.get_mut(&row.org_id) {
-            p.now.used -= refund;
-        }
-        if row.has_allocation {
-            if let Some(a) = self
-                .allocations
-                .get_mut(&(row.org_id.clone(), row.user_id.clone()))
-            {
-                a.now.used -= refund;
-            }
-        }
+        self.move_credits(row, 0, -refund);
         self.entry(row, EntryKind::Charge, -refund, now);
         self.entry(row, EntryKind::Release, refund, now);
-        let status = match s.outcome {
-            Outcome::Failed => HoldStatus::Released,
-            Outcome::Success | Outcome::Partial => HoldStatus::Settled,
-        };
-        if let Some(h) = self.holds.get_mut(&row.id) {
-            h.status = status;
-            h.charged = Some(charged);
-            h.settled_at = Some(now);
-        }
-        self.corrected.push((
-            Closed {
-                id: row.id.clone(),
-                status,
-                charged,
-                at: now,
-            },
-            UsageLine {
-                hold_id: row.id.clone(),
-                org_id: row.org_id.clone(),
-                user_id: row.user_id.clone(),
-                model: row.model.clone(),
-                provider: row.provider.clone(),
-                prompt_tokens: s.usage.prompt_tokens as i64,
-                completion_tokens: s.usage.completion_tokens as i64,
-                images: s.usage.images as i64,
-                cost: charged,
-                outcome: UsageOutcome::from(s.outcome),
-                upstream_status: i64::from(s.upstream_status),
-                latency_ms: s.latency_ms as i64,
-                byok: row.byok,
-                created_at: now,
-            },
-        ));
+        let closed = self.mark(row, status, charged, now);
+        self.corrected
+            .push((closed, UsageLine::of(row, Some(s), charged, now)));
         Ok(charged)
     }
 
@@ -532,65 +494,39 @@ impl Book {
         self.close(&row, row.amount, HoldStatus::Expired, true, now);
         // Charged without a reported outcome: logged so /usage and the analytics show where
         // the credits went.
-        self.usage.push(UsageLine {
-            hold_id: row.id.clone(),
-            org_id: row.org_id.clone(),
-            user_id: row.user_id.clone(),
-            model: row.model.clone(),
-            provider: row.provider.clone(),
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            images: 0,
-            cost: row.amount,
-            outcome: UsageOutcome::Expired,
-            upstream_status: 0,
-            latency_ms: 0,
-            byok: row.byok,
-            created_at: now,
-        });
+        self.usage.push(UsageLine::of(&row, None, row.amount, now));
         Ok(true)
     }
 
     /// Moves an open hold to its final state: charges `charged`, releases the rest, and turns
     /// its reserved quota slots into used ones (`consume`) or frees them.
     fn close(&mut self, row: &HoldRow, charged: i64, status: HoldStatus, consume: bool, now: i64) {
-        for kind in WindowKind::ALL {
-            if let Some(start) = row.window(kind) {
-                let key = (row.user_id.clone(), kind, start);
-                let c = self
-                    .calls
-                    .entry(key)
-                    .or_insert_with(|| Tracked::new(Calls::default()));
-                c.now.reserved -= 1;
-                c.now.used += i64::from(consume);
-            }
+        for key in row.windows() {
+            let c = self.window(key);
+            c.reserved -= 1;
+            c.used += i64::from(consume);
         }
-        if let Some(p) = self.pools.get_mut(&row.org_id) {
-            p.now.held -= row.amount;
-            p.now.used += charged;
-        }
-        if row.has_allocation {
-            if let Some(a) = self
-                .allocations
-                .get_mut(&(row.org_id.clone(), row.user_id.clone()))
-            {
-                a.now.held -= row.amount;
-                a.now.used += charged;
-            }
-        }
+        self.move_credits(row, -row.amount, charged);
         self.entry(row, EntryKind::Charge, charged, now);
         self.entry(row, EntryKind::Release, row.amount - charged, now);
+        let closed = self.mark(row, status, charged, now);
+        self.closed.push(closed);
+    }
+
+    /// Records a hold's final state in the batch's view of it (a later job of the batch sees
+    /// it closed); returns the change to write.
+    fn mark(&mut self, row: &HoldRow, status: HoldStatus, charged: i64, now: i64) -> Closed {
         if let Some(h) = self.holds.get_mut(&row.id) {
             h.status = status;
             h.charged = Some(charged);
             h.settled_at = Some(now);
         }
-        self.closed.push(Closed {
+        Closed {
             id: row.id.clone(),
             status,
             charged,
             at: now,
-        });
+        }
     }
 
     /// A ledger line (none for a zero amount).
@@ -604,6 +540,38 @@ impl Book {
                 hold_id: row.id.clone(),
                 at,
             });
+        }
+    }
+}
+
+/// The state a reported outcome closes a hold in.
+fn closing_status(outcome: Outcome) -> HoldStatus {
+    match outcome {
+        Outcome::Failed => HoldStatus::Released,
+        Outcome::Success | Outcome::Partial => HoldStatus::Settled,
+    }
+}
+
+impl UsageLine {
+    /// The usage line of a closed hold: what the settlement reported, or — without one, an
+    /// expired hold — no tokens and the outcome `expired`.
+    fn of(row: &HoldRow, s: Option<&Settlement>, cost: i64, now: i64) -> UsageLine {
+        let usage = s.map(|s| s.usage).unwrap_or_default();
+        UsageLine {
+            hold_id: row.id.clone(),
+            org_id: row.org_id.clone(),
+            user_id: row.user_id.clone(),
+            model: row.model.clone(),
+            provider: row.provider.clone(),
+            prompt_tokens: usage.prompt_tokens as i64,
+            completion_tokens: usage.completion_tokens as i64,
+            images: usage.images as i64,
+            cost,
+            outcome: s.map_or(UsageOutcome::Expired, |s| UsageOutcome::from(s.outcome)),
+            upstream_status: s.map_or(0, |s| i64::from(s.upstream_status)),
+            latency_ms: s.map_or(0, |s| s.latency_ms as i64),
+            byok: row.byok,
+            created_at: now,
         }
     }
 }
@@ -627,4 +595,131 @@ fn charge_for(s: &Settlement, row: &HoldRow) -> Result<i64, AppError> {
             metering::charge(&rate, &s.usage, held, row.byok).0
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opsgate_core::contract::Endpoint;
+    use opsgate_core::plan::PowerLevel;
+    use opsgate_core::pricing::{Price, Usage};
+
+    fn job(id: &str) -> Job {
+        Job::Authorize(Box::new(AuthorizeJob {
+            hold_id: id.into(),
+            org_id: "o".into(),
+            user_id: "u".into(),
+            windows: Vec::new(),
+            rate: RateCard {
+                price: Price {
+                    input_per_million: 1_000_000,
+                    output_per_million: 1_000_000,
+                    per_image: 0,
+                },
+                power_level: PowerLevel::Balanced,
+                markup_percent: 0,
+            },
+            request: HoldRequest {
+                endpoint: Endpoint::ChatCompletions,
+                prompt_bytes: 400,
+                prompt_images: 0,
+                image_tokens_each: 0,
+                max_tokens: Some(600),
+                images: 0,
+            },
+            max_output_tokens: None,
+            byok: false,
+            model: "m".into(),
+            provider: "p".into(),
+            now: 100,
+            expires_at: 1_000,
+        }))
+    }
+
+    fn settle(id: &str, outcome: Outcome) -> Job {
+        Job::Settle {
+            settlement: Settlement {
+                hold_id: id.into(),
+                outcome,
+                usage: Usage {
+                    prompt_tokens: 10,
+                    completion_tokens: 20,
+                    images: 0,
+                },
+                upstream_status: 200,
+                latency_ms: 5,
+            },
+            now: 101,
+        }
+    }
+
+    fn book_with(total: i64) -> Book {
+        let mut book = Book::default();
+        book.pools.insert(
+            "o".into(),
+            Tracked::stored(Pool {
+                total,
+                used: 0,
+                held: 0,
+            }),
+        );
+        book
+    }
+
+    fn hold_amount() -> i64 {
+        match book_with(i64::MAX / 4).decide(&job("probe")) {
+            Answer::Placed(p) => p.hold.amount.0,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jobs_are_decided_in_order_against_the_batchs_own_changes() {
+        let amount = hold_amount();
+        let mut book = book_with(2 * amount + amount / 2);
+        let answers: Vec<Answer> = ["a", "b", "c"].map(|id| book.decide(&job(id))).into();
+        assert!(matches!(answers[0], Answer::Placed(_)));
+        assert!(matches!(&answers[1], Answer::Placed(p) if p.balance == amount / 2));
+        assert!(matches!(&answers[2], Answer::Refused(e) if e.0.status() == 402));
+        assert!(
+            book.refused_on_counts,
+            "a balance refusal is re-decided on locked rows"
+        );
+        assert_eq!(book.pools["o"].now.held, 2 * amount);
+        assert_eq!(book.new_holds.len(), 2);
+        assert_eq!(book.entries.len(), 2);
+    }
+
+    #[test]
+    fn a_tombstone_earlier_in_the_batch_refuses_the_authorize() {
+        let mut book = book_with(i64::MAX / 4);
+        assert!(matches!(
+            book.decide(&settle("t", Outcome::Failed)),
+            Answer::Settled { charged: 0, .. }
+        ));
+        assert!(matches!(book.decide(&job("t")), Answer::Refused(e) if e.0.status() == 400));
+        assert_eq!(book.pools["o"].now, book.pools["o"].read, "nothing held");
+        assert_eq!(book.new_holds[0].status, HoldStatus::Cancelled);
+    }
+
+    #[test]
+    fn a_hold_placed_earlier_in_the_batch_settles_and_its_duplicate_changes_nothing() {
+        let mut book = book_with(i64::MAX / 4);
+        book.decide(&job("h"));
+        let Answer::Settled { charged, .. } = book.decide(&settle("h", Outcome::Success)) else {
+            panic!("settled");
+        };
+        assert_eq!(charged, 30, "10 + 20 tokens at 1 mc each");
+        let once = (book.pools["o"].now, book.closed.len(), book.entries.len());
+        assert!(matches!(
+            book.decide(&settle("h", Outcome::Failed)),
+            Answer::Settled { charged: 30, .. }
+        ));
+        assert_eq!(
+            (book.pools["o"].now, book.closed.len(), book.entries.len()),
+            once
+        );
+        assert_eq!(once.0.held, 0);
+        assert_eq!(once.0.used, 30);
+    }
 }

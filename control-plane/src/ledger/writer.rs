@@ -13,7 +13,7 @@
 //! windows, organisations, allocations), so a refusal is always decided on current rows.
 //! SQLite has one writer per database file (this one); its reads are always current.
 //!
-//! No crate offers group commit over sqlx; this is ~300 lines we own.
+//! No crate offers group commit over sqlx, so this module is our own.
 
 use super::book::{Answer, Book, Calls, HoldRow, Job, Pool, QuotaKey, Tracked};
 use super::holds::HoldStatus;
@@ -225,8 +225,9 @@ fn chunk_sizes(mut n: usize) -> Vec<usize> {
     out
 }
 
-/// `($1, $2), ($3, $4)` for `rows` rows of `cols` values, numbered from `first`.
-fn placeholders(rows: usize, cols: usize, first: usize) -> String {
+/// `($1, $2), ($3, $4)` for `rows` rows of `cols` values (`combined` renumbers them when
+/// statements are joined).
+fn placeholders(rows: usize, cols: usize) -> String {
     let mut s = String::new();
     for r in 0..rows {
         if r > 0 {
@@ -238,7 +239,7 @@ fn placeholders(rows: usize, cols: usize, first: usize) -> String {
                 s.push_str(", ");
             }
             s.push('$');
-            s.push_str(&(first + r * cols + c).to_string());
+            s.push_str(&(1 + r * cols + c).to_string());
         }
         s.push(')');
     }
@@ -246,8 +247,8 @@ fn placeholders(rows: usize, cols: usize, first: usize) -> String {
 }
 
 /// `$1, $2, $3` for an `IN (…)` list.
-fn list(n: usize, first: usize) -> String {
-    (first..first + n)
+fn list(n: usize) -> String {
+    (1..=n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
@@ -274,6 +275,18 @@ fn chunked<'a>(rows: &[Vec<Val<'a>>], sql: impl Fn(usize) -> String) -> Vec<Stmt
         at += size;
     }
     out
+}
+
+/// A multi-row `INSERT INTO table (columns) VALUES … tail`, chunked; each row binds one value
+/// per named column.
+fn insert<'a>(table: &str, columns: &str, rows: &[Vec<Val<'a>>], tail: &str) -> Vec<Stmt<'a>> {
+    let width = columns.split(',').count();
+    chunked(rows, |n| {
+        format!(
+            "INSERT INTO {table} ({columns}) VALUES {}{tail}",
+            placeholders(n, width)
+        )
+    })
 }
 
 /// `sql` with every `$N` renumbered to `$N+offset`.
@@ -425,7 +438,7 @@ async fn read(
     let stmts = chunked(&keys, |n| {
         format!(
             "SELECT 'h' AS t, {HOLD_COLUMNS} FROM holds WHERE id IN ({}){}",
-            list(n, 1),
+            list(n),
             order(r#"id COLLATE "C""#)
         )
     });
@@ -449,15 +462,7 @@ async fn read(
         // An expired hold may be settled late (its quota slot freed for a failed call).
         if matches!(h.status, HoldStatus::Held | HoldStatus::Expired) {
             owners.insert((h.org_id.clone(), h.user_id.clone()));
-            for kind in WindowKind::ALL {
-                let start = match kind {
-                    WindowKind::Period => h.period_start,
-                    WindowKind::Day => h.day_start,
-                };
-                if let Some(start) = start {
-                    windows.insert((h.user_id.clone(), kind, start));
-                }
-            }
+            windows.extend(h.windows());
         } else if !h.org_id.is_empty() {
             // A settlement of a closed hold still answers its owner's balance.
             owners.insert((h.org_id.clone(), h.user_id.clone()));
@@ -471,7 +476,7 @@ async fn read(
     let mut stmts = chunked(&window_keys, |n| {
         format!(
             "SELECT 'q' AS t, user_id, kind, window_start, used, reserved FROM quota_usage WHERE (user_id, kind, window_start) IN (VALUES {}){}",
-            placeholders(n, 3, 1),
+            placeholders(n, 3),
             order(r#"user_id COLLATE "C", CASE kind WHEN 'period' THEN 0 ELSE 1 END, window_start"#)
         )
     });
@@ -480,7 +485,7 @@ async fn read(
     stmts.extend(chunked(&org_keys, |n| {
         format!(
             "SELECT 'o' AS t, id, credits_total, credits_used, credits_held FROM organizations WHERE id IN ({}){}",
-            list(n, 1),
+            list(n),
             order(r#"id COLLATE "C""#)
         )
     }));
@@ -491,7 +496,7 @@ async fn read(
     stmts.extend(chunked(&owner_keys, |n| {
         format!(
             "SELECT 'a' AS t, org_id, user_id, allocated, used, held FROM allocations WHERE (org_id, user_id) IN (VALUES {}){}",
-            placeholders(n, 2, 1),
+            placeholders(n, 2),
             order(r#"org_id COLLATE "C", user_id COLLATE "C""#)
         )
     }));
@@ -503,11 +508,9 @@ async fn read(
                 let Some(kind) = WindowKind::ALL.into_iter().find(|k| k.as_str() == kind) else {
                     continue;
                 };
-                let key: QuotaKey = (r.try_get("user_id")?, kind, r.try_get("window_start")?);
-                book.read_windows.insert(key.clone());
                 book.calls.insert(
-                    key,
-                    Tracked::new(Calls {
+                    (r.try_get("user_id")?, kind, r.try_get("window_start")?),
+                    Tracked::stored(Calls {
                         used: r.try_get("used")?,
                         reserved: r.try_get("reserved")?,
                     }),
@@ -516,7 +519,7 @@ async fn read(
             "o" => {
                 book.pools.insert(
                     r.try_get("id")?,
-                    Tracked::new(Pool {
+                    Tracked::stored(Pool {
                         total: r.try_get("credits_total")?,
                         used: r.try_get("credits_used")?,
                         held: r.try_get("credits_held")?,
@@ -526,7 +529,7 @@ async fn read(
             _ => {
                 book.allocations.insert(
                     (r.try_get("org_id")?, r.try_get("user_id")?),
-                    Tracked::new(Pool {
+                    Tracked::stored(Pool {
                         total: r.try_get("allocated")?,
                         used: r.try_get("used")?,
                         held: r.try_get("held")?,
@@ -568,12 +571,12 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             ]
         })
         .collect();
-    stmts.extend(chunked(&rows, |n| {
-        format!(
-            "INSERT INTO holds ({HOLD_COLUMNS}) VALUES {} ON CONFLICT DO NOTHING",
-            placeholders(n, 16, 1)
-        )
-    }));
+    stmts.extend(insert(
+        "holds",
+        HOLD_COLUMNS,
+        &rows,
+        " ON CONFLICT DO NOTHING",
+    ));
 
     // Holds closed, each only if still open.
     let rows: Vec<Vec<Val>> = book
@@ -594,7 +597,7 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             "WITH v (id, status, charged, at) AS (VALUES {}) \
              UPDATE holds SET status = v.status, charged = v.charged, settled_at = v.at \
              FROM v WHERE holds.id = v.id AND holds.status = '{held}'",
-            placeholders(n, 4, 1)
+            placeholders(n, 4)
         )
     }));
 
@@ -643,12 +646,12 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             ]
         })
         .collect();
-    stmts.extend(chunked(&rows, |n| {
-        format!(
-            "INSERT INTO ledger (org_id, user_id, kind, amount, hold_id, at) VALUES {}",
-            placeholders(n, 6, 1)
-        )
-    }));
+    stmts.extend(insert(
+        "ledger",
+        "org_id, user_id, kind, amount, hold_id, at",
+        &rows,
+        "",
+    ));
 
     let rows: Vec<Vec<Val>> = book
         .usage
@@ -672,19 +675,19 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             ]
         })
         .collect();
-    stmts.extend(chunked(&rows, |n| {
-        format!(
-            "INSERT INTO usage_logs (hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at) VALUES {}",
-            placeholders(n, 14, 1)
-        )
-    }));
+    stmts.extend(insert(
+        "usage_logs",
+        "hold_id, org_id, user_id, model, provider, prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms, byok, created_at",
+        &rows,
+        "",
+    ));
 
     // The contended rows last, in lock order (quota windows, organisations, allocations),
     // each as one conditional delta: held only from here to the commit.
     let mut new_windows = Vec::new();
     for (key, t) in &book.calls {
         let (du, dr) = (t.now.used - t.read.used, t.now.reserved - t.read.reserved);
-        if !was_read(book, key) {
+        if !t.exists {
             new_windows.push((key, t.now));
             continue;
         }
@@ -720,12 +723,12 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             ]
         })
         .collect();
-    stmts.extend(chunked(&rows, |n| {
-        format!(
-            "INSERT INTO quota_usage (user_id, kind, window_start, used, reserved) VALUES {} ON CONFLICT DO NOTHING",
-            placeholders(n, 5, 1)
-        )
-    }));
+    stmts.extend(insert(
+        "quota_usage",
+        "user_id, kind, window_start, used, reserved",
+        &rows,
+        " ON CONFLICT DO NOTHING",
+    ));
     for (org, t) in &book.pools {
         let (du, dh) = (t.now.used - t.read.used, t.now.held - t.read.held);
         if du == 0 && dh == 0 {
@@ -755,11 +758,6 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
     apply(tx, backend, stmts).await
 }
 
-/// Whether a window's row came from the database (rather than being new in this batch).
-fn was_read(book: &Book, key: &QuotaKey) -> bool {
-    book.read_windows.contains(key)
-}
-
 #[cfg(test)]
 mod tests {
     use super::{chunk_sizes, combined, placeholders, renumber, Stmt, Val};
@@ -770,7 +768,7 @@ mod tests {
         assert_eq!(chunk_sizes(1), vec![1]);
         assert_eq!(chunk_sizes(7), vec![4, 2, 1]);
         assert_eq!(chunk_sizes(70), vec![32, 32, 4, 2]);
-        assert_eq!(placeholders(2, 2, 3), "($3, $4), ($5, $6)");
+        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
     }
 
     #[test]

@@ -583,16 +583,11 @@ async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
         stalled.execute(step).await.expect("lock the row");
     }
 
+    let call = chat("pro_f", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS));
     let started = std::time::Instant::now();
-    let e = ledger::authorize(
-        &db,
-        &routing,
-        &user,
-        &chat("pro_f", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS)),
-        T0,
-    )
-    .await
-    .expect_err("the row is locked");
+    let e = ledger::authorize(&db, &routing, &user, &call, T0)
+        .await
+        .expect_err("the row is locked");
     let waited = started.elapsed();
     assert_eq!(e.0.status(), 503, "{e}");
     assert_eq!(e.0.retry_after, Some(1));
@@ -600,15 +595,9 @@ async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
 
     // The server ends the stalled session; the next call goes through.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
-    ledger::authorize(
-        &db,
-        &routing,
-        &user,
-        &chat("pro_f", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS)),
-        T0,
-    )
-    .await
-    .expect("served once the stalled session is gone");
+    ledger::authorize(&db, &routing, &user, &call, T0)
+        .await
+        .expect("served once the stalled session is gone");
     let lock_timeout: String = sqlx::query("SHOW lock_timeout")
         .fetch_one(&db.pool)
         .await

@@ -5,15 +5,25 @@
 mod common;
 use common::*;
 use opsgate_core::contract::Outcome;
-use opsgate_wasm_tests::Host;
+use opsgate_wasm_tests::{Host, StreamId};
 
 const PROVIDER_REPLY: &str = r#"{"id":"chatcmpl-1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}],"usage":{"prompt_tokens":10,"completion_tokens":5,"total_tokens":15}}"#;
 
 /// One complete metered call whose hold is `hold_id`; its settlement is queued.
 fn complete_call(host: &mut Host, hold_id: &str) {
+    let id = forward_call(host, hold_id);
+    finish_call(host, id);
+}
+
+/// A metered call forwarded under `hold_id`, its answer not yet arrived.
+fn forward_call(host: &mut Host, hold_id: &str) -> StreamId {
     let mut g = grant();
     g.hold_id = hold_id.into();
-    let id = forwarded_chat(host, QUICKSTART, g);
+    forwarded_chat(host, QUICKSTART, g)
+}
+
+/// The provider's answer to a forwarded call arrives, and the stream ends.
+fn finish_call(host: &mut Host, id: StreamId) {
     host.response_headers(
         id,
         &[(":status", "200"), ("content-type", "application/json")],
@@ -150,22 +160,10 @@ fn a_full_queue_refuses_new_calls_and_never_drops_a_settlement() {
     // Calls already in flight finish past the bound: each settlement is kept.
     let ids: Vec<_> = ["h1", "h2", "h3"]
         .into_iter()
-        .map(|h| {
-            let mut g = grant();
-            g.hold_id = h.into();
-            forwarded_chat(&mut host, QUICKSTART, g)
-        })
+        .map(|h| forward_call(&mut host, h))
         .collect();
     for id in ids {
-        host.response_headers(
-            id,
-            &[(":status", "200"), ("content-type", "application/json")],
-            false,
-        )
-        .unwrap();
-        host.response_body(id, PROVIDER_REPLY.as_bytes(), true)
-            .unwrap();
-        host.done(id).unwrap();
+        finish_call(&mut host, id);
     }
     // A new call is refused before any hold is placed: 503 with Retry-After, no authorize.
     let (id, _) = chat(&mut host, SERVICE_KEY, QUICKSTART);

@@ -32,7 +32,7 @@ fn answered(host: &mut Host) -> StreamId {
 #[test]
 fn the_wait_is_on_by_default() {
     // The filter's own default, with no settle_wait_ms in the configuration at all.
-    let base = config().replace(r#","settle_wait_ms":0"#, "");
+    let base = defaults_config();
     assert!(!base.contains("settle_wait"));
     let mut host = gateway_with(&base);
     let id = answered(&mut host);

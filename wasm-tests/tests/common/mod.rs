@@ -17,10 +17,18 @@ pub const SERVICE_KEY: &str = "sk-loopnet-service-key-2025";
 pub const TOKEN: &str = "test-internal-token-0123";
 pub const CP: &str = "opsgate_control_plane";
 
-pub fn config() -> String {
+/// The filter's configuration with only what every scenario needs set: everything else is
+/// the filter's own default.
+pub fn defaults_config() -> String {
     format!(
-        r#"{{"control_plane":{{"cluster":"{CP}","authority":"cp","token":"{TOKEN}","timeout_ms":1500}},"snapshot_interval_ms":5000,"settle_interval_ms":200,"settle_wait_ms":0}}"#
+        r#"{{"control_plane":{{"cluster":"{CP}","authority":"cp","token":"{TOKEN}","timeout_ms":1500}},"snapshot_interval_ms":5000,"settle_interval_ms":200}}"#
     )
+}
+
+/// The scenarios' configuration: [`defaults_config`] with the settlement wait off (most
+/// scenarios drive the background queue; those about the wait set it).
+pub fn config() -> String {
+    with_fields(&defaults_config(), r#""settle_wait_ms":0"#)
 }
 
 pub fn snapshot() -> Snapshot {
@@ -41,15 +49,18 @@ pub fn gateway() -> Host {
 
 /// [`config`] with extra top-level fields, e.g. `"max_body_bytes":2048`.
 pub fn config_with(extra: &str) -> String {
-    let base = config();
-    // The base turns the settlement wait off (most scenarios drive the background queue);
-    // a scenario that sets it gets its own value, not a duplicate field.
-    let base = if extra.contains("settle_wait_ms") {
-        base.replace(r#","settle_wait_ms":0"#, "")
-    } else {
-        base
-    };
-    format!("{},{extra}}}", &base[..base.len() - 1])
+    with_fields(&config(), extra)
+}
+
+/// `config` (a JSON object) with the fields of `extra` (`"name":value,…`) set, replacing any
+/// of the same name.
+pub fn with_fields(config: &str, extra: &str) -> String {
+    let mut base: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(config).expect("a JSON object");
+    let extra: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&format!("{{{extra}}}")).expect("JSON fields");
+    base.extend(extra);
+    serde_json::Value::Object(base).to_string()
 }
 
 /// A filter configured with `config` (the control-plane cluster known to the host) and

@@ -1,8 +1,9 @@
-//! Holds: credits and quota set aside for a call in flight, then closed exactly once —
-//! settled (charged what the call cost, the rest released), released (the call failed),
-//! expired (no outcome arrived: charged as held) — or a tombstone (`cancelled`) for a call
-//! the filter abandoned before its decision arrived. Closing is a conditional UPDATE on
-//! `status = 'held'`, so a duplicate settlement or a racing expiry closes nothing twice.
+//! Holds: credits and quota set aside for a call in flight, then closed once — settled
+//! (charged what the call cost, the rest released), released (the call failed), expired (no
+//! outcome arrived: charged as held, and corrected once if the outcome arrives later) — or a
+//! tombstone (`cancelled`) for a call the filter abandoned before its decision arrived.
+//! Closing is a conditional UPDATE on the status it expects, so a duplicate settlement or a
+//! racing expiry changes nothing twice.
 
 use super::book::{Answer, Job};
 use super::writer;
@@ -21,7 +22,8 @@ pub enum HoldStatus {
     Settled,
     /// Closed because the call failed: nothing charged.
     Released,
-    /// Closed by the sweeper past its expiry: charged as held.
+    /// Closed by the sweeper past its expiry: charged as held, until a late settlement
+    /// replaces the charge with the call's real cost.
     Expired,
     /// A tombstone: the filter gave up before the decision arrived; nothing was placed.
     Cancelled,

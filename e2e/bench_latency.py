@@ -106,6 +106,13 @@ def wrk(url: str, headers: dict, tmp: Path) -> tuple[float, int]:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), int(re.search(r"(\d+) requests in", out).group(1))
 
 
+def ledger_batches(cp_port: int) -> tuple[int, int]:
+    """The control plane's ledger writer: (batches run, jobs they carried), from /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{cp_port}/metrics").text
+    value = lambda name: int(re.search(rf"^{name} (\d+)", text, re.M).group(1))
+    return value("opsgate_ledger_batches_total"), value("opsgate_ledger_jobs_total")
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
@@ -142,10 +149,12 @@ def main():
             thr = {}
             if shutil.which("wrk"):
                 for kind, url, headers in (("base", base_url, base_h), ("gw", gw_url, gw_h)):
-                    e0, c0 = cpu_seconds(envoy), cpu_seconds(cp)
+                    e0, c0, l0 = cpu_seconds(envoy), cpu_seconds(cp), ledger_batches(stack.cp_port)
                     rps, n_req = wrk(url, headers, Path(tmp))
                     time.sleep(0.5)
-                    thr[kind] = (rps, (cpu_seconds(envoy) - e0) / n_req * 1e6, (cpu_seconds(cp) - c0) / n_req * 1e6)
+                    l1 = ledger_batches(stack.cp_port)
+                    thr[kind] = (rps, (cpu_seconds(envoy) - e0) / n_req * 1e6, (cpu_seconds(cp) - c0) / n_req * 1e6,
+                                 (l1[1] - l0[1]) / max(1, l1[0] - l0[0]))
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -162,10 +171,11 @@ def main():
     print(f"CPU per call, control plane ({backend:10}) opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
           f"(idle while the baseline ran: {cpu['base_cp'] / n * 1e6:.0f} µs)")
     if thr:
-        (brps, be8, _), (grps, ge8, gc8) = thr["base"], thr["gw"]
+        (brps, be8, _, _), (grps, ge8, gc8, per_batch) = thr["base"], thr["gw"]
         print(f"throughput at c{WRK_CONNECTIONS} ({WRK_SECONDS} s, wrk)             baseline {brps:7.0f} req/s   opsgate {grps:7.0f} req/s   ({grps / brps:.2f}x)")
         print(f"CPU per call at c{WRK_CONNECTIONS}, Envoy                 baseline {be8:7.0f} µs   opsgate {ge8:7.0f} µs   ({ge8 / be8:.2f}x)")
         print(f"CPU per call at c{WRK_CONNECTIONS}, control plane ({backend:10}) {gc8:7.0f} µs")
+        print(f"ledger jobs per transaction at c{WRK_CONNECTIONS}          {per_batch:7.2f} (authorizes and settlements committed together)")
     else:
         print("throughput: skipped (wrk not installed: apt-get install wrk)")
 

@@ -244,6 +244,11 @@ impl Db {
         Ok(())
     }
 
+    /// The ledger writer's (batches run, jobs they carried) in this process.
+    pub fn ledger_batches(&self) -> (u64, u64) {
+        self.ledger_queue.stats()
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1")
             .fetch_one(&self.pool)

@@ -406,6 +406,12 @@ async fn authorize_and_settle_over_http() {
             "{}",
             m.text
         );
+        assert!(
+            m.text.contains("opsgate_ledger_batches_total ")
+                && m.text.contains("opsgate_ledger_jobs_total "),
+            "{}",
+            m.text
+        );
     })
     .await;
 }

@@ -939,3 +939,55 @@ async fn after_another_random_run_the_books_balance() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn settlements_that_arrive_together_are_committed_in_one_batch() {
+    for_each_backend("one_batch", |db| async move {
+        let router = Router::new(catalogue());
+        let user = seed(
+            &db,
+            "org_b",
+            "pro_b",
+            Plan::Professional,
+            1_000_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            let g = ledger::authorize(
+                &db,
+                &router.routing(),
+                &user,
+                &chat("pro_b", "gpt-4o-mini", 400, Some(200)),
+                T0,
+            )
+            .await
+            .expect("authorize");
+            ids.push(g.hold_id);
+        }
+        let (batches, jobs) = db.ledger_batches();
+        let all: Vec<_> = ids
+            .iter()
+            .map(|id| settlement(id, Outcome::Success, 10, 10))
+            .collect();
+        let answers = ledger::settle_many(&db, &all, T0 + 1).await;
+        assert_eq!(
+            db.ledger_batches(),
+            (batches + 1, jobs + 10),
+            "one transaction for the ten"
+        );
+        let expected: i64 = answers.iter().map(|a| a.as_ref().expect("settled").0).sum();
+        let o = org(&db, "org_b").await;
+        assert_eq!((o.credits_used, o.credits_held), (expected, 0));
+        // Each answer carries the balance after the whole batch.
+        for a in &answers {
+            assert_eq!(
+                a.as_ref().expect("settled").1,
+                Some(1_000_000_000 - expected)
+            );
+        }
+    })
+    .await;
+}

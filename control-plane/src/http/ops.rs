@@ -26,6 +26,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 async fn metrics(State(state): State<AppState>) -> String {
     let m = &state.metrics;
+    let (batches, jobs) = state.db.ledger_batches();
     format!(
         "# TYPE opsgate_authorize_total counter\n\
          opsgate_authorize_total{{decision=\"allow\"}} {}\n\
@@ -33,10 +34,16 @@ async fn metrics(State(state): State<AppState>) -> String {
          # TYPE opsgate_settled_total counter\n\
          opsgate_settled_total {}\n\
          # TYPE opsgate_charged_millicredits_total counter\n\
-         opsgate_charged_millicredits_total {}\n",
+         opsgate_charged_millicredits_total {}\n\
+         # TYPE opsgate_ledger_batches_total counter\n\
+         opsgate_ledger_batches_total {}\n\
+         # TYPE opsgate_ledger_jobs_total counter\n\
+         opsgate_ledger_jobs_total {}\n",
         m.authorize_allowed.load(Ordering::Relaxed),
         m.authorize_denied.load(Ordering::Relaxed),
         m.settled.load(Ordering::Relaxed),
         m.charged_mc.load(Ordering::Relaxed),
+        batches,
+        jobs,
     )
 }

@@ -23,6 +23,7 @@ use crate::error::AppError;
 use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::{Any, Row};
 use std::collections::{BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -41,6 +42,19 @@ type Reply = oneshot::Sender<Result<Answer, (bool, String)>>;
 #[derive(Default)]
 pub struct Queue {
     inner: Mutex<Pending>,
+    /// Batches run and the jobs they carried (their ratio is the group commit's gain).
+    batches: AtomicU64,
+    jobs: AtomicU64,
+}
+
+impl Queue {
+    /// (batches run, jobs they carried) since the process started.
+    pub fn stats(&self) -> (u64, u64) {
+        (
+            self.batches.load(Ordering::Relaxed),
+            self.jobs.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[derive(Default)]
@@ -116,6 +130,10 @@ async fn drain(db: Db) {
             q.jobs.drain(..n).collect()
         };
         let (jobs, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
+        db.ledger_queue.batches.fetch_add(1, Ordering::Relaxed);
+        db.ledger_queue
+            .jobs
+            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
         match run(&db, &jobs).await {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {

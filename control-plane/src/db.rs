@@ -144,6 +144,7 @@ impl Db {
                     conn.execute("PRAGMA busy_timeout=10000").await?;
                     conn.execute("PRAGMA foreign_keys=ON").await?;
                     conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    conn.execute(crate::ledger::SQLITE_GUARD).await?;
                     Ok(())
                 })
             });
@@ -169,15 +170,21 @@ impl Db {
     ///
     /// Never begin a second transaction while holding one: on SQLite it would wait for itself.
     pub async fn begin(&self) -> Result<Tx, sqlx::Error> {
-        let turn = match &self.writer {
-            Some(w) => Some(w.clone().lock_owned().await),
-            None => None,
-        };
+        let turn = self.writer_turn().await;
         let tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(Tx { tx, _turn: turn })
+    }
+
+    /// SQLite: this process's turn to write (transactions queue here in arrival order);
+    /// `None` on PostgreSQL, where rows are locked instead.
+    pub(crate) async fn writer_turn(&self) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        match &self.writer {
+            Some(w) => Some(w.clone().lock_owned().await),
+            None => None,
+        }
     }
 
     async fn migrate(&self) -> Result<(), String> {

@@ -13,6 +13,7 @@ mod entries;
 mod holds;
 mod quota;
 mod routing;
+mod sql;
 mod writer;
 
 use crate::catalogue::Catalogue;
@@ -24,6 +25,7 @@ pub use entries::recompute_org;
 pub use holds::{expire_holds, settle, settle_many, HoldStatus, UsageOutcome};
 pub use quota::WindowKind;
 pub use routing::Routing;
+pub use sql::SQLITE_GUARD;
 pub use writer::Queue;
 
 /// Plan limits snapshot for a user, for `/credits`.

@@ -18,10 +18,11 @@
 use super::book::{Answer, Book, Calls, HoldRow, Job, Pool, QuotaKey, Tracked};
 use super::holds::HoldStatus;
 use super::quota::WindowKind;
-use crate::db::{Backend, Db, Tx};
+use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val};
+use crate::db::{Backend, Db};
 use crate::error::AppError;
-use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, Row};
+use sqlx::any::AnyRow;
+use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,9 +30,6 @@ use tokio::sync::oneshot;
 
 /// The most jobs one transaction carries.
 const MAX_BATCH: usize = 64;
-/// The most rows one multi-row statement carries (statements are built for 1, 2, 4 … rows,
-/// so each connection caches a handful of them).
-const MAX_ROWS: usize = 32;
 /// Attempts per batch: optimistic, then locked (twice, for a deadlock or a racing insert).
 const ATTEMPTS: usize = 4;
 
@@ -62,7 +60,12 @@ struct Pending {
     jobs: VecDeque<(Job, Reply)>,
     /// A writer task is draining the queue.
     running: bool,
+    /// The writer's connection between batches (see `sql.rs`: kept out of the pool).
+    conn: Option<Conn>,
 }
+
+/// Detached from the pool: the pool neither pings it nor waits for it when closing.
+type Conn = AnyConnection;
 
 /// Queues jobs and waits for their answers. Starts a writer when none is running; the writer
 /// stops when the queue is empty.
@@ -117,6 +120,13 @@ impl Drop for Running {
 
 async fn drain(db: Db) {
     let _running = Running(db.ledger_queue.clone());
+    // The writer's own connection, kept across batches and handed to the next writer.
+    let mut conn = db
+        .ledger_queue
+        .inner
+        .lock()
+        .ok()
+        .and_then(|mut q| q.conn.take());
     loop {
         let batch: Vec<(Job, Reply)> = {
             let Ok(mut q) = db.ledger_queue.inner.lock() else {
@@ -124,6 +134,7 @@ async fn drain(db: Db) {
             };
             if q.jobs.is_empty() {
                 q.running = false;
+                q.conn = conn;
                 return;
             }
             let n = q.jobs.len().min(MAX_BATCH);
@@ -134,13 +145,23 @@ async fn drain(db: Db) {
         db.ledger_queue
             .jobs
             .fetch_add(jobs.len() as u64, Ordering::Relaxed);
-        match run(&db, &jobs).await {
+        let outcome = match conn.as_mut() {
+            Some(c) => run(&db, c, &jobs).await,
+            None => match db.pool.acquire().await {
+                Ok(c) => run(&db, conn.insert(c.detach()), &jobs).await,
+                Err(e) => Err(e),
+            },
+        };
+        match outcome {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
                     let _ = reply.send(Ok(answer));
                 }
             }
             Err(e) => {
+                // A connection that failed is dropped (closed), never reused: its state (an
+                // open transaction?) is unknown. The next batch takes a fresh one.
+                conn = None;
                 // Every job of the batch gets the failure: a 503 when the database was busy
                 // or out of reach (the caller may retry), else an internal error.
                 let failure = (
@@ -157,11 +178,11 @@ async fn drain(db: Db) {
 
 /// Decides and commits one batch, retrying on locked rows when the optimistic attempt
 /// conflicted or refused on counts it read without a lock.
-async fn run(db: &Db, jobs: &[Job]) -> Result<Vec<Answer>, sqlx::Error> {
+async fn run(db: &Db, conn: &mut Conn, jobs: &[Job]) -> Result<Vec<Answer>, sqlx::Error> {
     let mut locked = db.backend == Backend::Sqlite;
     let mut last = None;
     for _ in 0..ATTEMPTS {
-        match attempt(db, jobs, locked).await {
+        match attempt(db, conn, jobs, locked).await {
             Ok(Some(answers)) => return Ok(answers),
             Ok(None) => locked = true,
             Err(e) if retryable(&e) => {
@@ -182,22 +203,54 @@ fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
-/// One attempt: `Ok(None)` when it must run again on locked rows.
-async fn attempt(db: &Db, jobs: &[Job], locked: bool) -> Result<Option<Vec<Answer>>, sqlx::Error> {
-    let pg_lock = locked && db.backend == Backend::Postgres;
-    let mut tx = db.begin().await?;
+/// One attempt: `Ok(None)` when it must run again on locked rows. Whatever ends it, no
+/// transaction is left open on the connection (or the error says the connection is lost).
+async fn attempt(
+    db: &Db,
+    conn: &mut Conn,
+    jobs: &[Job],
+    locked: bool,
+) -> Result<Option<Vec<Answer>>, sqlx::Error> {
+    // SQLite: one writer per process at a time (admin writes take the same turn).
+    let _turn = db.writer_turn().await;
+    let mut txn = Txn::begin(db.backend, conn).await?;
     let mut book = Book::default();
-    read(&mut tx, db.backend, &mut book, jobs, locked, pg_lock).await?;
-    let mut answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
+    let decided = decide(&mut txn, db.backend, &mut book, jobs, locked).await;
+    match decided {
+        Ok(Some(answers)) => Ok(Some(settled_balances(&book, answers))),
+        Ok(None) => {
+            txn.rollback().await?;
+            Ok(None)
+        }
+        Err(e) => {
+            txn.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
+/// Reads, decides and (unless the attempt must run again) writes and commits.
+async fn decide(
+    txn: &mut Txn<'_>,
+    backend: Backend,
+    book: &mut Book,
+    jobs: &[Job],
+    locked: bool,
+) -> Result<Option<Vec<Answer>>, sqlx::Error> {
+    let pg_lock = locked && backend == Backend::Postgres;
+    read(txn, backend, book, jobs, locked, pg_lock).await?;
+    let answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
     if !locked && book.refused_on_counts {
-        tx.rollback().await?;
         return Ok(None);
     }
-    if !write(&mut tx, db.backend, &book).await? {
-        tx.rollback().await?;
+    if !write(txn, book).await? {
         return Ok(None);
     }
-    tx.commit().await?;
+    Ok(Some(answers))
+}
+
+/// A settlement answers its owner's balance as the batch left it.
+fn settled_balances(book: &Book, mut answers: Vec<Answer>) -> Vec<Answer> {
     for a in &mut answers {
         if let Answer::Settled {
             owner: Some((org, user)),
@@ -208,197 +261,7 @@ async fn attempt(db: &Db, jobs: &[Job], locked: bool) -> Result<Option<Vec<Answe
             *balance = book.spendable(org, user);
         }
     }
-    Ok(Some(answers))
-}
-
-/// A value bound into a statement.
-#[derive(Clone, Copy)]
-enum Val<'a> {
-    Int(i64),
-    OptInt(Option<i64>),
-    Text(&'a str),
-}
-
-type Query<'q> = sqlx::query::Query<'q, Any, AnyArguments<'q>>;
-
-fn bind<'q>(q: Query<'q>, v: &Val<'q>) -> Query<'q> {
-    match v {
-        Val::Int(i) => q.bind(*i),
-        Val::OptInt(i) => q.bind(*i),
-        Val::Text(s) => q.bind(*s),
-    }
-}
-
-/// Sizes of the statements `n` rows are split into: powers of two up to `MAX_ROWS`.
-fn chunk_sizes(mut n: usize) -> Vec<usize> {
-    let mut out = Vec::new();
-    while n > 0 {
-        let mut size = MAX_ROWS;
-        while size > n {
-            size /= 2;
-        }
-        out.push(size);
-        n -= size;
-    }
-    out
-}
-
-/// `($1, $2), ($3, $4)` for `rows` rows of `cols` values (`combined` renumbers them when
-/// statements are joined).
-fn placeholders(rows: usize, cols: usize) -> String {
-    let mut s = String::new();
-    for r in 0..rows {
-        if r > 0 {
-            s.push_str(", ");
-        }
-        s.push('(');
-        for c in 0..cols {
-            if c > 0 {
-                s.push_str(", ");
-            }
-            s.push('$');
-            s.push_str(&(1 + r * cols + c).to_string());
-        }
-        s.push(')');
-    }
-    s
-}
-
-/// `$1, $2, $3` for an `IN (…)` list.
-fn list(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// One statement of a batch, its placeholders numbered from `$1`, and how many rows it must
-/// change (writes) — fewer means a row moved since it was read.
-struct Stmt<'a> {
-    sql: String,
-    vals: Vec<Val<'a>>,
-    expect: u64,
-}
-
-/// The statements that write (or read) `rows` in chunks: `sql(k)` for a chunk of `k` rows.
-fn chunked<'a>(rows: &[Vec<Val<'a>>], sql: impl Fn(usize) -> String) -> Vec<Stmt<'a>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    for size in chunk_sizes(rows.len()) {
-        out.push(Stmt {
-            sql: sql(size),
-            vals: rows[at..at + size].iter().flatten().copied().collect(),
-            expect: size as u64,
-        });
-        at += size;
-    }
-    out
-}
-
-/// A multi-row `INSERT INTO table (columns) VALUES … tail`, chunked; each row binds one value
-/// per named column.
-fn insert<'a>(table: &str, columns: &str, rows: &[Vec<Val<'a>>], tail: &str) -> Vec<Stmt<'a>> {
-    let width = columns.split(',').count();
-    chunked(rows, |n| {
-        format!(
-            "INSERT INTO {table} ({columns}) VALUES {}{tail}",
-            placeholders(n, width)
-        )
-    })
-}
-
-/// `sql` with every `$N` renumbered to `$N+offset`.
-fn renumber(sql: &str, offset: usize) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut chars = sql.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        out.push(c);
-        if c != '$' {
-            continue;
-        }
-        let mut n = String::new();
-        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
-            n.push(d);
-            chars.next();
-        }
-        match n.parse::<usize>() {
-            Ok(n) => out.push_str(&(n + offset).to_string()),
-            Err(_) => out.push_str(&n),
-        }
-    }
-    out
-}
-
-/// SQLite: the statements as one multi-statement query (placeholders renumbered across it),
-/// so the batch costs one trip to the connection's worker thread instead of one per
-/// statement — those trips, not SQLite, were most of the control plane's CPU per call.
-fn combined<'a>(stmts: Vec<Stmt<'a>>) -> Stmt<'a> {
-    let mut all = Stmt {
-        sql: String::new(),
-        vals: Vec::new(),
-        expect: 0,
-    };
-    for s in stmts {
-        all.sql.push_str(&renumber(&s.sql, all.vals.len()));
-        all.sql.push_str(";\n");
-        all.vals.extend(s.vals);
-        all.expect += s.expect;
-    }
-    all
-}
-
-fn query<'q>(s: &'q Stmt<'q>) -> Query<'q> {
-    let mut q = sqlx::query(&s.sql).persistent(s.sql.len() < 2_000);
-    for v in &s.vals {
-        q = bind(q, v);
-    }
-    q
-}
-
-/// Runs reads; every row carries its statement's tag in column `t`.
-async fn fetch(
-    tx: &mut Tx,
-    backend: Backend,
-    stmts: Vec<Stmt<'_>>,
-) -> Result<Vec<AnyRow>, sqlx::Error> {
-    if stmts.is_empty() {
-        return Ok(Vec::new());
-    }
-    match backend {
-        Backend::Sqlite => {
-            let all = combined(stmts);
-            query(&all).fetch_all(&mut **tx).await
-        }
-        Backend::Postgres => {
-            let mut rows = Vec::new();
-            for s in &stmts {
-                rows.extend(query(s).fetch_all(&mut **tx).await?);
-            }
-            Ok(rows)
-        }
-    }
-}
-
-/// Runs writes; `false` when one changed fewer rows than it must (a row moved since it was
-/// read: the caller rolls back and retries on locked rows).
-async fn apply(tx: &mut Tx, backend: Backend, stmts: Vec<Stmt<'_>>) -> Result<bool, sqlx::Error> {
-    if stmts.is_empty() {
-        return Ok(true);
-    }
-    match backend {
-        Backend::Sqlite => {
-            let all = combined(stmts);
-            Ok(query(&all).execute(&mut **tx).await?.rows_affected() == all.expect)
-        }
-        Backend::Postgres => {
-            for s in &stmts {
-                if query(s).execute(&mut **tx).await?.rows_affected() != s.expect {
-                    return Ok(false);
-                }
-            }
-            Ok(true)
-        }
-    }
+    answers
 }
 
 const HOLD_COLUMNS: &str = "id, org_id, user_id, amount, charged, status, model, provider, rate, byok, has_allocation, day_start, period_start, created_at, expires_at, settled_at";
@@ -426,12 +289,14 @@ fn hold_row(r: &AnyRow) -> Result<HoldRow, sqlx::Error> {
     })
 }
 
-/// Reads every row the batch's jobs touch into the book: the holds, then (in one trip on
-/// SQLite) the quota windows, organisations and allocations they name. With `pg_lock`, rows
-/// are locked in the fixed order; on the optimistic attempt an authorize's id is not read (a
-/// hold already under it makes the insert conflict, and the locked attempt then reads it).
+/// Reads every row the batch's jobs touch into the book: the holds, the quota windows, the
+/// organisations and the allocations they name. On SQLite in one trip (the rows a hold
+/// points to are found by joining on it); on PostgreSQL the holds first, then the rest. With
+/// `pg_lock`, rows are locked in the fixed order; on the optimistic attempt an authorize's
+/// id is not read (a hold already under it makes the insert conflict, and the locked attempt
+/// then reads it).
 async fn read(
-    tx: &mut Tx,
+    txn: &mut Txn<'_>,
     backend: Backend,
     book: &mut Book,
     jobs: &[Job],
@@ -453,19 +318,15 @@ async fn read(
         .map(Job::hold_id)
         .collect();
     let keys: Vec<Vec<Val>> = ids.iter().map(|id| vec![Val::Text(id)]).collect();
-    let stmts = chunked(&keys, |n| {
+    let mut stmts = chunked(&keys, |n| {
         format!(
             "SELECT 'h' AS t, {HOLD_COLUMNS} FROM holds WHERE id IN ({}){}",
             list(n),
             order(r#"id COLLATE "C""#)
         )
     });
-    for r in fetch(tx, backend, stmts).await? {
-        let h = hold_row(&r)?;
-        book.holds.insert(h.id.clone(), h);
-    }
 
-    // Who and which windows the batch touches.
+    // Who and which windows the authorizes name.
     let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
     let mut windows: BTreeSet<QuotaKey> = BTreeSet::new();
     for job in jobs {
@@ -475,6 +336,19 @@ async fn read(
                 windows.insert((a.user_id.clone(), w.kind, w.window.start));
             }
         }
+    }
+
+    if backend == Backend::Sqlite {
+        stmts.extend(rows_named(&owners, &windows, &order));
+        stmts.extend(rows_of_holds(&keys));
+        for r in txn.fetch(stmts).await? {
+            take(book, &r)?;
+        }
+        return Ok(());
+    }
+
+    for r in txn.fetch(stmts).await? {
+        take(book, &r)?;
     }
     for h in book.holds.values() {
         // An expired hold may be settled late (its quota slot freed for a failed call).
@@ -486,7 +360,18 @@ async fn read(
             owners.insert((h.org_id.clone(), h.user_id.clone()));
         }
     }
+    for r in txn.fetch(rows_named(&owners, &windows, &order)).await? {
+        take(book, &r)?;
+    }
+    Ok(())
+}
 
+/// Reads of the quota windows, organisations and allocations named, each row tagged.
+fn rows_named<'a>(
+    owners: &'a BTreeSet<(String, String)>,
+    windows: &'a BTreeSet<QuotaKey>,
+    order: &impl Fn(&str) -> String,
+) -> Vec<Stmt<'a>> {
     let window_keys: Vec<Vec<Val>> = windows
         .iter()
         .map(|(u, k, s)| vec![Val::Text(u), Val::Text(k.as_str()), Val::Int(*s)])
@@ -502,7 +387,7 @@ async fn read(
     let org_keys: Vec<Vec<Val>> = orgs.iter().map(|o| vec![Val::Text(o)]).collect();
     stmts.extend(chunked(&org_keys, |n| {
         format!(
-            "SELECT 'o' AS t, id, credits_total, credits_used, credits_held FROM organizations WHERE id IN ({}){}",
+            "SELECT 'o' AS t, {ORG_COLUMNS} FROM organizations WHERE id IN ({}){}",
             list(n),
             order(r#"id COLLATE "C""#)
         )
@@ -513,19 +398,57 @@ async fn read(
         .collect();
     stmts.extend(chunked(&owner_keys, |n| {
         format!(
-            "SELECT 'a' AS t, org_id, user_id, allocated, used, held FROM allocations WHERE (org_id, user_id) IN (VALUES {}){}",
+            "SELECT 'a' AS t, {ALLOCATION_COLUMNS} FROM allocations WHERE (org_id, user_id) IN (VALUES {}){}",
             placeholders(n, 2),
             order(r#"org_id COLLATE "C", user_id COLLATE "C""#)
         )
     }));
-    for r in fetch(tx, backend, stmts).await? {
-        let tag: String = r.try_get("t")?;
-        match tag.as_str() {
-            "q" => {
-                let kind: String = r.try_get("kind")?;
-                let Some(kind) = WindowKind::ALL.into_iter().find(|k| k.as_str() == kind) else {
-                    continue;
-                };
+    stmts
+}
+
+/// SQLite: reads of the quota windows, organisations and allocations the holds `keys` point
+/// to, joined on the holds in the same trip that reads them (a superset of what a settlement
+/// needs: a closed hold's windows too, which the book reads and leaves alone).
+fn rows_of_holds<'a>(keys: &[Vec<Val<'a>>]) -> Vec<Stmt<'a>> {
+    let (period, day) = (WindowKind::Period.as_str(), WindowKind::Day.as_str());
+    let mut stmts = chunked(keys, |n| {
+        format!(
+            "SELECT 'q' AS t, q.user_id AS user_id, q.kind AS kind, q.window_start AS window_start, q.used AS used, q.reserved AS reserved \
+             FROM quota_usage q JOIN holds h ON h.user_id = q.user_id \
+             AND q.window_start = CASE q.kind WHEN '{period}' THEN h.period_start WHEN '{day}' THEN h.day_start END \
+             WHERE h.id IN ({})",
+            list(n)
+        )
+    });
+    stmts.extend(chunked(keys, |n| {
+        format!(
+            "SELECT 'o' AS t, {ORG_COLUMNS} FROM organizations WHERE id IN (SELECT org_id FROM holds WHERE id IN ({}))",
+            list(n)
+        )
+    }));
+    stmts.extend(chunked(keys, |n| {
+        format!(
+            "SELECT 'a' AS t, {ALLOCATION_COLUMNS} FROM allocations WHERE (org_id, user_id) IN (SELECT org_id, user_id FROM holds WHERE id IN ({}))",
+            list(n)
+        )
+    }));
+    stmts
+}
+
+const ORG_COLUMNS: &str = "id, credits_total, credits_used, credits_held";
+const ALLOCATION_COLUMNS: &str = "org_id, user_id, allocated, used, held";
+
+/// Takes one tagged row into the book.
+fn take(book: &mut Book, r: &AnyRow) -> Result<(), sqlx::Error> {
+    let tag: String = r.try_get("t")?;
+    match tag.as_str() {
+        "h" => {
+            let h = hold_row(r)?;
+            book.holds.insert(h.id.clone(), h);
+        }
+        "q" => {
+            let kind: String = r.try_get("kind")?;
+            if let Some(kind) = WindowKind::ALL.into_iter().find(|k| k.as_str() == kind) {
                 book.calls.insert(
                     (r.try_get("user_id")?, kind, r.try_get("window_start")?),
                     Tracked::stored(Calls {
@@ -534,26 +457,26 @@ async fn read(
                     }),
                 );
             }
-            "o" => {
-                book.pools.insert(
-                    r.try_get("id")?,
-                    Tracked::stored(Pool {
-                        total: r.try_get("credits_total")?,
-                        used: r.try_get("credits_used")?,
-                        held: r.try_get("credits_held")?,
-                    }),
-                );
-            }
-            _ => {
-                book.allocations.insert(
-                    (r.try_get("org_id")?, r.try_get("user_id")?),
-                    Tracked::stored(Pool {
-                        total: r.try_get("allocated")?,
-                        used: r.try_get("used")?,
-                        held: r.try_get("held")?,
-                    }),
-                );
-            }
+        }
+        "o" => {
+            book.pools.insert(
+                r.try_get("id")?,
+                Tracked::stored(Pool {
+                    total: r.try_get("credits_total")?,
+                    used: r.try_get("credits_used")?,
+                    held: r.try_get("credits_held")?,
+                }),
+            );
+        }
+        _ => {
+            book.allocations.insert(
+                (r.try_get("org_id")?, r.try_get("user_id")?),
+                Tracked::stored(Pool {
+                    total: r.try_get("allocated")?,
+                    used: r.try_get("used")?,
+                    held: r.try_get("held")?,
+                }),
+            );
         }
     }
     Ok(())
@@ -562,7 +485,7 @@ async fn read(
 /// Writes the book's changes, in one trip on SQLite. `false` when a row moved since it was
 /// read (a conditional statement changed fewer rows than it should have): the caller rolls
 /// back and retries.
-async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx::Error> {
+async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
     let mut stmts = Vec::new();
     // New holds and tombstones; an id taken meanwhile conflicts.
     let rows: Vec<Vec<Val>> = book
@@ -773,44 +696,5 @@ async fn write(tx: &mut Tx, backend: Backend, book: &Book) -> Result<bool, sqlx:
             expect: 1,
         });
     }
-    apply(tx, backend, stmts).await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{chunk_sizes, combined, placeholders, renumber, Stmt, Val};
-
-    #[test]
-    fn rows_split_into_powers_of_two_up_to_the_cap() {
-        assert_eq!(chunk_sizes(0), Vec::<usize>::new());
-        assert_eq!(chunk_sizes(1), vec![1]);
-        assert_eq!(chunk_sizes(7), vec![4, 2, 1]);
-        assert_eq!(chunk_sizes(70), vec![32, 32, 4, 2]);
-        assert_eq!(placeholders(2, 2), "($1, $2), ($3, $4)");
-    }
-
-    #[test]
-    fn statements_combine_with_their_placeholders_renumbered() {
-        assert_eq!(
-            renumber("a = $1 AND b >= $1 + $12", 3),
-            "a = $4 AND b >= $4 + $15"
-        );
-        let all = combined(vec![
-            Stmt {
-                sql: "UPDATE x SET a = $1 WHERE id = $2".into(),
-                vals: vec![Val::Int(1), Val::Text("p")],
-                expect: 1,
-            },
-            Stmt {
-                sql: "INSERT INTO y VALUES ($1), ($2)".into(),
-                vals: vec![Val::Int(2), Val::Int(3)],
-                expect: 2,
-            },
-        ]);
-        assert_eq!(
-            all.sql,
-            "UPDATE x SET a = $1 WHERE id = $2;\nINSERT INTO y VALUES ($3), ($4);\n"
-        );
-        assert_eq!((all.vals.len(), all.expect), (4, 3));
-    }
+    txn.commit_writes(stmts).await
 }

@@ -4,6 +4,7 @@
 use crate::db::Db;
 use crate::error::AppError;
 use crate::store::{audit, ledger_entry, EntryKind};
+use opsgate_core::contract::Principal;
 use opsgate_core::plan::Plan;
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -281,6 +282,66 @@ pub async fn get_user(db: &Db, id: &str) -> Result<Option<User>, AppError> {
         .fetch_optional(&db.pool)
         .await?;
     row.as_ref().map(user_of).transpose()
+}
+
+/// Who a principal is, for the filter's hot path (authorize, credential lookups): one query
+/// on a reader connection (`Db::reader`). A revoked key or session, or a deleted user, is
+/// `None` at once. A user API key's last use is recorded to the minute, off the caller's
+/// path.
+pub async fn by_principal(
+    db: &Db,
+    principal: &Principal,
+    now: i64,
+) -> Result<Option<User>, AppError> {
+    const U: &str = "u.id AS id, u.org_id AS org_id, u.plan AS plan, u.kind AS kind, u.role AS role, u.created_at AS created_at";
+    let (sql, key) = match principal {
+        Principal::Service { user_id } | Principal::Jwt { subject: user_id, .. } => {
+            (format!("SELECT {U} FROM users u WHERE u.id = $1"), user_id)
+        }
+        Principal::ApiKey { digest } => (
+            format!(
+                "SELECT {U}, k.last_used_at AS last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id \
+                 WHERE k.digest = $1 AND k.revoked_at IS NULL"
+            ),
+            digest,
+        ),
+        Principal::Session { digest } => (
+            format!(
+                "SELECT {U} FROM sessions s JOIN users u ON u.id = s.user_id \
+                 WHERE s.digest = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"
+            ),
+            digest,
+        ),
+    };
+    let mut q = sqlx::query(&sql).bind(key.as_str());
+    if matches!(principal, Principal::Session { .. }) {
+        q = q.bind(now);
+    }
+    let Some(row) = db.reader().await.fetch_optional(q).await? else {
+        return Ok(None);
+    };
+    if let Principal::ApiKey { digest } = principal {
+        let last: Option<i64> = row.try_get("last_used_at")?;
+        if last.is_none_or(|t| now - t >= 60) {
+            record_key_use(db.clone(), digest.clone(), now);
+        }
+    }
+    user_of(&row).map(Some)
+}
+
+/// Records a user API key's last use, in the background (in the writer's turn on SQLite).
+fn record_key_use(db: Db, digest: String, now: i64) {
+    tokio::spawn(async move {
+        let _turn = db.writer_turn().await;
+        let done = sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE digest = $2")
+            .bind(now)
+            .bind(&digest)
+            .execute(&db.pool)
+            .await;
+        if let Err(e) = done {
+            eprintln!("opsgate: could not record an API key's last use: {e}");
+        }
+    });
 }
 
 pub async fn list_users(db: &Db, org_id: Option<&str>) -> Result<Vec<User>, AppError> {

@@ -319,6 +319,35 @@ pub async fn stored(db: &Db, owner: Owner<'_>) -> Result<Vec<StoredSecret>, AppE
     rows.iter().map(stored_of).collect()
 }
 
+/// The keys that may route a call of `user_id`: theirs, and the platform's (one query on a
+/// reader connection: the hot path).
+pub async fn for_call(
+    db: &Db,
+    user_id: &str,
+) -> Result<(Vec<StoredSecret>, Vec<StoredSecret>), AppError> {
+    let (user, platform) = (Owner::User(user_id), Owner::Platform);
+    let sql = format!(
+        "SELECT {COLS} FROM provider_secrets WHERE (scope = $1 AND owner = $2) OR (scope = $3 AND owner = $4) ORDER BY provider, id"
+    );
+    let q = sqlx::query(&sql)
+        .bind(user.scope())
+        .bind(user.id())
+        .bind(platform.scope())
+        .bind(platform.id());
+    let rows = db.reader().await.fetch_all(q).await?;
+    let mut own = Vec::new();
+    let mut platform_keys = Vec::new();
+    for r in &rows {
+        let s = stored_of(r)?;
+        if s.scope == platform.scope() {
+            platform_keys.push(s);
+        } else {
+            own.push(s);
+        }
+    }
+    Ok((own, platform_keys))
+}
+
 /// `owner`'s key for `provider`, if one is stored.
 pub async fn stored_for(
     db: &Db,

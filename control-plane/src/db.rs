@@ -1,8 +1,9 @@
 //! The database: SQLite (default, one file, WAL) or PostgreSQL (many replicas), through
 //! sqlx's `Any` driver so one set of queries serves both. Migrations run at start.
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
+use sqlx::{Any, AnyConnection, AnyPool, Executor, Row};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +22,60 @@ pub struct Db {
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Authorizes, settlements and expiries waiting for the ledger's group commit.
     pub(crate) ledger_queue: Arc<crate::ledger::Queue>,
+    readers: Arc<Readers>,
+}
+
+/// How many connections the hot path's reads keep out of the pool.
+const READERS: usize = 2;
+
+/// Connections for the filter's hot path (who a credential belongs to, which keys route a
+/// call), kept out of the pool. sqlx pings a connection every time one goes back to its
+/// pool — on SQLite a second trip to the connection's worker thread per query, on
+/// PostgreSQL a second round trip — and no pool option turns that off, so these few are
+/// managed here: opened on first use, dropped after any error.
+struct Readers {
+    slots: Vec<Arc<tokio::sync::Mutex<Option<AnyConnection>>>>,
+    next: AtomicUsize,
+}
+
+impl Default for Readers {
+    fn default() -> Self {
+        Readers {
+            slots: (0..READERS).map(|_| Arc::default()).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One of the hot path's connections, held until dropped.
+pub struct Reader {
+    slot: tokio::sync::OwnedMutexGuard<Option<AnyConnection>>,
+    pool: AnyPool,
+}
+
+type Query<'q> = sqlx::query::Query<'q, Any, AnyArguments<'q>>;
+
+impl Reader {
+    /// Every row `q` returns. After an error the connection is dropped (its state is
+    /// unknown); the next use opens another.
+    pub async fn fetch_all(&mut self, q: Query<'_>) -> Result<Vec<AnyRow>, sqlx::Error> {
+        if self.slot.is_none() {
+            *self.slot = Some(self.pool.acquire().await?.detach());
+        }
+        let Some(conn) = self.slot.as_mut() else {
+            return Err(sqlx::Error::PoolClosed);
+        };
+        let rows = q.fetch_all(conn).await;
+        if rows.is_err() {
+            *self.slot = None;
+        }
+        rows
+    }
+
+    /// The first row `q` returns, if any.
+    pub async fn fetch_optional(&mut self, q: Query<'_>) -> Result<Option<AnyRow>, sqlx::Error> {
+        Ok(self.fetch_all(q).await?.into_iter().next())
+    }
 }
 
 /// A write transaction. It dereferences to the connection (`&mut *tx` executes queries, as
@@ -159,6 +214,7 @@ impl Db {
             backend,
             writer,
             ledger_queue: Arc::default(),
+            readers: Arc::default(),
         };
         db.migrate().await?;
         Ok(db)
@@ -176,6 +232,23 @@ impl Db {
             Backend::Postgres => self.pool.begin().await?,
         };
         Ok(Tx { tx, _turn: turn })
+    }
+
+    /// A connection for the hot path's reads: a free one if any, else the next in turn.
+    pub async fn reader(&self) -> Reader {
+        let slots = &self.readers.slots;
+        let start = self.readers.next.fetch_add(1, Ordering::Relaxed);
+        let free = (0..slots.len())
+            .map(|i| &slots[(start + i) % slots.len()])
+            .find_map(|s| s.clone().try_lock_owned().ok());
+        let slot = match free {
+            Some(s) => s,
+            None => slots[start % slots.len()].clone().lock_owned().await,
+        };
+        Reader {
+            slot,
+            pool: self.pool.clone(),
+        }
     }
 
     /// SQLite: this process's turn to write (transactions queue here in arrival order);

@@ -424,6 +424,49 @@ async fn credential_lookup_for_the_filter() {
     let bad = json!({"kind": "api_key", "digest": digest("uc_nope")});
     let r = send(&st, Method::POST, "/internal/v1/credentials", &h, Some(bad)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+
+    // The key's use is recorded (in the background, to the minute).
+    let mut last_used = None;
+    for _ in 0..100 {
+        last_used = keys::list_api_keys(&db.db, Some("alice")).await.unwrap()[0].last_used_at;
+        if last_used.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(last_used, Some(T0));
+
+    // A revoked key is unknown at once: to the lookup and to authorize.
+    let key_id = keys::list_api_keys(&db.db, Some("alice")).await.unwrap()[0]
+        .id
+        .clone();
+    keys::revoke_api_key(&db.db, "t", &key_id, T0)
+        .await
+        .unwrap();
+    let r = send(
+        &st,
+        Method::POST,
+        "/internal/v1/credentials",
+        &h,
+        Some(ok.clone()),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
+    let req = AuthorizeRequest {
+        principal: Principal::ApiKey {
+            digest: digest(&key),
+        },
+        ..chat("", "gpt-4o-mini", 300, Some(50))
+    };
+    let r = send(
+        &st,
+        Method::POST,
+        "/internal/v1/authorize",
+        &h,
+        Some(serde_json::to_value(&req).unwrap()),
+    )
+    .await;
+    assert_eq!(r.json["decision"], "deny", "{}", r.text);
     let r = send(&st, Method::POST, "/internal/v1/credentials", &[], Some(ok)).await;
     assert_eq!(
         r.status,

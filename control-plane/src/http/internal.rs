@@ -137,15 +137,7 @@ async fn credential_lookup(
 }
 
 async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Option<User>> {
-    let now = state.clock.now();
-    match principal {
-        Principal::Service { user_id } => accounts::get_user(&state.db, user_id).await,
-        Principal::ApiKey { digest } => keys::user_by_api_key_digest(&state.db, digest, now).await,
-        Principal::Session { digest } => {
-            crate::sessions::user_for_session(&state.db, digest, now).await
-        }
-        Principal::Jwt { subject, .. } => accounts::get_user(&state.db, subject).await,
-    }
+    accounts::by_principal(&state.db, principal, state.clock.now()).await
 }
 
 async fn authorize_inner(

@@ -6,7 +6,7 @@
 //! the platform key serves: a stored platform key before the environment's.
 
 use crate::accounts::User;
-use crate::byok::{self, Owner, StoredSecret};
+use crate::byok::{self, StoredSecret};
 use crate::catalogue::{is_openrouter_model_id, Catalogue, Model, ModelKind, Provider, OPENROUTER};
 use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
@@ -96,6 +96,9 @@ struct OwnKeys<'k> {
     keyring: &'k Keyring,
 }
 
+/// The platform's stored keys (a stored key wins over the environment's).
+struct PlatformKeys(Vec<StoredSecret>);
+
 impl OwnKeys<'_> {
     fn has(&self, provider: &str) -> bool {
         self.stored.iter().any(|s| s.info.provider == provider)
@@ -118,8 +121,9 @@ pub(super) async fn route<'c>(
     user: &User,
     req: &AuthorizeRequest,
 ) -> Result<Route<'c>, AppError> {
+    let (own, platform) = byok::for_call(db, &user.id).await?;
     let own = OwnKeys {
-        stored: byok::stored(db, Owner::User(&user.id)).await?,
+        stored: own,
         keyring: routing.keyring,
     };
     let kind = endpoint_kind(req.endpoint);
@@ -141,7 +145,7 @@ pub(super) async fn route<'c>(
     if let Some(route) = through_own_key(routing.catalogue, &own, model)? {
         return Ok(route);
     }
-    through_platform_key(db, routing, user, model).await
+    through_platform_key(routing, &PlatformKeys(platform), user, model)
 }
 
 /// The catalogue model the call names or the plan picks; `None` for an OpenRouter model id
@@ -245,9 +249,9 @@ fn through_own_key<'c>(
 }
 
 /// A catalogue model the plan allows, through the platform's key for its provider.
-async fn through_platform_key<'c>(
-    db: &Db,
+fn through_platform_key<'c>(
     routing: &Routing<'c>,
+    platform: &PlatformKeys,
     user: &User,
     model: &Model,
 ) -> Result<Route<'c>, AppError> {
@@ -262,7 +266,7 @@ async fn through_platform_key<'c>(
     let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
         AppError::internal(format!("model {} names a missing provider", model.id))
     })?;
-    let api_key = platform_key(db, routing, provider).await?;
+    let api_key = platform_key(routing, platform, provider)?;
     Ok(Route::catalogue(
         model,
         provider,
@@ -274,15 +278,16 @@ async fn through_platform_key<'c>(
 
 /// The platform's key for `provider`: the stored one, else the environment's. A stored key
 /// that cannot be opened is logged and passed over.
-async fn platform_key(
-    db: &Db,
+fn platform_key(
     routing: &Routing<'_>,
+    platform: &PlatformKeys,
     provider: &Provider,
 ) -> Result<Secret, AppError> {
-    let stored = match byok::stored_for(db, Owner::Platform, &provider.name).await? {
-        Some(s) => s.open(routing.keyring).ok(),
-        None => None,
-    };
+    let stored = platform
+        .0
+        .iter()
+        .find(|s| s.info.provider == provider.name)
+        .and_then(|s| s.open(routing.keyring).ok());
     match (stored, routing.platform_keys.get(&provider.name)) {
         (Some(k), _) => Ok(k),
         (None, Some(k)) => Ok(Secret::new(k.clone())),

@@ -109,8 +109,12 @@ impl std::ops::DerefMut for Tx {
 }
 
 /// PostgreSQL session timeouts (milliseconds), from `OPSGATE_PG_LOCK_TIMEOUT_MS` (default
-/// 2000), `OPSGATE_PG_STATEMENT_TIMEOUT_MS` (10000) and
-/// `OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS` (2000).
+/// 3000), `OPSGATE_PG_STATEMENT_TIMEOUT_MS` (10000) and
+/// `OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS` (1000).
+///
+/// The lock wait must outlast the idle-in-transaction limit: a replica frozen mid-transaction
+/// has its session ended by the server after the latter, and whoever waited on its rows then
+/// goes on — a healthy replica's caller is delayed, never refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PgTimeouts {
     pub lock_ms: u64,
@@ -120,20 +124,53 @@ pub struct PgTimeouts {
 
 impl PgTimeouts {
     pub fn from_env() -> Result<PgTimeouts, String> {
-        let read = |name: &str, default: u64| match std::env::var(name) {
-            Err(_) => Ok(default),
-            Ok(v) => match v.trim().parse::<u64>() {
+        Self::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// The timeouts from variables looked up by `var`; errors name the variable.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<PgTimeouts, String> {
+        const LOCK: &str = "OPSGATE_PG_LOCK_TIMEOUT_MS";
+        const IDLE: &str = "OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS";
+        let read = |name: &str, default: u64| match var(name) {
+            None => Ok(default),
+            Some(v) => match v.trim().parse::<u64>() {
                 Ok(ms) if (1..=600_000).contains(&ms) => Ok(ms),
                 _ => Err(format!(
                     "{name} must be milliseconds from 1 to 600000 (got '{v}')"
                 )),
             },
         };
-        Ok(PgTimeouts {
-            lock_ms: read("OPSGATE_PG_LOCK_TIMEOUT_MS", 2_000)?,
+        let t = PgTimeouts {
+            lock_ms: read(LOCK, 3_000)?,
             statement_ms: read("OPSGATE_PG_STATEMENT_TIMEOUT_MS", 10_000)?,
-            idle_in_transaction_ms: read("OPSGATE_PG_IDLE_IN_TRANSACTION_TIMEOUT_MS", 2_000)?,
-        })
+            idle_in_transaction_ms: read(IDLE, 1_000)?,
+        };
+        if t.lock_ms <= t.idle_in_transaction_ms {
+            return Err(format!(
+                "{LOCK} ({}) must be longer than {IDLE} ({}): a frozen replica's locks are released only when the server ends its idle transaction",
+                t.lock_ms, t.idle_in_transaction_ms
+            ));
+        }
+        Ok(t)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgTimeouts;
+
+    #[test]
+    fn pg_timeouts_default_and_refuse_a_lock_wait_shorter_than_the_idle_limit() {
+        let none = PgTimeouts::from_vars(|_| None).unwrap();
+        assert_eq!((none.lock_ms, none.idle_in_transaction_ms), (3_000, 1_000));
+        let short = PgTimeouts::from_vars(|n| {
+            (n == "OPSGATE_PG_LOCK_TIMEOUT_MS").then(|| "500".to_string())
+        });
+        assert!(short.unwrap_err().contains("OPSGATE_PG_LOCK_TIMEOUT_MS (500)"));
+        let bad = PgTimeouts::from_vars(|n| {
+            (n == "OPSGATE_PG_STATEMENT_TIMEOUT_MS").then(|| "soon".to_string())
+        });
+        assert!(bad.unwrap_err().starts_with("OPSGATE_PG_STATEMENT_TIMEOUT_MS"));
     }
 }
 

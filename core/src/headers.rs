@@ -23,7 +23,7 @@
 //! `x-opsgate-*` names.
 
 use crate::contract::{Grant, WindowLimit};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorKind};
 use crate::money::MilliCredits;
 
 // Read from clients.
@@ -147,10 +147,18 @@ pub fn cost_headers(cost: MilliCredits, remaining: MilliCredits) -> [(&'static s
     ]
 }
 
-/// The headers of an error reply: JSON, and `retry-after` when the caller should wait.
+/// Seconds a 503 asks the caller to wait when its error names no other delay.
+pub const UNAVAILABLE_RETRY_AFTER_SECS: u64 = 1;
+
+/// The headers of an error reply: JSON, and `retry-after` when the caller should wait — on
+/// every 503 (the SDKs' retry loops honour it), and on a 429 with its window's reset.
 pub fn error_reply_headers(err: &ApiError) -> Vec<(&'static str, String)> {
     let mut out = vec![(CONTENT_TYPE, JSON.to_string())];
-    if let Some(secs) = err.retry_after {
+    let wait = match err.kind {
+        ErrorKind::Unavailable => err.retry_after.or(Some(UNAVAILABLE_RETRY_AFTER_SECS)),
+        _ => err.retry_after,
+    };
+    if let Some(secs) = wait {
         out.push((RETRY_AFTER, secs.to_string()));
     }
     out
@@ -194,7 +202,7 @@ pub fn reaches_provider(name: &[u8], byok: bool) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::ErrorKind;
+
 
     #[test]
     fn error_replies_are_json_with_retry_after_when_set() {
@@ -208,6 +216,9 @@ mod tests {
             ..ApiError::new(ErrorKind::QuotaExceeded, "wait")
         };
         assert_eq!(error_reply_headers(&e)[1], (RETRY_AFTER, "30".to_string()));
+        // Every 503 says when to come back, even when its error named no delay.
+        let e = ApiError::new(ErrorKind::Unavailable, "control plane unreachable");
+        assert_eq!(error_reply_headers(&e)[1], (RETRY_AFTER, "1".to_string()));
     }
 
     #[test]

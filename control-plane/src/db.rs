@@ -166,11 +166,15 @@ mod tests {
         let short = PgTimeouts::from_vars(|n| {
             (n == "OPSGATE_PG_LOCK_TIMEOUT_MS").then(|| "500".to_string())
         });
-        assert!(short.unwrap_err().contains("OPSGATE_PG_LOCK_TIMEOUT_MS (500)"));
+        assert!(short
+            .unwrap_err()
+            .contains("OPSGATE_PG_LOCK_TIMEOUT_MS (500)"));
         let bad = PgTimeouts::from_vars(|n| {
             (n == "OPSGATE_PG_STATEMENT_TIMEOUT_MS").then(|| "soon".to_string())
         });
-        assert!(bad.unwrap_err().starts_with("OPSGATE_PG_STATEMENT_TIMEOUT_MS"));
+        assert!(bad
+            .unwrap_err()
+            .starts_with("OPSGATE_PG_STATEMENT_TIMEOUT_MS"));
     }
 }
 

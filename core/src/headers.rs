@@ -203,7 +203,6 @@ pub fn reaches_provider(name: &[u8], byok: bool) -> bool {
 mod tests {
     use super::*;
 
-
     #[test]
     fn error_replies_are_json_with_retry_after_when_set() {
         let e = ApiError::new(ErrorKind::BadRequest, "no");

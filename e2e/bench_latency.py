@@ -77,6 +77,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu_seconds() -> float:
+    """utime + stime of every PostgreSQL server process on this machine (the backends serving
+    the control plane; 0 when PostgreSQL runs elsewhere)."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if "(postgres)" in text:
+            fields = text.rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+ON_POSTGRES = os.environ.get("OPSGATE_DATABASE_URL", "").startswith("postgres")
+
+
 def measure(client: httpx.Client, url: str, headers: dict, n: int) -> list[float]:
     out = []
     for _ in range(n):
@@ -130,14 +148,16 @@ def main():
             base, gw = [], []
             envoy = next(p.pid for p in stack.procs if "envoy" in str(p.args[0]))
             cp = next(p.pid for p in stack.procs if str(p.args[0]).endswith("opsgate"))
-            cpu = {"base_envoy": 0.0, "gw_envoy": 0.0, "base_cp": 0.0, "gw_cp": 0.0}
+            cpu = {"base_envoy": 0.0, "gw_envoy": 0.0, "base_cp": 0.0, "gw_cp": 0.0, "base_pg": 0.0, "gw_pg": 0.0}
+            pg_cpu = postgres_cpu_seconds if ON_POSTGRES else (lambda: 0.0)
 
             def block(kind, url, headers):
-                e0, c0 = cpu_seconds(envoy), cpu_seconds(cp)
+                e0, c0, p0 = cpu_seconds(envoy), cpu_seconds(cp), pg_cpu()
                 out = measure(c, url, headers, BLOCK)
                 time.sleep(0.3)  # the last settlements of the block are sent on the next tick
                 cpu[f"{kind}_envoy"] += cpu_seconds(envoy) - e0
                 cpu[f"{kind}_cp"] += cpu_seconds(cp) - c0
+                cpu[f"{kind}_pg"] += pg_cpu() - p0
                 return out
 
             with httpx.Client(timeout=30) as c:
@@ -149,12 +169,12 @@ def main():
             thr = {}
             if shutil.which("wrk"):
                 for kind, url, headers in (("base", base_url, base_h), ("gw", gw_url, gw_h)):
-                    e0, c0, l0 = cpu_seconds(envoy), cpu_seconds(cp), ledger_batches(stack.cp_port)
+                    e0, c0, l0, p0 = cpu_seconds(envoy), cpu_seconds(cp), ledger_batches(stack.cp_port), pg_cpu()
                     rps, n_req = wrk(url, headers, Path(tmp))
                     time.sleep(0.5)
                     l1 = ledger_batches(stack.cp_port)
                     thr[kind] = (rps, (cpu_seconds(envoy) - e0) / n_req * 1e6, (cpu_seconds(cp) - c0) / n_req * 1e6,
-                                 (l1[1] - l0[1]) / max(1, l1[0] - l0[0]))
+                                 (l1[1] - l0[1]) / max(1, l1[0] - l0[0]), (pg_cpu() - p0) / n_req * 1e6)
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -167,14 +187,20 @@ def main():
     n = len(base)
     be, ge = cpu["base_envoy"] / n * 1e6, cpu["gw_envoy"] / n * 1e6
     print(f"CPU per call, Envoy                       baseline {be:7.0f} µs   opsgate {ge:7.0f} µs   ({ge / be:.2f}x)")
-    backend = "PostgreSQL" if os.environ.get("OPSGATE_DATABASE_URL", "").startswith("postgres") else "SQLite"
+    backend = "PostgreSQL" if ON_POSTGRES else "SQLite"
     print(f"CPU per call, control plane ({backend:10}) opsgate {cpu['gw_cp'] / n * 1e6:7.0f} µs "
           f"(idle while the baseline ran: {cpu['base_cp'] / n * 1e6:.0f} µs)")
+    if ON_POSTGRES:
+        print(f"CPU per call, PostgreSQL backends         opsgate {cpu['gw_pg'] / n * 1e6:7.0f} µs "
+              f"(control plane + backends: {(cpu['gw_cp'] + cpu['gw_pg']) / n * 1e6:.0f} µs)")
     if thr:
-        (brps, be8, _, _), (grps, ge8, gc8, per_batch) = thr["base"], thr["gw"]
+        (brps, be8, _, _, _), (grps, ge8, gc8, per_batch, gp8) = thr["base"], thr["gw"]
         print(f"throughput at c{WRK_CONNECTIONS} ({WRK_SECONDS} s, wrk)             baseline {brps:7.0f} req/s   opsgate {grps:7.0f} req/s   ({grps / brps:.2f}x)")
         print(f"CPU per call at c{WRK_CONNECTIONS}, Envoy                 baseline {be8:7.0f} µs   opsgate {ge8:7.0f} µs   ({ge8 / be8:.2f}x)")
         print(f"CPU per call at c{WRK_CONNECTIONS}, control plane ({backend:10}) {gc8:7.0f} µs")
+        if ON_POSTGRES:
+            print(f"CPU per call at c{WRK_CONNECTIONS}, PostgreSQL backends   {gp8:7.0f} µs   "
+                  f"(control plane + backends: {gc8 + gp8:.0f} µs)")
         print(f"ledger jobs per transaction at c{WRK_CONNECTIONS}          {per_batch:7.2f} (authorizes and settlements committed together)")
     else:
         print("throughput: skipped (wrk not installed: apt-get install wrk)")

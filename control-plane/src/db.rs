@@ -155,29 +155,6 @@ impl PgTimeouts {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::PgTimeouts;
-
-    #[test]
-    fn pg_timeouts_default_and_refuse_a_lock_wait_shorter_than_the_idle_limit() {
-        let none = PgTimeouts::from_vars(|_| None).unwrap();
-        assert_eq!((none.lock_ms, none.idle_in_transaction_ms), (3_000, 1_000));
-        let short = PgTimeouts::from_vars(|n| {
-            (n == "OPSGATE_PG_LOCK_TIMEOUT_MS").then(|| "500".to_string())
-        });
-        assert!(short
-            .unwrap_err()
-            .contains("OPSGATE_PG_LOCK_TIMEOUT_MS (500)"));
-        let bad = PgTimeouts::from_vars(|n| {
-            (n == "OPSGATE_PG_STATEMENT_TIMEOUT_MS").then(|| "soon".to_string())
-        });
-        assert!(bad
-            .unwrap_err()
-            .starts_with("OPSGATE_PG_STATEMENT_TIMEOUT_MS"));
-    }
-}
-
 /// Schema versions, per backend. Append; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/001_init.sql")),
@@ -376,5 +353,28 @@ impl Db {
             .await
             .map(|r| r.len() == 1)
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PgTimeouts;
+
+    #[test]
+    fn pg_timeouts_default_and_refuse_a_lock_wait_shorter_than_the_idle_limit() {
+        let none = PgTimeouts::from_vars(|_| None).unwrap();
+        assert_eq!((none.lock_ms, none.idle_in_transaction_ms), (3_000, 1_000));
+        let short = PgTimeouts::from_vars(|n| {
+            (n == "OPSGATE_PG_LOCK_TIMEOUT_MS").then(|| "500".to_string())
+        });
+        assert!(short
+            .unwrap_err()
+            .contains("OPSGATE_PG_LOCK_TIMEOUT_MS (500)"));
+        let bad = PgTimeouts::from_vars(|n| {
+            (n == "OPSGATE_PG_STATEMENT_TIMEOUT_MS").then(|| "soon".to_string())
+        });
+        assert!(bad
+            .unwrap_err()
+            .starts_with("OPSGATE_PG_STATEMENT_TIMEOUT_MS"));
     }
 }

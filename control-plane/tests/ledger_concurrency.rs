@@ -573,10 +573,10 @@ async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
     .await;
     let routing = router.routing();
     let mut stalled = sqlx::AnyConnection::connect(&t.url).await.expect("connect");
-    // The replica's own sessions end after 2 s idle in a transaction; this stand-in's after
-    // 3.5 s, so the 2 s lock timeout is what the other caller meets first.
+    // The replica's own sessions end after 1 s idle in a transaction; this stand-in's after
+    // 4 s, so the 3 s lock timeout is what the other caller meets first.
     for step in [
-        "SET idle_in_transaction_session_timeout = 3500",
+        "SET idle_in_transaction_session_timeout = 4000",
         "BEGIN",
         "UPDATE organizations SET credits_held = credits_held WHERE id = 'org_f'",
     ] {
@@ -604,7 +604,7 @@ async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
         .and_then(|r| sqlx::Row::try_get(&r, 0))
         .expect("show");
     assert_eq!(
-        lock_timeout, "2s",
+        lock_timeout, "3s",
         "the pool's sessions carry the lock timeout"
     );
 }

@@ -7,7 +7,9 @@
 //! (thread hand-offs), not SQLite, were most of the control plane's CPU per call. A write
 //! that changes fewer rows than it must is caught inside the trip by a guard statement
 //! (a temporary trigger raises), so the `COMMIT` after it never runs.
-//! On PostgreSQL each statement is its own round trip inside an ordinary transaction.
+//! On PostgreSQL the reads are a round trip each (without a transaction, or locking their
+//! rows `FOR UPDATE` inside one when a batch runs again after a conflict), and the writes are
+//! one statement (`one_statement`): no lock outlives a round trip on the optimistic path.
 //!
 //! The writer keeps its connection between batches, detached from the pool: sqlx pings
 //! every connection it takes back, which would be one more trip per batch.
@@ -177,6 +179,37 @@ pub const SQLITE_GUARD: &str = "CREATE TEMP TABLE IF NOT EXISTS ledger_guard (ex
      BEGIN SELECT RAISE(ABORT, 'opsgate: a ledger row moved since it was read'); END";
 const GUARD_MESSAGE: &str = "a ledger row moved since it was read";
 
+/// PostgreSQL's `division_by_zero`: what `one_statement`'s guard raises when a write missed.
+const MISSED_ROW: &str = "22012";
+
+/// PostgreSQL: the writes as one statement — each a data-modifying `WITH` part returning a
+/// row per row it wrote, and a final `SELECT` that divides by zero unless every part wrote
+/// exactly the rows it must. One statement commits or fails as a whole, and no row stays
+/// locked once it returns: a replica frozen or killed between two round trips holds nothing.
+/// (No part may touch a row another part writes: they all see the statement's snapshot.)
+fn one_statement<'a>(stmts: Vec<Stmt<'a>>) -> Stmt<'a> {
+    let mut parts = Vec::with_capacity(stmts.len());
+    let mut checks = Vec::with_capacity(stmts.len());
+    let mut vals = Vec::new();
+    for (i, s) in stmts.into_iter().enumerate() {
+        parts.push(format!(
+            "w{i} AS ({} RETURNING 1)",
+            renumber(&s.sql, vals.len())
+        ));
+        checks.push(format!("(SELECT COUNT(*) FROM w{i}) = {}", s.expect));
+        vals.extend(s.vals);
+    }
+    Stmt {
+        sql: format!(
+            "WITH {} SELECT 1 / (CASE WHEN {} THEN 1 ELSE 0 END) AS ok",
+            parts.join(", "),
+            checks.join(" AND ")
+        ),
+        vals,
+        expect: 0,
+    }
+}
+
 /// One batch's transaction on the writer's connection.
 pub(super) struct Txn<'c> {
     backend: Backend,
@@ -186,17 +219,20 @@ pub(super) struct Txn<'c> {
 }
 
 impl<'c> Txn<'c> {
-    /// Starts the batch's transaction: at once on PostgreSQL, with the first read on SQLite.
+    /// Starts the batch: on SQLite the transaction begins with the first read; on
+    /// PostgreSQL a transaction is opened only for a `locked` attempt (its reads lock rows
+    /// `FOR UPDATE`) — the optimistic attempt reads without one and writes in one statement.
     pub async fn begin(
         backend: Backend,
         conn: &'c mut AnyConnection,
+        locked: bool,
     ) -> Result<Txn<'c>, sqlx::Error> {
         let mut txn = Txn {
             backend,
             conn,
             open: false,
         };
-        if backend == Backend::Postgres {
+        if backend == Backend::Postgres && locked {
             txn.open = true;
             txn.conn.execute("BEGIN").await?;
         }
@@ -265,13 +301,21 @@ impl<'c> Txn<'c> {
                 }
             }
             Backend::Postgres => {
-                for s in &stmts {
-                    if query(s).execute(&mut *self.conn).await?.rows_affected() != s.expect {
-                        return Ok(false);
+                if !stmts.is_empty() {
+                    let all = one_statement(stmts);
+                    match query(&all).execute(&mut *self.conn).await {
+                        Ok(_) => {}
+                        Err(sqlx::Error::Database(d))
+                            if d.code().as_deref() == Some(MISSED_ROW) =>
+                        {
+                            return Ok(false)
+                        }
+                        Err(e) => return Err(e),
                     }
                 }
-                self.conn.execute("COMMIT").await?;
-                self.open = false;
+                if std::mem::replace(&mut self.open, false) {
+                    self.conn.execute("COMMIT").await?;
+                }
                 Ok(true)
             }
         }
@@ -324,53 +368,73 @@ mod tests {
         assert_eq!((all.vals.len(), all.expect), (4, 3));
     }
 
-    /// A guarded trip on a fresh SQLite file: the first write in it would land, but the
-    /// second changes no row where it must change one — nothing of the trip is committed,
-    /// and the connection is usable for the next batch.
+    /// A batch whose first write would land but whose second changes no row where it must
+    /// change one commits nothing, and the connection serves the next batch: on SQLite (the
+    /// guard trigger stops the trip before its COMMIT) and on PostgreSQL when
+    /// OPSGATE_TEST_DATABASE_URL is set (the single write statement fails as a whole).
     #[tokio::test]
     async fn a_write_that_misses_its_row_commits_nothing_of_the_batch() {
-        use super::Txn;
-        use crate::db::{Backend, Db};
-        use sqlx::Row;
+        use crate::db::Db;
         let path = std::env::temp_dir().join(format!("opsgate-guard-{}.db", std::process::id()));
-        let db = Db::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .expect("open");
-        let mut conn = db.pool.acquire().await.expect("conn").detach();
-        sqlx::Executor::execute(&mut conn, "CREATE TABLE t (id TEXT PRIMARY KEY, n BIGINT)")
-            .await
-            .expect("table");
+        let mut urls = vec![format!("sqlite://{}", path.display())];
+        urls.extend(
+            std::env::var("OPSGATE_TEST_DATABASE_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+        );
+        for url in urls {
+            let db = Db::connect(&url).await.expect("open");
+            let mut conn = db.pool.acquire().await.expect("conn").detach();
+            missed_write_commits_nothing(db.backend, &mut conn).await;
+        }
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+    }
+
+    async fn missed_write_commits_nothing(
+        backend: crate::db::Backend,
+        conn: &mut sqlx::AnyConnection,
+    ) {
+        use super::Txn;
+        use sqlx::Row;
+        // A temporary table: this connection's own, on either database.
+        sqlx::Executor::execute(
+            &mut *conn,
+            "CREATE TEMP TABLE guard_t (id TEXT PRIMARY KEY, n BIGINT)",
+        )
+        .await
+        .expect("table");
         let write = |id: &'static str| Stmt {
-            sql: "INSERT INTO t (id, n) VALUES ($1, 1)".into(),
+            sql: "INSERT INTO guard_t (id, n) VALUES ($1, 1)".into(),
             vals: vec![Val::Text(id)],
             expect: 1,
         };
         let missing = || Stmt {
-            sql: "UPDATE t SET n = n + 1 WHERE id = $1".into(),
+            sql: "UPDATE guard_t SET n = n + 1 WHERE id = $1".into(),
             vals: vec![Val::Text("absent")],
             expect: 1,
         };
-        let mut txn = Txn::begin(Backend::Sqlite, &mut conn).await.expect("begin");
-        txn.fetch(Vec::new()).await.expect("read");
-        let committed = txn
-            .commit_writes(vec![write("a"), missing()])
-            .await
-            .expect("trip");
-        assert!(!committed, "the guard must stop the commit");
-        txn.rollback().await.expect("rollback");
-        let mut txn = Txn::begin(Backend::Sqlite, &mut conn).await.expect("begin");
+        for locked in [false, true] {
+            let mut txn = Txn::begin(backend, conn, locked).await.expect("begin");
+            txn.fetch(Vec::new()).await.expect("read");
+            let committed = txn
+                .commit_writes(vec![write("a"), missing()])
+                .await
+                .expect("trip");
+            assert!(!committed, "{backend:?}: the guard must stop the commit");
+            txn.rollback().await.expect("rollback");
+        }
+        let mut txn = Txn::begin(backend, conn, false).await.expect("begin");
         txn.fetch(Vec::new()).await.expect("read");
         assert!(txn.commit_writes(vec![write("b")]).await.expect("trip"));
-        let ids: Vec<String> = sqlx::query("SELECT id FROM t ORDER BY id")
-            .fetch_all(&db.pool)
+        let ids: Vec<String> = sqlx::query("SELECT id FROM guard_t ORDER BY id")
+            .fetch_all(&mut *conn)
             .await
             .expect("read back")
             .iter()
             .map(|r| r.get::<String, _>("id"))
             .collect();
-        assert_eq!(ids, vec!["b".to_string()]);
-        for suffix in ["", "-wal", "-shm"] {
-            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-        }
+        assert_eq!(ids, vec!["b".to_string()], "{backend:?}");
     }
 }

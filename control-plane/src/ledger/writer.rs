@@ -15,7 +15,7 @@
 //!
 //! No crate offers group commit over sqlx, so this module is our own.
 
-use super::book::{Answer, Book, Calls, HoldRow, Job, Pool, QuotaKey, Tracked};
+use super::book::{Answer, Book, Calls, Closed, HoldRow, Job, Pool, QuotaKey, Tracked};
 use super::holds::HoldStatus;
 use super::quota::WindowKind;
 use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val};
@@ -23,7 +23,7 @@ use crate::db::{Backend, Db};
 use crate::error::AppError;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -213,7 +213,7 @@ async fn attempt(
 ) -> Result<Option<Vec<Answer>>, sqlx::Error> {
     // SQLite: one writer per process at a time (admin writes take the same turn).
     let _turn = db.writer_turn().await;
-    let mut txn = Txn::begin(db.backend, conn).await?;
+    let mut txn = Txn::begin(db.backend, conn, locked).await?;
     let mut book = Book::default();
     let decided = decide(&mut txn, db.backend, &mut book, jobs, locked).await;
     match decided {
@@ -487,18 +487,23 @@ fn take(book: &mut Book, r: &AnyRow) -> Result<(), sqlx::Error> {
 /// back and retries.
 async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
     let mut stmts = Vec::new();
-    // New holds and tombstones; an id taken meanwhile conflicts.
+    // New holds and tombstones; an id taken meanwhile conflicts. A hold placed and closed in
+    // the same batch is inserted as it ended: no statement of a batch touches a row another
+    // one writes (PostgreSQL's single write statement could not update a row it inserts).
+    let ended: BTreeMap<&str, &Closed> = book.closed.iter().map(|c| (c.id.as_str(), c)).collect();
+    let placed: BTreeSet<&str> = book.new_holds.iter().map(|h| h.id.as_str()).collect();
     let rows: Vec<Vec<Val>> = book
         .new_holds
         .iter()
         .map(|h| {
+            let end = ended.get(h.id.as_str());
             vec![
                 Val::Text(&h.id),
                 Val::Text(&h.org_id),
                 Val::Text(&h.user_id),
                 Val::Int(h.amount),
-                Val::OptInt(h.charged),
-                Val::Text(h.status.as_str()),
+                Val::OptInt(end.map_or(h.charged, |c| Some(c.charged))),
+                Val::Text(end.map_or(h.status, |c| c.status).as_str()),
                 Val::Text(&h.model),
                 Val::Text(&h.provider),
                 Val::Text(&h.rate),
@@ -508,7 +513,7 @@ async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
                 Val::OptInt(h.period_start),
                 Val::Int(h.created_at),
                 Val::Int(h.expires_at),
-                Val::OptInt(h.settled_at),
+                Val::OptInt(end.map_or(h.settled_at, |c| Some(c.at))),
             ]
         })
         .collect();
@@ -523,6 +528,7 @@ async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
     let rows: Vec<Vec<Val>> = book
         .closed
         .iter()
+        .filter(|c| !placed.contains(c.id.as_str()))
         .map(|c| {
             vec![
                 Val::Text(&c.id),

@@ -86,6 +86,10 @@ class IdentityProvider:
 
     def __init__(self):
         self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        # Keys published besides the first (a rotation adds one).
+        self.extra: list[tuple[rsa.RSAPrivateKey, str]] = []
+        # While set, the JWKS endpoint answers 503 (an outage).
+        self.outage = False
         self.fetches = 0
         idp = self
 
@@ -95,6 +99,9 @@ class IdentityProvider:
                     self.send_error(404)
                     return
                 idp.fetches += 1
+                if idp.outage:
+                    self.send_error(503)
+                    return
                 body = json.dumps(idp.jwks()).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -129,7 +136,7 @@ class IdentityProvider:
                 "e": b64url(n.e.to_bytes((n.e.bit_length() + 7) // 8, "big"))}
 
     def jwks(self) -> dict:
-        return {"keys": [self.jwk(self.key, self.KID)]}
+        return {"keys": [self.jwk(self.key, self.KID)] + [self.jwk(k, kid) for k, kid in self.extra]}
 
     def claims(self, sub: str, *, lifetime: int = 300, email: str | None = None,
                roles: tuple[str, ...] = ()) -> dict:
@@ -141,8 +148,9 @@ class IdentityProvider:
             c["email"] = email
         return c
 
-    def sign(self, claims: dict, *, key: rsa.RSAPrivateKey | None = None, kid: str | None = None) -> str:
-        header = {"alg": "RS256", "typ": "JWT", "kid": kid or self.KID}
+    def sign(self, claims: dict, *, key: rsa.RSAPrivateKey | None = None, kid: str | None = None,
+             header: dict | None = None) -> str:
+        header = header if header is not None else {"alg": "RS256", "typ": "JWT", "kid": kid or self.KID}
         signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
         sig = (key or self.key).sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
         return f"{signing_input}.{b64url(sig)}"
@@ -152,18 +160,53 @@ class IdentityProvider:
         return self.sign(self.claims(sub, **kw))
 
 
+JWT_AUTHN = """\
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                opsgate:
+                  issuer: "{issuer}"
+                  audiences: ["{audience}"]
+                  remote_jwks:
+                    http_uri: {{ uri: "{jwks_uri}", cluster: jwks, timeout: 2s }}
+                    cache_duration: {cache_secs}s
+                    async_fetch: {{ fast_listener: false, failed_refetch_duration: 1s }}
+                    retry_policy:
+                      num_retries: 3
+                      retry_back_off: {{ base_interval: 0.2s, max_interval: 2s }}
+                  clock_skew_seconds: 60
+                  require_expiration: true
+                  from_headers: [{{ name: Authorization, value_prefix: "Bearer " }}]
+                  forward: true
+                  forward_payload_header: x-opsgate-jwt-payload
+                  pad_forward_payload_header: false
+                  failed_status_in_metadata: opsgate_jwt_failure
+              rules:
+              - match: {{ prefix: "/" }}
+                requires:
+                  requires_any:
+                    requirements:
+                    - provider_name: opsgate
+                    - allow_missing_or_failed: {{}}
+"""
+# How long jwt_authn keeps the JWKS before refreshing it: short here, so the rotation and
+# outage tests see refreshes within seconds.
+JWKS_CACHE_SECS = 3
+
+
 def e2e_envoy_config(config: str, idp: IdentityProvider) -> str:
-    """The rendered development config plus what the end-to-end tests exercise: the JWKS
-    cluster, the filter's `jwt`, `cors` and `admin_prefix` settings, and a route sending the
-    admin prefix to the control plane. Each insertion point must be found exactly once."""
+    """The rendered development config plus what the end-to-end tests exercise: Envoy's
+    jwt_authn with its JWKS cluster, the filter's `jwt`, `cors` and `admin_prefix` settings,
+    and a route sending the admin prefix to the control plane. Each insertion point must be
+    found exactly once."""
 
     def insert(text: str, anchor: str, new: str, before: bool = False) -> str:
         assert text.count(anchor) == 1, f"the Envoy template changed: {anchor!r} found {text.count(anchor)} times"
         return text.replace(anchor, new + anchor if before else anchor + new)
 
     plugin = {
-        "jwt": {"issuer": idp.issuer, "audiences": [AUDIENCE], "algorithm": "RS256", "jwks_cluster": "jwks",
-                "refresh_interval_ms": 60000, "timeout_ms": 2000},
+        "jwt": {"issuer": idp.issuer, "audiences": [AUDIENCE]},
         "cors": {"allowed_origins": [APP_ORIGIN], "allow_credentials": True, "max_age_secs": 600},
         "admin_prefix": ADMIN_PREFIX,
     }
@@ -171,6 +214,9 @@ def e2e_envoy_config(config: str, idp: IdentityProvider) -> str:
     route = (f'              - match: {{ prefix: "{ADMIN_PREFIX}/" }}\n'
              "                route: { cluster: opsgate_control_plane, timeout: 30s }\n")
     config = insert(config, '              - match: { prefix: "/api/v1/llm/" }', route, before=True)
+    jwt_authn = JWT_AUTHN.format(issuer=idp.issuer, audience=AUDIENCE, cache_secs=JWKS_CACHE_SECS,
+                                 jwks_uri=f"http://127.0.0.1:{idp.port}{idp.jwks_path}")
+    config = insert(config, "          - name: envoy.filters.http.wasm\n", jwt_authn, before=True)
     cluster = f"""  - name: jwks
     type: STATIC
     connect_timeout: 1s
@@ -267,22 +313,21 @@ class Stack:
         raise RuntimeError(f"the gateway did not become ready (last: {last}); logs in {self.tmp}")
 
     def _wait_jwks(self):
-        """Every worker has loaded the JWKS once an expired token is refused (401) rather
-        than answered 503 (keys not loaded yet) several times in a row, on new connections."""
-        expired = self.idp.token("readiness-probe", lifetime=-3600)
+        """jwt_authn has the keys once a valid token for an unknown subject is no longer
+        refused as unverified (it may be refused for being unknown)."""
+        token = self.idp.token("readiness-probe")
         deadline = time.time() + 30
-        streak, last = 0, None
-        while time.time() < deadline and streak < 6:
+        last = None
+        while time.time() < deadline:
             try:
-                last = httpx.get(f"{self.api}/models", headers={"Authorization": f"Bearer {expired}"},
-                                 timeout=2).status_code
+                r = httpx.get(f"{self.api}/models", headers={"Authorization": f"Bearer {token}"}, timeout=2)
+                last = r.text
+                if "could not be verified" not in r.text:
+                    return
             except httpx.HTTPError as e:
                 last = repr(e)
-            streak = streak + 1 if last == 401 else 0
-            if streak == 0:
-                time.sleep(0.1)
-        if streak < 6:
-            raise RuntimeError(f"the gateway did not load the JWKS (last: {last}); logs in {self.tmp}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the gateway did not load the JWKS (last: {last}); logs in {self.tmp}")
 
     def cli(self, *args: str) -> dict | list | str:
         out = subprocess.run([str(BIN_DIR / "opsgate"), *args, "--database-url", self.db_url],

@@ -26,15 +26,34 @@ def test_config_validates(name, tmp_path: Path):
 
 
 def test_e2e_config_validates(tmp_path: Path):
-    """The development config as the end-to-end stack runs it (JWKS cluster, jwt, cors,
-    admin_prefix)."""
+    """The development config as the end-to-end stack runs it (jwt_authn and its JWKS
+    cluster, the filter's jwt, cors, admin_prefix)."""
     idp = IdentityProvider()
     try:
         text = e2e_envoy_config(render((ROOT / "envoy/opsgate-dev.yaml.in").read_text(), VALUES), idp)
     finally:
         idp.stop()
-    assert '"jwks_cluster": "jwks"' in text and "- name: jwks" in text
+    assert "- name: jwks" in text and "envoy.filters.http.jwt_authn" in text
     validate(text, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])
+def test_only_jwt_authn_can_set_the_verified_payload_header(name):
+    """Every shipped config strips a client's copy of the header the filter reads a verified
+    JWT payload from, before jwt_authn (if any) and the filter run; where jwt_authn is
+    configured it is before the filter, never refuses on its own, reads the token only from
+    the Authorization header and forwards it."""
+    text = (ROOT / "envoy" / name).read_text()
+    strip = text.index("- remove: x-opsgate-jwt-payload")
+    wasm = text.index("- name: envoy.filters.http.wasm")
+    assert strip < wasm
+    if "envoy.filters.http.jwt_authn" in text:
+        jwt = text.index("- name: envoy.filters.http.jwt_authn")
+        assert strip < jwt < wasm
+        for setting in ["forward: true", "forward_payload_header: x-opsgate-jwt-payload",
+                        "allow_missing_or_failed: {}", "clock_skew_seconds: 60",
+                        'from_headers: [{ name: Authorization, value_prefix: "Bearer " }]']:
+            assert setting in text, setting
 
 
 @pytest.mark.parametrize("name", ["opsgate-dev.yaml.in", "existing-envoy-example.yaml"])

@@ -2,7 +2,7 @@
 //! validated object. A bad value refuses to load (Envoy then refuses the config) with a
 //! message naming the field.
 
-use opsgate_core::jwt::{Algorithm, Validation, DEFAULT_LEEWAY_SECS};
+use opsgate_core::jwt::Validation;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -58,20 +58,25 @@ struct RawCors {
 struct RawJwt {
     issuer: String,
     audiences: Vec<String>,
-    algorithm: String,
-    jwks_cluster: String,
-    /// Default: the issuer URL's host (and port).
+    /// The header Envoy's `jwt_authn` forwards a verified token's payload in.
+    #[serde(default = "default_payload_header")]
+    payload_header: String,
+    // Verification moved to Envoy's `jwt_authn` filter: these are refused with a message
+    // that says so, rather than as unknown fields.
     #[serde(default)]
-    jwks_authority: Option<String>,
-    /// Default: Keycloak's, `<issuer path>/protocol/openid-connect/certs`.
+    algorithm: Option<serde_json::Value>,
     #[serde(default)]
-    jwks_path: Option<String>,
-    #[serde(default = "default_jwks_refresh_ms")]
-    refresh_interval_ms: u64,
-    #[serde(default = "default_unknown_kid_cooldown_ms")]
-    unknown_kid_cooldown_ms: u64,
-    #[serde(default = "default_timeout_ms")]
-    timeout_ms: u64,
+    jwks_cluster: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_authority: Option<serde_json::Value>,
+    #[serde(default)]
+    jwks_path: Option<serde_json::Value>,
+    #[serde(default)]
+    refresh_interval_ms: Option<serde_json::Value>,
+    #[serde(default)]
+    unknown_kid_cooldown_ms: Option<serde_json::Value>,
+    #[serde(default)]
+    timeout_ms: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,44 +129,46 @@ fn default_negative_ttl_ms() -> u64 {
 fn default_cache_entries() -> usize {
     10_000
 }
-fn default_jwks_refresh_ms() -> u64 {
-    300_000
-}
-fn default_unknown_kid_cooldown_ms() -> u64 {
-    30_000
+fn default_payload_header() -> String {
+    DEFAULT_JWT_PAYLOAD_HEADER.to_string()
 }
 fn default_cors_max_age() -> u64 {
     600
 }
 
-/// JWT verification: what tokens must satisfy and where the keys come from.
+/// The header the shipped configs have `jwt_authn` forward a verified payload in.
+pub const DEFAULT_JWT_PAYLOAD_HEADER: &str = "x-opsgate-jwt-payload";
+
+/// JWTs: Envoy's `jwt_authn` verifies them; the filter checks what a verified token must
+/// say (again) and where `jwt_authn` puts its payload.
 #[derive(Debug, Clone)]
 pub struct JwtConfig {
     pub validation: Validation,
-    pub jwks_cluster: String,
-    pub jwks_authority: String,
-    pub jwks_path: String,
-    /// How often the JWKS is fetched again after a success.
-    pub refresh_interval: Duration,
-    /// At most one refetch for an unknown `kid` per this interval.
-    pub unknown_kid_cooldown: Duration,
-    pub timeout: Duration,
-}
-
-/// `https://host:port/path` -> (`host:port`, `/path`), for an http(s) issuer URL.
-fn split_url(url: &str) -> Option<(&str, &str)> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))?;
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    (!authority.is_empty()).then_some((authority, path))
+    /// Lower-case, under `x-opsgate-`: the filter reads it, then strips it with every other
+    /// `x-opsgate-*` header, so it never reaches the control plane or a provider.
+    pub payload_header: String,
 }
 
 fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
     let field = |name: &str, why: &str| format!("opsgate plugin_config: jwt.{name} {why}");
+    let moved = [
+        ("algorithm", raw.algorithm.is_some()),
+        ("jwks_cluster", raw.jwks_cluster.is_some()),
+        ("jwks_authority", raw.jwks_authority.is_some()),
+        ("jwks_path", raw.jwks_path.is_some()),
+        ("refresh_interval_ms", raw.refresh_interval_ms.is_some()),
+        (
+            "unknown_kid_cooldown_ms",
+            raw.unknown_kid_cooldown_ms.is_some(),
+        ),
+        ("timeout_ms", raw.timeout_ms.is_some()),
+    ];
+    if let Some((name, _)) = moved.iter().find(|(_, set)| *set) {
+        return Err(field(
+            name,
+            "is no longer the filter's: Envoy's jwt_authn filter verifies tokens and fetches the JWKS (configure it there, before this filter; see the README)",
+        ));
+    }
     if raw.issuer.trim().is_empty() || raw.issuer.trim() != raw.issuer {
         return Err(field(
             "issuer",
@@ -174,62 +181,20 @@ fn jwt_config(raw: RawJwt) -> Result<JwtConfig, String> {
             "must list at least one non-empty audience",
         ));
     }
-    let algorithm = Algorithm::parse(&raw.algorithm)
-        .ok_or_else(|| field("algorithm", "must be \"RS256\" or \"ES256\""))?;
-    if raw.jwks_cluster.trim().is_empty() {
-        return Err(field("jwks_cluster", "must name an Envoy cluster"));
-    }
-    let derived = split_url(&raw.issuer);
-    let jwks_authority = match raw.jwks_authority {
-        Some(a) if !a.trim().is_empty() => a,
-        Some(_) => return Err(field("jwks_authority", "must not be empty")),
-        None => derived.map(|(a, _)| a.to_string()).ok_or_else(|| {
-            field(
-                "jwks_authority",
-                "is required when the issuer is not an http(s) URL",
-            )
-        })?,
-    };
-    let jwks_path = match raw.jwks_path {
-        Some(p) if p.starts_with('/') => p,
-        Some(_) => return Err(field("jwks_path", "must start with '/'")),
-        None => derived
-            .map(|(_, p)| format!("{}/protocol/openid-connect/certs", p.trim_end_matches('/')))
-            .ok_or_else(|| {
-                field(
-                    "jwks_path",
-                    "is required when the issuer is not an http(s) URL",
-                )
-            })?,
-    };
-    if !(1_000..=86_400_000).contains(&raw.refresh_interval_ms) {
+    let h = &raw.payload_header;
+    let token_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-';
+    if !h.starts_with(opsgate_core::headers::INTERNAL_PREFIX)
+        || h.len() <= opsgate_core::headers::INTERNAL_PREFIX.len()
+        || !h.bytes().all(token_char)
+    {
         return Err(field(
-            "refresh_interval_ms",
-            "must be from 1000 to 86400000",
+            "payload_header",
+            "must be a lower-case header name under x-opsgate- (the filter strips those from every request)",
         ));
-    }
-    if !(1_000..=3_600_000).contains(&raw.unknown_kid_cooldown_ms) {
-        return Err(field(
-            "unknown_kid_cooldown_ms",
-            "must be from 1000 to 3600000",
-        ));
-    }
-    if !(10..=60_000).contains(&raw.timeout_ms) {
-        return Err(field("timeout_ms", "must be from 10 to 60000"));
     }
     Ok(JwtConfig {
-        validation: Validation {
-            issuer: raw.issuer,
-            audiences: raw.audiences,
-            algorithm,
-            leeway_secs: DEFAULT_LEEWAY_SECS,
-        },
-        jwks_cluster: raw.jwks_cluster,
-        jwks_authority,
-        jwks_path,
-        refresh_interval: Duration::from_millis(raw.refresh_interval_ms),
-        unknown_kid_cooldown: Duration::from_millis(raw.unknown_kid_cooldown_ms),
-        timeout: Duration::from_millis(raw.timeout_ms),
+        validation: Validation::new(raw.issuer, raw.audiences),
+        payload_header: raw.payload_header,
     })
 }
 

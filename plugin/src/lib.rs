@@ -6,9 +6,8 @@
 //!   never a panic.
 //! * [`config`] — raw JSON configuration compiled into a validated [`config::FilterConfig`].
 //! * [`shared`] — the state a worker's root context shares with its requests.
-//! * [`jwks`] — the identity provider's keys: fetch, refresh, refetch on an unknown `kid`.
 //! * [`cors`] — CORS preflights and headers, the cookie CSRF rule.
-//! * [`cache`] — bounded, expiring caches (credentials, verified tokens).
+//! * [`cache`] — bounded, expiring caches (credentials).
 //! * [`metrics`] — Envoy stats (`opsgate.*`).
 
 // Unit tests index and add freely; the code they test may not (Cargo.toml denies both).
@@ -19,7 +18,6 @@ pub mod config;
 pub mod cors;
 pub mod filter;
 pub mod host;
-pub mod jwks;
 pub mod metrics;
 pub mod root;
 pub mod shared;

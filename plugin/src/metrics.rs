@@ -30,16 +30,10 @@ pub enum Counter {
     CredentialCacheMiss,
     /// Answered 401 from the negative cache, without a callout.
     CredentialCacheNegativeHit,
-    /// JWTs found in the verified-token cache.
-    JwtCacheHit,
-    /// JWTs verified (signature and claims) successfully.
+    /// JWTs accepted: verified by Envoy's `jwt_authn`, claims checked here.
     JwtVerified,
-    /// JWTs refused (bad signature, claims, alg, kid...).
+    /// JWTs refused (not verified by `jwt_authn`, claims, `alg`, `crit`...).
     JwtVerifyFailed,
-    JwksFetchOk,
-    JwksFetchFailed,
-    /// Refetches triggered by an unknown `kid`.
-    JwksRefetchUnknownKid,
     /// Metered calls refused (503) because this worker's settlements were behind.
     SettleBackpressure,
     /// CORS preflights answered 204 (allowed origin).
@@ -53,7 +47,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 29] = [
+    pub const ALL: [Counter; 25] = [
         Counter::Allowed,
         Counter::Passed,
         Counter::Denied400,
@@ -72,12 +66,8 @@ impl Counter {
         Counter::CredentialCacheHit,
         Counter::CredentialCacheMiss,
         Counter::CredentialCacheNegativeHit,
-        Counter::JwtCacheHit,
         Counter::JwtVerified,
         Counter::JwtVerifyFailed,
-        Counter::JwksFetchOk,
-        Counter::JwksFetchFailed,
-        Counter::JwksRefetchUnknownKid,
         Counter::SettleBackpressure,
         Counter::CorsPreflight,
         Counter::CorsRefused,
@@ -105,12 +95,8 @@ impl Counter {
             Counter::CredentialCacheHit => "opsgate.credential_cache.hits",
             Counter::CredentialCacheMiss => "opsgate.credential_cache.misses",
             Counter::CredentialCacheNegativeHit => "opsgate.credential_cache.negative_hits",
-            Counter::JwtCacheHit => "opsgate.jwt.cache_hits",
             Counter::JwtVerified => "opsgate.jwt.verified",
             Counter::JwtVerifyFailed => "opsgate.jwt.verify_failures",
-            Counter::JwksFetchOk => "opsgate.jwt.jwks_fetches",
-            Counter::JwksFetchFailed => "opsgate.jwt.jwks_fetch_failures",
-            Counter::JwksRefetchUnknownKid => "opsgate.jwt.jwks_unknown_kid_refetches",
             Counter::SettleBackpressure => "opsgate.settle.backpressure",
             Counter::CorsPreflight => "opsgate.cors.preflights",
             Counter::CorsRefused => "opsgate.cors.preflights_refused",

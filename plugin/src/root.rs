@@ -4,7 +4,6 @@
 use crate::config::FilterConfig;
 use crate::filter::Filter;
 use crate::host::{self, Buffer, LogLevel};
-use crate::jwks;
 use crate::metrics::Metrics;
 use crate::shared::{call_control_plane, callout_status, log, Shared, SharedRef};
 use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
@@ -23,7 +22,6 @@ pub struct Root {
     shutting_down: bool,
     /// The last poll failed: log the next failure only after a success.
     snapshot_failing: bool,
-    jwks_call: Option<u32>,
 }
 
 impl Root {
@@ -54,34 +52,6 @@ impl Root {
                 LogLevel::Warn,
                 &format!("opsgate: snapshot poll not sent: {e:?}"),
             ),
-        }
-    }
-
-    /// Fetches the JWKS on the first tick, then every `refresh_interval` (sooner after a
-    /// failure).
-    fn poll_jwks(&mut self, shared: &SharedRef) {
-        if self.jwks_call.is_some() {
-            return;
-        }
-        let Some(jwt) = shared.borrow().config.jwt.clone() else {
-            return;
-        };
-        let now = host::now();
-        if !jwks::due(shared, now) {
-            return;
-        }
-        match jwks::dispatch(&jwt) {
-            Ok(token) => self.jwks_call = Some(token),
-            Err(e) => {
-                log(
-                    LogLevel::Warn,
-                    &format!(
-                        "opsgate: JWKS fetch not sent to cluster {}: {e:?}",
-                        jwt.jwks_cluster
-                    ),
-                );
-                jwks::apply(shared, 0, &[], now);
-            }
         }
     }
 
@@ -170,11 +140,6 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        if self.jwks_call == Some(token) {
-            self.jwks_call = None;
-            jwks::answered(&shared, num_headers, body_size);
-            return;
-        }
         let status = callout_status(num_headers);
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
@@ -280,7 +245,6 @@ impl RootContext for Root {
             return;
         };
         self.poll_snapshot(&shared);
-        self.poll_jwks(&shared);
         self.flush_settlements(&shared);
     }
 

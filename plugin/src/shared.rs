@@ -5,8 +5,7 @@ use crate::cache::BoundedCache;
 use crate::config::FilterConfig;
 use crate::host::{self, Headers, HostError};
 use crate::metrics::Metrics;
-use opsgate_core::contract::{Principal, Settlement, Snapshot};
-use opsgate_core::jwt::KeySet;
+use opsgate_core::contract::{Settlement, Snapshot};
 use opsgate_core::ApiError;
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -22,28 +21,6 @@ pub enum CredentialState {
     Bad(ApiError),
 }
 
-/// A JWT seen before, keyed by the SHA-256 of the token.
-#[derive(Debug, Clone)]
-pub enum TokenState {
-    /// Verified; live until the token's `exp`.
-    Verified(Principal),
-    /// Refused; live for the negative TTL.
-    Refused(ApiError),
-}
-
-/// The JWKS as this worker knows it.
-#[derive(Debug, Default)]
-pub struct JwksState {
-    /// The last good keys; `None` until the first fetch succeeds.
-    pub keys: Option<Rc<KeySet>>,
-    /// When the root fetches again; `None`: on the next tick.
-    pub next_fetch: Option<SystemTime>,
-    /// The last refetch an unknown `kid` triggered (at most one per cooldown).
-    pub last_unknown_kid_refetch: Option<SystemTime>,
-    /// The last fetch failed: log the next failure only after a success.
-    pub failing: bool,
-}
-
 pub struct Shared {
     pub config: FilterConfig,
     /// The last good snapshot; `None` until the first one arrives.
@@ -52,9 +29,6 @@ pub struct Shared {
     pub settle_queue: VecDeque<Settlement>,
     /// `uc_` keys and sessions by cache key (`k:`/`s:` + digest).
     pub credentials: BoundedCache<String, CredentialState>,
-    /// JWTs by the SHA-256 of the token.
-    pub tokens: BoundedCache<[u8; 32], TokenState>,
-    pub jwks: JwksState,
     pub metrics: Metrics,
 }
 
@@ -66,8 +40,6 @@ impl Shared {
             snapshot: None,
             settle_queue: VecDeque::new(),
             credentials: BoundedCache::new(bound),
-            tokens: BoundedCache::new(bound),
-            jwks: JwksState::default(),
             metrics,
         }
     }

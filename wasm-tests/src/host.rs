@@ -41,6 +41,9 @@ impl std::fmt::Display for StreamId {
 /// (a Rust panic in the filter). Like Envoy, which marks such a VM failed,
 /// the host then refuses further calls into the guest; state can still be
 /// inspected.
+/// A filter that runs before ours in Envoy's chain, as the harness plays it.
+type BeforeFilter = Box<dyn Fn(&mut HeaderMap)>;
+
 pub struct Host {
     /// Envoy's `PluginConfig.allow_on_headers_stop_iteration` (opsgate's configs set it).
     allow_on_headers_stop_iteration: bool,
@@ -52,6 +55,9 @@ pub struct Host {
     stderr: MemoryOutputPipe,
     stdout_seen: usize,
     stderr_seen: usize,
+    /// What the filters before ours in Envoy's chain do to request headers (the shipped
+    /// configs run `header_mutation` and `jwt_authn` first); see [`Host::before_filter`].
+    before: Option<BeforeFilter>,
 }
 
 impl std::fmt::Debug for Host {
@@ -140,6 +146,7 @@ impl Host {
             stderr,
             stdout_seen: 0,
             stderr_seen: 0,
+            before: None,
         };
         if host.has_export("_initialize") {
             host.call::<(), ()>(0, "_initialize", ())?;
@@ -280,13 +287,13 @@ impl Host {
         headers: &[(&str, &str)],
         end_of_stream: bool,
     ) -> Result<Action> {
-        self.check_headers_allowed(id, StreamKind::Request)?;
-        self.deliver_headers(
-            id.0,
-            StreamKind::Request,
-            HeaderMap::from_pairs(headers),
-            end_of_stream,
-        )
+        self.request_headers_map(id, HeaderMap::from_pairs(headers), end_of_stream)
+    }
+
+    /// Plays the filters that run before ours in Envoy's chain: `f` sees (and may change)
+    /// every request's headers before the filter does.
+    pub fn before_filter(&mut self, f: impl Fn(&mut HeaderMap) + 'static) {
+        self.before = Some(Box::new(f));
     }
 
     /// [`Host::request_headers`] with a prepared map: values (and names) may be any bytes,
@@ -294,10 +301,13 @@ impl Host {
     pub fn request_headers_map(
         &mut self,
         id: StreamId,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         end_of_stream: bool,
     ) -> Result<Action> {
         self.check_headers_allowed(id, StreamKind::Request)?;
+        if let Some(before) = &self.before {
+            before(&mut headers);
+        }
         self.deliver_headers(id.0, StreamKind::Request, headers, end_of_stream)
     }
 

@@ -71,7 +71,7 @@ fn request(
 
 #[test]
 fn jwt_non_metered_calls_carry_the_verified_identity() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let token = rs256(&claims("user-42"));
     let auth = bearer(&token);
     let cases: [(&str, &str, Option<&str>); 9] = [
@@ -120,7 +120,7 @@ fn jwt_non_metered_calls_carry_the_verified_identity() {
 
 #[test]
 fn identity_without_email_or_roles() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let mut c = claims("svc-account");
     c.as_object_mut().unwrap().remove("email");
     c.as_object_mut().unwrap().remove("realm_access");
@@ -144,7 +144,7 @@ fn identity_without_email_or_roles() {
 
 #[test]
 fn a_client_cannot_claim_an_identity() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let forged = Identity {
         subject: "admin".into(),
         email: None,
@@ -200,7 +200,7 @@ fn a_client_cannot_claim_an_identity() {
 
 #[test]
 fn metered_calls_never_carry_the_identity_upstream() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let auth = bearer(&rs256(&claims("user-42")));
     let id = chat_with_headers(
         &mut host,
@@ -234,7 +234,7 @@ fn no_identity_but_cluster(host: &Host, id: StreamId) {
 
 #[test]
 fn refused_jwts_are_401_on_non_metered_routes() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let mut expired = claims("u");
     expired["exp"] = json!(T0 - 61);
     let mut wrong_aud = claims("u");
@@ -255,23 +255,6 @@ fn refused_jwts_are_401_on_non_metered_routes() {
 }
 
 #[test]
-fn a_token_waiting_for_new_keys_gets_its_identity_when_they_arrive() {
-    let mut host = jwt_gateway_with("RS256", "", &["rsa-1"]);
-    let auth = bearer(&sign("RS256", Some("rsa-2"), &claims("rotated")));
-    let (id, action) = send_headers_only(
-        &mut host,
-        "GET",
-        "/api/v1/llm/credits",
-        &[("authorization", &auth)],
-    );
-    assert_eq!(action, Action::Pause, "waits for the refetch");
-    let call = jwks_call(&mut host).expect("an unknown kid refetches the JWKS");
-    serve_jwks(&mut host, &call, &["rsa-1", "rsa-2"]);
-    assert_eq!(host.resumed(id, StreamKind::Request), 1);
-    assert_eq!(identity_of(&host, id), Some(expected("rotated")));
-}
-
-#[test]
 fn jwts_are_refused_when_jwt_is_not_configured() {
     let mut host = gateway();
     let auth = bearer(&rs256(&claims("u")));
@@ -289,7 +272,7 @@ fn jwts_are_refused_when_jwt_is_not_configured() {
 
 #[test]
 fn admin_token_passes_untouched() {
-    let mut host = jwt_gateway_with("RS256", ADMIN, &["rsa-1"]);
+    let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
     let admin = bearer("e2e-admin-token-0123456789");
     for (method, path) in [
         ("GET", "/admin/v1/orgs"),
@@ -329,7 +312,7 @@ fn admin_token_passes_untouched() {
 
 #[test]
 fn admin_jwts_are_verified_and_carry_the_identity() {
-    let mut host = jwt_gateway_with("RS256", ADMIN, &["rsa-1"]);
+    let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
     let mut c = claims("ops-1");
     c["realm_access"] = json!({"roles":["opsgate-admin"]});
     let auth = bearer(&rs256(&c));
@@ -378,7 +361,7 @@ fn the_bare_prefixes_are_not_api_paths() {
     // Only paths under `route_prefix/` (and `admin_prefix/`) are the filter's: the bare
     // prefix, with or without a query, gets no identity and is passed untouched, once
     // stripped of x-opsgate-*.
-    let mut host = jwt_gateway_with("RS256", ADMIN, &["rsa-1"]);
+    let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
     let auth = bearer(&rs256(&claims("user-42")));
     for path in [
         "/api/v1/llm",
@@ -424,7 +407,7 @@ fn the_bare_prefixes_are_not_api_paths() {
 
 #[test]
 fn without_admin_prefix_admin_paths_are_not_the_filters() {
-    let mut host = jwt_gateway("RS256");
+    let mut host = jwt_gateway();
     let (id, action) = send_headers_only(
         &mut host,
         "GET",
@@ -435,7 +418,7 @@ fn without_admin_prefix_admin_paths_are_not_the_filters() {
     assert!(host.local_reply(id).is_none());
     no_identity(&host, id);
     // A longer path that merely starts with the prefix is not under it.
-    let mut host = jwt_gateway_with("RS256", ADMIN, &["rsa-1"]);
+    let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
     let (id, action) = send_headers_only(&mut host, "GET", "/admin/v10/x", &[]);
     assert_eq!(action, Action::Continue);
     assert!(host.local_reply(id).is_none());

@@ -1,5 +1,5 @@
 //! Who is calling: service keys against the snapshot, `uc_` keys and sessions through the
-//! credential cache (authorize decides), JWTs against the JWKS with a verified-token cache,
+//! credential cache (authorize decides), JWTs as Envoy's `jwt_authn` verified them,
 //! the identity headers for non-metered calls, and the cookie CSRF rule.
 
 use super::*;
@@ -86,143 +86,54 @@ impl Filter {
         }
     }
 
-    pub(super) fn jwt_principal(&mut self, token: &str) -> Authn {
-        if self.shared.borrow().config.jwt.is_none() {
-            return Authn::Refused(ApiError::invalid_api_key(
-                "JWT authentication is not enabled on this gateway; use an API key.",
-            ));
+    /// Keeps the payload `jwt_authn` forwarded (if JWTs are configured), before every
+    /// `x-opsgate-*` header is stripped from the request.
+    pub(super) fn take_jwt_payload(&mut self) {
+        let header = self
+            .shared
+            .borrow()
+            .config
+            .jwt
+            .as_ref()
+            .map(|j| j.payload_header.clone());
+        if let Some(name) = header {
+            self.jwt_payload = host::header(Headers::Request, &name);
         }
-        let now = host::now();
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        // A cached verdict needs nothing else; only first sight reads the JWT settings.
-        let (jwt, keys) = {
-            let shared = self.shared.clone();
-            let mut s = shared.borrow_mut();
-            match s.tokens.get(&hash, now).cloned() {
-                Some(TokenState::Verified(p)) => {
-                    s.metrics.inc(Counter::JwtCacheHit);
-                    return Authn::Ready(p);
-                }
-                Some(TokenState::Refused(err)) => {
-                    s.metrics.inc(Counter::CredentialCacheNegativeHit);
-                    return Authn::Refused(err);
-                }
-                None => {}
-            }
-            (s.config.jwt.clone(), s.jwks.keys.clone())
-        };
-        let Some(jwt) = jwt else {
-            return Authn::Refused(ApiError::invalid_api_key(
-                "JWT authentication is not enabled on this gateway; use an API key.",
-            ));
-        };
-        let Some(keys) = keys else {
-            return Authn::Refused(ApiError::new(
-                ErrorKind::Unavailable,
-                "The gateway has not loaded its identity provider's keys yet; retry in a moment.",
-            ));
-        };
-        let result = jwt::verify(token, &keys, &jwt.validation, unix_secs(now));
-        if let Err(JwtError::UnknownKid(_)) = &result {
-            if jwks::claim_unknown_kid_refetch(&self.shared, now) {
-                match jwks::dispatch(&jwt) {
-                    Ok(call) => {
-                        self.pending_jwt = Some(token.to_string());
-                        return Authn::AwaitingKeys(call);
-                    }
-                    Err(e) => log(
-                        LogLevel::Warn,
-                        &format!(
-                            "opsgate: JWKS refetch not sent to cluster {}: {e:?}",
-                            jwt.jwks_cluster
-                        ),
-                    ),
-                }
-            }
-            // No refetch now: refused, but not remembered (the keys may change).
-            return self.jwt_outcome(&hash, result, now, false);
-        }
-        self.jwt_outcome(&hash, result, now, true)
     }
 
-    /// Counts and caches a verification result.
-    pub(super) fn jwt_outcome(
-        &mut self,
-        hash: &[u8; 32],
-        result: Result<jwt::Claims, JwtError>,
-        now: SystemTime,
-        remember_refusal: bool,
-    ) -> Authn {
-        let mut s = self.shared.borrow_mut();
-        match result {
+    /// A bearer that looks like a JWT: accepted when Envoy's `jwt_authn` verified it (its
+    /// forwarded payload is this token's own) and its claims hold.
+    pub(super) fn jwt_principal(&mut self, token: &str) -> Authn {
+        let Some(rules) = self
+            .shared
+            .borrow()
+            .config
+            .jwt
+            .as_ref()
+            .map(|j| j.validation.clone())
+        else {
+            return Authn::Refused(ApiError::invalid_api_key(
+                "JWT authentication is not enabled on this gateway; use an API key.",
+            ));
+        };
+        let now = unix_secs(host::now());
+        match jwt::accept(token, self.jwt_payload.as_deref(), &rules, now) {
             Ok(claims) => {
-                s.metrics.inc(Counter::JwtVerified);
-                // Cached until `exp`, and never longer than MAX_TOKEN_CACHE (a token may
-                // claim any `exp`; the arithmetic must not overflow either).
-                let exp =
-                    UNIX_EPOCH.checked_add(Duration::from_secs(claims.expires_at.max(0) as u64));
-                let cap = now.checked_add(MAX_TOKEN_CACHE);
-                let expires = match (exp, cap) {
-                    (Some(e), Some(c)) => Some(e.min(c)),
-                    (e, c) => e.or(c),
-                };
-                let principal = Principal::Jwt {
+                self.count(Counter::JwtVerified);
+                Authn::Ready(Principal::Jwt {
                     subject: claims.subject,
                     email: claims.email,
                     roles: claims.roles,
-                };
-                if let Some(expires) = expires.filter(|e| *e > now) {
-                    s.tokens
-                        .insert(*hash, TokenState::Verified(principal.clone()), expires);
-                }
-                Authn::Ready(principal)
+                })
             }
             Err(e) => {
-                s.metrics.inc(Counter::JwtVerifyFailed);
+                self.count(Counter::JwtVerifyFailed);
                 log(
                     LogLevel::Debug,
                     &format!("opsgate: JWT refused ({})", e.label()),
                 );
-                let err = ApiError::invalid_api_key(e.message());
-                let ttl = s.config.negative_cache_ttl;
-                if remember_refusal && !ttl.is_zero() {
-                    s.tokens
-                        .insert(*hash, TokenState::Refused(err.clone()), after(now, ttl));
-                }
-                Authn::Refused(err)
+                Authn::Refused(ApiError::invalid_api_key(e.message()))
             }
-        }
-    }
-
-    /// The JWKS refetch this request waited for has answered (or failed): verify again with
-    /// whatever keys there are now, then go on.
-    pub(super) fn keys_arrived(&mut self) {
-        let now = host::now();
-        let Some(token) = self.pending_jwt.take() else {
-            self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
-            return;
-        };
-        let (jwt, keys) = {
-            let s = self.shared.borrow();
-            (s.config.jwt.clone(), s.jwks.keys.clone())
-        };
-        let (Some(jwt), Some(keys)) = (jwt, keys) else {
-            self.reply(&ApiError::new(
-                ErrorKind::Unavailable,
-                "The gateway could not load its identity provider's keys; retry in a moment.",
-            ));
-            return;
-        };
-        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let result = jwt::verify(&token, &keys, &jwt.validation, unix_secs(now));
-        match self.jwt_outcome(&hash, result, now, true) {
-            Authn::Ready(p) => {
-                if self.proceed(p) == Action::Continue {
-                    resume_request();
-                }
-            }
-            Authn::Refused(e) => self.reply(&e),
-            Authn::AwaitingKeys(_) => {}
         }
     }
 
@@ -268,9 +179,6 @@ impl Filter {
         ))
     }
 }
-
-/// The longest a verified token is cached, whatever its `exp`.
-const MAX_TOKEN_CACHE: Duration = Duration::from_secs(3600);
 
 pub(super) fn unix_secs(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH)

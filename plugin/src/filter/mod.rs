@@ -10,11 +10,11 @@
 //!   `credential_cache_ttl` (a hit is only counted: authorize re-checks the key on every
 //!   metered call, so a revoked key stops working at once on metered calls, and non-metered
 //!   ones are checked by the control plane itself);
-//! * JWTs: verified here against the JWKS (see [`crate::jwks`]); a verified token is cached
-//!   until its `exp` (at most an hour; keyed by its SHA-256, forgotten when the key set
-//!   changes), a refused one for the negative TTL. A token
-//!   whose `kid` is unknown triggers one JWKS refetch per cooldown, and the request that
-//!   triggered it waits for the answer; others in the cooldown get 401.
+//! * JWTs: verified by Envoy's `jwt_authn` filter, which runs before this one and forwards a
+//!   verified token's payload in [`crate::config::JwtConfig::payload_header`] (the shipped
+//!   configs strip a client's copy of that header before `jwt_authn`). A bearer that looks
+//!   like a JWT is accepted only when that payload is its own, and its claims are checked
+//!   again (`opsgate_core::jwt`); no signature is verified in the wasm.
 //!
 //! Non-metered calls (every path under the route prefix but the metered ones, and every
 //! path under the optional admin prefix) are authenticated here and passed on. A verified
@@ -37,11 +37,10 @@ mod shaping;
 
 use crate::cors::{self, BrowserContext};
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
-use crate::jwks;
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
     after, call_control_plane, call_control_plane_within, callout_status, log, CredentialState,
-    SharedRef, TokenState,
+    SharedRef,
 };
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal,
@@ -50,7 +49,7 @@ use opsgate_core::contract::{
 };
 use opsgate_core::credentials::{self, Credential};
 use opsgate_core::headers;
-use opsgate_core::jwt::{self, JwtError};
+use opsgate_core::jwt;
 use opsgate_core::metering;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::Usage;
@@ -62,9 +61,8 @@ use opsgate_core::{ApiError, ErrorKind};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 use std::rc::Rc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Which of the gateway's surfaces a request is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +78,6 @@ enum Phase {
     Pass,
     /// A metered call waiting for its whole body.
     ReadingBody,
-    /// Waiting for a JWKS refetch (the token's `kid` was unknown).
-    AwaitingKeys,
     /// Waiting for the control plane's decision.
     Authorizing { token: u32 },
     /// Forwarded to the provider with a hold in place.
@@ -94,8 +90,6 @@ enum Phase {
 enum Authn {
     Ready(Principal),
     Refused(ApiError),
-    /// A JWKS refetch was sent with this token; the request waits for it.
-    AwaitingKeys(u32),
 }
 
 struct Parsed {
@@ -135,11 +129,10 @@ pub struct Filter {
     /// The request headers ended the stream (no body).
     headers_eos: bool,
     /// The request body was complete (this size) while the credential was still pending.
-    body_ready: Option<usize>,
-    /// The JWT waiting for a JWKS refetch.
-    pending_jwt: Option<String>,
-    /// The JWKS refetch this request triggered, while it is on its way.
-    jwks_call: Option<u32>,
+
+    /// The payload `jwt_authn` forwarded for this request's token, read before the
+    /// `x-opsgate-*` headers are stripped.
+    jwt_payload: Option<Vec<u8>>,
     /// The credential-cache key of a `uc_` key or session, updated from authorize's answer.
     credential_key: Option<String>,
     authorize_sent: Option<SystemTime>,
@@ -181,9 +174,7 @@ impl Filter {
             method: String::new(),
             route: String::new(),
             headers_eos: false,
-            body_ready: None,
-            pending_jwt: None,
-            jwks_call: None,
+            jwt_payload: None,
             credential_key: None,
             authorize_sent: None,
             cors_headers: Vec::new(),
@@ -352,16 +343,6 @@ impl Context for Filter {
         body_size: usize,
         _: usize,
     ) {
-        if self.jwks_call == Some(token) {
-            self.jwks_call = None;
-            // Applied even when the request was answered meanwhile (e.g. 413): the refetch
-            // spent the cooldown, so its keys serve everyone else.
-            jwks::answered(&self.shared, num_headers, body_size);
-            if matches!(self.phase, Phase::AwaitingKeys) {
-                self.keys_arrived();
-            }
-            return;
-        }
         if self.settle_wait.as_ref().is_some_and(|(t, _)| *t == token) {
             let status = callout_status(num_headers);
             let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
@@ -414,6 +395,7 @@ impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "crash-trigger")]
         crash_trigger();
+        self.take_jwt_payload();
         self.strip_internal_headers();
         // Read as bytes: a path that is not ours passes whatever it holds.
         let path = host::header(Headers::Request, ":path").unwrap_or_default();
@@ -435,18 +417,6 @@ impl HttpContext for Filter {
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
-            Phase::AwaitingKeys => {
-                // Buffered until the credential is settled; a metered body is bounded.
-                let max = self.shared.borrow().config.max_body_bytes;
-                if body_size > max {
-                    self.reply(&too_large(max));
-                } else if end_of_stream {
-                    self.body_ready = Some(body_size);
-                } else {
-                    self.body_buffered = body_size;
-                }
-                return Action::Pause;
-            }
             Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
             Phase::Pass if self.to_control_plane => {
                 // Streamed on as it comes; bounded like a metered body.
@@ -478,10 +448,6 @@ impl HttpContext for Filter {
     fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
         match self.phase {
             Phase::ReadingBody => {}
-            Phase::AwaitingKeys => {
-                self.body_ready = Some(self.body_buffered);
-                return Action::Pause;
-            }
             Phase::Authorizing { .. } | Phase::Replied => return Action::Pause,
             Phase::Pass | Phase::Forwarded => return Action::Continue,
         }

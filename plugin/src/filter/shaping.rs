@@ -143,11 +143,6 @@ impl Filter {
         match authn {
             Authn::Ready(principal) => Ok(self.proceed(principal)),
             Authn::Refused(e) => Err(e),
-            Authn::AwaitingKeys(token) => {
-                self.phase = Phase::AwaitingKeys;
-                self.jwks_call = Some(token);
-                Ok(Action::Pause)
-            }
         }
     }
 
@@ -179,9 +174,6 @@ impl Filter {
         }
         self.principal = Some(principal);
         self.phase = Phase::ReadingBody;
-        if let Some(size) = self.body_ready.take() {
-            self.body_complete(size);
-        }
         Action::Pause
     }
 

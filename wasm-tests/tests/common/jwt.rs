@@ -1,65 +1,30 @@
-//! The identity provider, played by the tests: real RSA (2048) and P-256 keys, tokens
-//! signed with them, and the JWKS the filter fetches, served through `respond`.
+//! The identity provider and Envoy's `jwt_authn` filter, played by the tests. Envoy verifies
+//! tokens before our filter runs and forwards a verified token's payload segment in
+//! [`PAYLOAD_HEADER`] (a client's copy is stripped first); the harness does the same with
+//! [`jwt_authn`]. A token here is "signed" by a named key: its signature is a digest of the
+//! key's name and the signed part, so a tampered token or a key the gateway does not trust
+//! fails exactly as it would in Envoy, with no real cryptography in the tests.
 
 use super::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use p256::ecdsa::signature::Signer;
-use rsa::pkcs1v15::SigningKey as RsaSigningKey;
-use rsa::signature::SignatureEncoding;
-use rsa::traits::PublicKeyParts;
-use rsa::RsaPrivateKey;
+use opsgate_wasm_tests::HeaderMap;
 use serde_json::{json, Value};
-use sha2::Sha256;
-use std::sync::OnceLock;
+use sha2::{Digest, Sha256};
 
 pub const ISSUER: &str = "https://id.example.test/realms/opsgate";
 pub const AUDIENCE: &str = "opsgate-gateway";
-pub const IDP: &str = "keycloak";
-pub const JWKS_PATH: &str = "/realms/opsgate/protocol/openid-connect/certs";
+/// Where `jwt_authn` forwards a verified payload (the shipped configs' name).
+pub const PAYLOAD_HEADER: &str = "x-opsgate-jwt-payload";
 /// The host clock's start (2026-01-15T12:00:00Z) in Unix seconds.
 pub const T0: i64 = (opsgate_wasm_tests::DEFAULT_START_NANOS / 1_000_000_000) as i64;
-
-/// Two RSA keys (`rsa-1`, `rsa-2`: a rotation) and one EC key (`ec-1`), made once per
-/// test binary.
-pub fn rsa_key(kid: &str) -> &'static RsaPrivateKey {
-    static K1: OnceLock<RsaPrivateKey> = OnceLock::new();
-    static K2: OnceLock<RsaPrivateKey> = OnceLock::new();
-    let cell = if kid == "rsa-2" { &K2 } else { &K1 };
-    cell.get_or_init(|| RsaPrivateKey::new(&mut rand::rngs::OsRng, 2048).unwrap())
-}
-
-pub fn ec_key() -> &'static p256::ecdsa::SigningKey {
-    static K: OnceLock<p256::ecdsa::SigningKey> = OnceLock::new();
-    K.get_or_init(|| p256::ecdsa::SigningKey::random(&mut rand::rngs::OsRng))
-}
 
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// A JWK for one of the keys.
-pub fn jwk(kid: &str) -> Value {
-    if kid.starts_with("ec") {
-        let p = ec_key().verifying_key().to_encoded_point(false);
-        json!({"kty":"EC","crv":"P-256","use":"sig","alg":"ES256","kid":kid,
-               "x":b64(p.x().unwrap()),"y":b64(p.y().unwrap())})
-    } else {
-        let k = rsa_key(kid).to_public_key();
-        json!({"kty":"RSA","use":"sig","alg":"RS256","kid":kid,
-               "n":b64(&k.n().to_bytes_be()),"e":b64(&k.e().to_bytes_be())})
-    }
-}
-
-/// A JWKS document with these keys, plus an encryption key as Keycloak publishes one.
-pub fn jwks(kids: &[&str]) -> String {
-    let mut keys: Vec<Value> = kids.iter().map(|k| jwk(k)).collect();
-    let mut enc = jwk("rsa-1");
-    enc["use"] = json!("enc");
-    enc["alg"] = json!("RSA-OAEP");
-    enc["kid"] = json!("enc-1");
-    keys.push(enc);
-    json!({ "keys": keys }).to_string()
+fn signature(kid: &str, signed: &str) -> String {
+    b64(&Sha256::digest(format!("{kid}|{signed}").as_bytes()))
 }
 
 /// Claims of a valid access token for `sub`, valid from T0 - 10 s to T0 + 300 s.
@@ -69,87 +34,112 @@ pub fn claims(sub: &str) -> Value {
            "realm_access":{"roles":["offline_access","pro"]}})
 }
 
-/// Signs `claims` with the key `kid` under the header `alg` (`none` and other algorithms
-/// get a dummy signature, so that the token still has three non-empty parts).
+/// A token for `claims` under the header `alg`, signed by the key `kid` (`none` and other
+/// algorithms get a signature no key made).
 pub fn sign(alg: &str, kid: Option<&str>, claims: &Value) -> String {
     let mut header = json!({"alg":alg,"typ":"JWT"});
     if let Some(k) = kid {
         header["kid"] = json!(k);
     }
-    let input = format!(
+    sign_with_header(&header, kid.unwrap_or("rsa-1"), claims)
+}
+
+/// A token with this exact header, signed by `kid`.
+pub fn sign_with_header(header: &Value, kid: &str, claims: &Value) -> String {
+    let signed = format!(
         "{}.{}",
         b64(header.to_string().as_bytes()),
         b64(claims.to_string().as_bytes())
     );
-    let key_kid = kid.unwrap_or("rsa-1");
-    let sig = match alg {
-        "RS256" => RsaSigningKey::<Sha256>::new(rsa_key(key_kid).clone())
-            .sign(input.as_bytes())
-            .to_vec(),
-        "ES256" => {
-            let s: p256::ecdsa::Signature = ec_key().sign(input.as_bytes());
-            s.to_bytes().to_vec()
-        }
-        _ => b"not-a-signature".to_vec(),
+    let sig = match header["alg"].as_str() {
+        Some("RS256" | "ES256") => signature(kid, &signed),
+        _ => b64(b"not-a-signature"),
     };
-    format!("{input}.{}", b64(&sig))
+    format!("{signed}.{sig}")
 }
 
-/// An RS256 token signed with `rsa-1`.
+/// An RS256 token signed by `rsa-1`.
 pub fn rs256(claims: &Value) -> String {
     sign("RS256", Some("rsa-1"), claims)
 }
 
-/// The `"jwt"` config field for `algorithm`, with extra fields (e.g. `,"timeout_ms":500`).
-pub fn jwt_field(algorithm: &str, extra: &str) -> String {
-    format!(
-        r#""jwt":{{"issuer":"{ISSUER}","audiences":["{AUDIENCE}","other"],"algorithm":"{algorithm}","jwks_cluster":"{IDP}","refresh_interval_ms":60000,"unknown_kid_cooldown_ms":30000{extra}}}"#
-    )
+/// The payload segment of a token (what `jwt_authn` forwards once it verified it).
+pub fn payload_of(token: &str) -> &str {
+    token.split('.').nth(1).unwrap_or_default()
 }
 
-pub fn is_jwks_call(c: &HttpCall) -> bool {
-    c.cluster == IDP
+/// Envoy's `jwt_authn` as the shipped configs run it, trusting the keys `trusted`: a
+/// client's [`PAYLOAD_HEADER`] is removed; a bearer JWT whose signature one of those keys
+/// made and whose `iss` and `aud` are the gateway's gets its payload forwarded. Any other
+/// request passes untouched (`allow_missing_or_failed`).
+pub fn jwt_authn(trusted: &'static [&'static str]) -> impl Fn(&mut HeaderMap) {
+    move |headers: &mut HeaderMap| {
+        headers.remove(PAYLOAD_HEADER.as_bytes());
+        let Some(auth) = headers.get_str("authorization") else {
+            return;
+        };
+        let Some(token) = auth.strip_prefix("Bearer ") else {
+            return;
+        };
+        let Some((signed, sig)) = token.rsplit_once('.') else {
+            return;
+        };
+        let Some(header) = signed
+            .split('.')
+            .next()
+            .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+            .and_then(|h| serde_json::from_slice::<Value>(&h).ok())
+        else {
+            return;
+        };
+        if !matches!(header["alg"].as_str(), Some("RS256" | "ES256")) {
+            return;
+        }
+        let kid = header["kid"].as_str().unwrap_or("rsa-1");
+        if !trusted.contains(&kid) || sig != signature(kid, signed) {
+            return;
+        }
+        let payload = payload_of(token);
+        let Some(claims) = URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()
+            .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+        else {
+            return;
+        };
+        let aud_ok = match &claims["aud"] {
+            Value::String(a) => a == AUDIENCE,
+            Value::Array(list) => list.iter().any(|a| a == AUDIENCE),
+            _ => false,
+        };
+        if claims["iss"] == ISSUER && aud_ok {
+            headers.set(PAYLOAD_HEADER.as_bytes(), payload.as_bytes());
+        }
+    }
 }
 
-pub fn jwks_call(host: &mut Host) -> Option<HttpCall> {
-    host.take_call(is_jwks_call)
+/// The `"jwt"` config field, with extra fields (e.g. `,"payload_header":"x-opsgate-p"`).
+pub fn jwt_field(extra: &str) -> String {
+    format!(r#""jwt":{{"issuer":"{ISSUER}","audiences":["{AUDIENCE}","other"]{extra}}}"#)
 }
 
-pub fn serve_jwks(host: &mut Host, call: &HttpCall, kids: &[&str]) {
-    host.respond(
-        call.token,
-        200,
-        &[("content-type", "application/json")],
-        jwks(kids).as_bytes(),
-    )
-    .unwrap();
-}
-
-/// A gateway with JWTs enabled (`algorithm`, extra top-level config), its snapshot loaded
-/// and its first JWKS (`kids`) served.
-pub fn jwt_gateway_with(algorithm: &str, extra: &str, kids: &[&str]) -> Host {
-    let mut fields = jwt_field(algorithm, "");
+/// A gateway with JWTs enabled (extra top-level config), its snapshot loaded, behind a
+/// `jwt_authn` trusting `trusted`.
+pub fn jwt_gateway_with(extra: &str, trusted: &'static [&'static str]) -> Host {
+    let mut fields = jwt_field("");
     if !extra.is_empty() {
         fields = format!("{fields},{extra}");
     }
     let mut host = Host::plugin().unwrap();
     host.add_cluster(CP);
-    host.add_cluster(IDP);
     assert!(host.configure("", &config_with(&fields)).unwrap());
     host.tick().unwrap();
     let call = snapshot_call(&mut host).expect("a snapshot poll");
     answer_snapshot(&mut host, &call, &snapshot());
-    let call = jwks_call(&mut host).expect("the first tick fetches the JWKS");
-    assert_eq!(header(&call.headers, ":path"), Some(JWKS_PATH));
-    assert_eq!(
-        header(&call.headers, ":authority"),
-        Some("id.example.test"),
-        "derived from the issuer"
-    );
-    serve_jwks(&mut host, &call, kids);
+    host.before_filter(jwt_authn(trusted));
     host
 }
 
-pub fn jwt_gateway(algorithm: &str) -> Host {
-    jwt_gateway_with(algorithm, "", &["rsa-1", "ec-1"])
+pub fn jwt_gateway() -> Host {
+    jwt_gateway_with("", &["rsa-1", "ec-1"])
 }

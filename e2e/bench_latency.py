@@ -131,6 +131,40 @@ def ledger_batches(cp_port: int) -> tuple[int, int]:
     return value("opsgate_ledger_batches_total"), value("opsgate_ledger_jobs_total")
 
 
+JWT_REQUESTS = int(os.environ.get("OPSGATE_BENCH_JWT_REQUESTS", "400"))
+
+
+def jwt_costs(stack, envoy: int) -> dict[str, float]:
+    """Envoy CPU per request (µs) for requests refused or answered at the edge, by
+    credential: a service key, one valid RS256 JWT repeated, a new valid one each request, a
+    forged one each request (right `alg` and `kid`, random signature). The body is invalid,
+    so each is answered by the filter (400 or 401) without the control plane: what differs
+    is what verifying the credential costs (Envoy's jwt_authn for JWTs)."""
+    idp = stack.idp
+    url = f"{stack.api}/chat/completions"
+    sub = "bench-jwt-user"
+    fresh = [idp.token(sub) for _ in range(JWT_REQUESTS)]
+    head, payload, _ = fresh[0].split(".")
+    forged = [f"{head}.{payload}.{conftest.b64url(os.urandom(256))}" for _ in range(JWT_REQUESTS)]
+    kinds = {
+        "service key": [SERVICE_KEY] * JWT_REQUESTS,
+        "RS256 JWT, the same each time": [fresh[0]] * JWT_REQUESTS,
+        "RS256 JWT, new each time": fresh,
+        "forged RS256 JWT, new each time": forged,
+    }
+    out = {}
+    with httpx.Client(timeout=30) as c:
+        for kind, tokens in kinds.items():
+            for t in tokens[:20]:  # warm up
+                c.post(url, content=b"{}", headers={"Authorization": f"Bearer {t}", "content-type": "application/json"})
+            e0 = cpu_seconds(envoy)
+            for t in tokens:
+                r = c.post(url, content=b"{}", headers={"Authorization": f"Bearer {t}", "content-type": "application/json"})
+                assert r.status_code in (400, 401), (kind, r.status_code, r.text)
+            out[kind] = (cpu_seconds(envoy) - e0) / len(tokens) * 1e6
+    return out
+
+
 def pct(xs: list[float], p: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(p * len(xs)))]
@@ -166,6 +200,7 @@ def main():
                 for _ in range(REQUESTS // BLOCK):
                     base += block("base", base_url, base_h)
                     gw += block("gw", gw_url, gw_h)
+            jwt = jwt_costs(stack, envoy)
             thr = {}
             if shutil.which("wrk"):
                 for kind, url, headers in (("base", base_url, base_h), ("gw", gw_url, gw_h)):
@@ -193,6 +228,10 @@ def main():
     if ON_POSTGRES:
         print(f"CPU per call, PostgreSQL backends         opsgate {cpu['gw_pg'] / n * 1e6:7.0f} µs "
               f"(control plane + backends: {(cpu['gw_cp'] + cpu['gw_pg']) / n * 1e6:.0f} µs)")
+    base_key = jwt["service key"]
+    print(f"Envoy CPU per request answered at the edge ({JWT_REQUESTS} each; jwt_authn verifies JWTs):")
+    for kind, us in jwt.items():
+        print(f"  {kind:34} {us:7.0f} µs   ({us / base_key:.2f}x a service key)")
     if thr:
         (brps, be8, _, _, _), (grps, ge8, gc8, per_batch, gp8) = thr["base"], thr["gw"]
         print(f"throughput at c{WRK_CONNECTIONS} ({WRK_SECONDS} s, wrk)             baseline {brps:7.0f} req/s   opsgate {grps:7.0f} req/s   ({grps / brps:.2f}x)")

@@ -63,7 +63,9 @@ def test_five_hostile_headers_then_a_good_request(stack):
     # 1. An unauthenticated request outside the API, four times (once per worker and more).
     for _ in range(4):
         # Not the filter's path: Envoy has no route for it (a crashed VM would answer 503).
-        assert raw_request(port, b"GET / HTTP/1.1\r\nHost: gateway\r\nX-Anything: caf\xe9\r\n") == 404
+        assert raw_request(port, b"GET /elsewhere HTTP/1.1\r\nHost: gateway\r\nX-Anything: caf\xe9\r\n") == 404
+        # The health check, which the filter answers itself.
+        assert raw_request(port, b"GET / HTTP/1.1\r\nHost: gateway\r\nX-Anything: caf\xe9\r\n") == 200
     # 2. The byte in Authorization, after a valid key: 401, the key never logged. (Refused at
     # the headers, so no body is sent: none is left unread when Envoy closes the connection.)
     assert raw_request(port, chat_head(b"", key=user_key + b"\xe9")) == 401

@@ -477,6 +477,29 @@ async fn credits_and_models_in_the_guides_shapes() {
             .await;
         assert_eq!(r.json["summary"]["platform_models"], ids.len());
 
+        // models.retrieve: a model the caller can use, as the list shows it; 404 otherwise.
+        let r = api
+            .get("/api/v1/llm/models/gpt-4o-mini", Some(&uc_key))
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(
+            (r.json["id"].as_str(), r.json["object"].as_str()),
+            (Some("gpt-4o-mini"), Some("model"))
+        );
+        assert!(r.json["owned_by"].is_string() && r.json["created"].is_number());
+        for missing in ["o1-preview", "no-such-model", "openai/gpt-4o"] {
+            let r = api
+                .get(&format!("/api/v1/llm/models/{missing}"), Some(&uc_key))
+                .await;
+            assert_envelope(&r, 404, "not_found");
+            assert!(r.text.contains(missing), "{}", r.text);
+        }
+        assert_envelope(
+            &api.get("/api/v1/llm/models/gpt-4o-mini", None).await,
+            401,
+            "invalid_api_key",
+        );
+
         // Wrong, unknown, revoked and missing credentials: 401 envelopes.
         let unknown = format!("uc_{}", "0".repeat(64));
         for bad in [

@@ -18,6 +18,7 @@ use opsgate_control_plane::ledger::{self, Routing};
 use opsgate_control_plane::{app, AppState};
 use opsgate_core::contract::{Endpoint, Outcome, Principal};
 use opsgate_core::credentials::{digest, mask};
+use opsgate_core::headers::UNLIMITED_CALLS;
 use opsgate_core::plan::Plan;
 use opsgate_core::ErrorKind;
 use serde_json::{json, Value};
@@ -632,37 +633,54 @@ async fn an_openrouter_key_reaches_every_cloud_model() {
     .await;
 }
 
+/// The guide: BYOK calls have no rate limits (the provider's own apply) and cost no credits,
+/// on every plan; the byok plan calls cloud providers with the caller's keys only.
 #[tokio::test]
-async fn call_quotas_still_apply_outside_the_byok_plan() {
+async fn byok_calls_take_no_call_quota_and_the_byok_plan_needs_a_key() {
     for_each_backend("byok_quota", |db| async move {
         fixture(&db).await;
         seed(&db, "org_b", "carol", Plan::Byok, 0, None, T0).await;
+        seed(&db, "org_c", "dave", Plan::Byok, 1_000_000, None, T0).await;
         let router = Router::new(professional_limits(Some(334), Some(1)));
         let routing = router.routing();
         put_user_key(&db, &router.keyring, "alice", "openrouter", OR_KEY).await;
         put_user_key(&db, &router.keyring, "carol", "openrouter", OR_KEY_2).await;
+        let unlimited = |g: &opsgate_core::contract::Grant| {
+            g.period
+                .is_some_and(|w| w.limit == UNLIMITED_CALLS && w.remaining == UNLIMITED_CALLS)
+                && g.daily.is_none()
+        };
 
-        let g = authorize(&db, &routing, "alice", "gpt-4o").await.unwrap();
-        assert!(g.byok && g.period.is_some());
-        ledger::settle(&db, &settlement(&g.hold_id, Outcome::Success, 10, 10), T0)
-            .await
-            .unwrap();
-        let e = authorize(&db, &routing, "alice", "gpt-4o")
-            .await
-            .unwrap_err();
-        assert_eq!(e.0.kind, ErrorKind::QuotaExceeded, "{}", e.0.message);
-
-        // The byok plan: no call quota, no credits needed (its org pool is empty of
-        // anything but alice's credits, and carol has no allocation).
-        for _ in 0..5 {
-            let g = authorize(&db, &routing, "carol", "o1-preview")
-                .await
-                .unwrap();
-            assert!(g.byok && g.period.is_none() && g.daily.is_none() && g.hold_mc.0 == 0);
+        // A professional user limited to 1 call a period: their BYOK calls do not count.
+        for _ in 0..3 {
+            let g = authorize(&db, &routing, "alice", "gpt-4o").await.unwrap();
+            assert!(g.byok && unlimited(&g), "{:?}", g.period);
             ledger::settle(&db, &settlement(&g.hold_id, Outcome::Success, 10, 10), T0)
                 .await
                 .unwrap();
         }
+
+        // The byok plan: no call quota, no credits needed.
+        for _ in 0..5 {
+            let g = authorize(&db, &routing, "carol", "o1-preview")
+                .await
+                .unwrap();
+            assert!(g.byok && unlimited(&g) && g.hold_mc.0 == 0);
+            ledger::settle(&db, &settlement(&g.hold_id, Outcome::Success, 10, 10), T0)
+                .await
+                .unwrap();
+        }
+        // Without a key, the byok plan is refused a cloud model — however many credits.
+        let e = authorize(&db, &routing, "dave", "o1-preview")
+            .await
+            .unwrap_err();
+        assert_eq!(e.0.status(), 403, "{}", e.0.message);
+        assert!(
+            e.0.message.contains("POST /api/v1/llm/byok/keys"),
+            "{}",
+            e.0.message
+        );
+        assert_eq!(org(&db, "org_c").await.credits_used, 0);
         assert_eq!(org(&db, "org_b").await.credits_used, 0);
     })
     .await;

@@ -105,6 +105,33 @@ async fn the_daily_limit_resets_at_midnight_utc() {
             e.message
         );
         assert_eq!(e.retry_after, Some(1), "one second to midnight");
+        // It names its window, for the X-RateLimit-* headers a client's retry reads.
+        assert_eq!(
+            e.rate_limit,
+            Some(opsgate_core::contract::WindowLimit {
+                limit: 34,
+                remaining: 0,
+                reset: NOV_14_235959 + 1
+            })
+        );
+
+        // A service key of the same user is a trusted internal service: no call quota.
+        let mut as_service = chat("starter_d", model, 200, Some(100));
+        as_service.principal = opsgate_core::contract::Principal::Service {
+            user_id: "starter_d".into(),
+        };
+        let g = ledger::authorize(&db, &router.routing(), &user, &as_service, clock.now())
+            .await
+            .expect("no quota for a service key");
+        let p = g.period.expect("reported as unlimited");
+        assert_eq!(
+            (p.limit, p.remaining),
+            (
+                opsgate_core::headers::UNLIMITED_CALLS,
+                opsgate_core::headers::UNLIMITED_CALLS
+            )
+        );
+        assert!(g.daily.is_none());
 
         // The same refusal over HTTP carries the Retry-After value for the filter.
         let state = state(&db, &clock, router.catalogue.clone());

@@ -206,6 +206,9 @@ pub struct Denial {
     pub param: Option<String>,
     #[serde(default)]
     pub retry_after: Option<u64>,
+    /// A 429's window: sent back as `X-RateLimit-*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<WindowLimit>,
 }
 
 impl From<ApiError> for Denial {
@@ -215,6 +218,7 @@ impl From<ApiError> for Denial {
             message: e.message,
             param: e.param,
             retry_after: e.retry_after,
+            rate_limit: e.rate_limit,
         }
     }
 }
@@ -226,6 +230,7 @@ impl From<Denial> for ApiError {
             message: d.message,
             param: d.param,
             retry_after: d.retry_after,
+            rate_limit: d.rate_limit,
         }
     }
 }

@@ -95,6 +95,9 @@ pub struct ApiError {
     pub param: Option<String>,
     /// For 429s: seconds until the window that refused resets (becomes `Retry-After`).
     pub retry_after: Option<u64>,
+    /// For 429s: the window that refused (limit, nothing remaining, its reset), sent as
+    /// `X-RateLimit-*` so a client's retry waits until the reset.
+    pub rate_limit: Option<crate::contract::WindowLimit>,
 }
 
 impl ApiError {
@@ -145,6 +148,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after: None,
+            rate_limit: None,
         }
     }
 

@@ -113,6 +113,11 @@ pub fn provider_headers(grant: &Grant) -> Vec<(&'static str, String)> {
     out
 }
 
+/// What `X-RateLimit-Limit` and `-Remaining` say for calls no quota counts (unlimited plans,
+/// service keys, BYOK calls): a large integer, so clients that parse the headers as numbers
+/// keep working (2^31 - 1 fits every integer type they use).
+pub const UNLIMITED_CALLS: u64 = 2_147_483_647;
+
 /// The plan's windows, as the integration guide names them: the period (monthly, or the
 /// trial's 7 days) and the day; none for a window the plan does not have.
 pub fn rate_limit_headers(grant: &Grant) -> Vec<(&'static str, String)> {
@@ -160,6 +165,11 @@ pub fn error_reply_headers(err: &ApiError) -> Vec<(&'static str, String)> {
     };
     if let Some(secs) = wait {
         out.push((RETRY_AFTER, secs.to_string()));
+    }
+    if let Some(w) = err.rate_limit {
+        out.push((X_RATELIMIT_LIMIT, w.limit.to_string()));
+        out.push((X_RATELIMIT_REMAINING, w.remaining.to_string()));
+        out.push((X_RATELIMIT_RESET, w.reset.to_string()));
     }
     out
 }
@@ -215,6 +225,25 @@ mod tests {
             ..ApiError::new(ErrorKind::QuotaExceeded, "wait")
         };
         assert_eq!(error_reply_headers(&e)[1], (RETRY_AFTER, "30".to_string()));
+        // A 429 names its window, so the guide's retry waits until X-RateLimit-Reset.
+        let e = ApiError {
+            retry_after: Some(30),
+            rate_limit: Some(WindowLimit {
+                limit: 34,
+                remaining: 0,
+                reset: 1_700_000_030,
+            }),
+            ..ApiError::new(ErrorKind::QuotaExceeded, "wait")
+        };
+        assert_eq!(
+            error_reply_headers(&e)[1..],
+            [
+                (RETRY_AFTER, "30".to_string()),
+                (X_RATELIMIT_LIMIT, "34".to_string()),
+                (X_RATELIMIT_REMAINING, "0".to_string()),
+                (X_RATELIMIT_RESET, "1700000030".to_string()),
+            ]
+        );
         // Every 503 says when to come back, even when its error named no delay.
         let e = ApiError::new(ErrorKind::Unavailable, "control plane unreachable");
         assert_eq!(error_reply_headers(&e)[1], (RETRY_AFTER, "1".to_string()));

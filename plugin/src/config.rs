@@ -12,6 +12,10 @@ struct RawConfig {
     control_plane: RawControlPlane,
     #[serde(default = "default_prefix")]
     route_prefix: String,
+    /// A path the filter answers itself, without credentials, with the gateway's health
+    /// (the integration guide's `GET /`); absent = none.
+    #[serde(default)]
+    health_path: Option<String>,
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
     #[serde(default = "default_snapshot_ms")]
@@ -286,6 +290,8 @@ pub struct FilterConfig {
     pub identity_auth: String,
     pub cp_timeout: Duration,
     pub route_prefix: String,
+    /// Answered by the filter with the gateway's health; `None`: no such path.
+    pub health_path: Option<String>,
     pub max_body_bytes: usize,
     pub snapshot_interval: Duration,
     pub settle_interval: Duration,
@@ -389,6 +395,19 @@ impl FilterConfig {
                 "must be from 1 to 1000000",
             ));
         }
+        if let Some(health) = &raw.health_path {
+            let under = |prefix: &str| {
+                health
+                    .strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with('/'))
+            };
+            if !health.starts_with('/') || health.contains('?') || under(&raw.route_prefix) {
+                return Err(field(
+                    "health_path",
+                    "must be a path starting with '/', outside route_prefix, without a query",
+                ));
+            }
+        }
         if let Some(admin) = &raw.admin_prefix {
             if !admin.starts_with('/') || admin.ends_with('/') || admin.len() < 2 {
                 return Err(field(
@@ -415,6 +434,7 @@ impl FilterConfig {
             cp_token: raw.control_plane.token,
             cp_timeout: Duration::from_millis(raw.control_plane.timeout_ms),
             route_prefix: raw.route_prefix,
+            health_path: raw.health_path,
             max_body_bytes: raw.max_body_bytes as usize,
             snapshot_interval: Duration::from_millis(raw.snapshot_interval_ms),
             settle_interval: Duration::from_millis(raw.settle_interval_ms),

@@ -149,6 +149,7 @@ impl Context for Root {
                     self.snapshot_failing = false;
                     self.last_snapshot = Some(host::now());
                     let mut s = shared.borrow_mut();
+                    s.control_plane_reachable = true;
                     let changed = s
                         .snapshot
                         .as_ref()
@@ -167,6 +168,7 @@ impl Context for Root {
                 }
                 (status, parsed) => {
                     self.last_snapshot = Some(host::now());
+                    shared.borrow_mut().control_plane_reachable = false;
                     if !self.snapshot_failing {
                         self.snapshot_failing = true;
                         log(

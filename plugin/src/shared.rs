@@ -30,6 +30,8 @@ pub struct Shared {
     /// `uc_` keys and sessions by cache key (`k:`/`s:` + digest).
     pub credentials: BoundedCache<String, CredentialState>,
     pub metrics: Metrics,
+    /// The control plane answered the last snapshot poll (the health path reports it).
+    pub control_plane_reachable: bool,
 }
 
 impl Shared {
@@ -41,6 +43,7 @@ impl Shared {
             settle_queue: VecDeque::new(),
             credentials: BoundedCache::new(bound),
             metrics,
+            control_plane_reachable: false,
         }
     }
 

@@ -19,6 +19,7 @@ fn denied(kind: ErrorKind, message: &str, retry_after: Option<u64>) -> (Host, St
             message: message.into(),
             param: None,
             retry_after,
+            rate_limit: None,
         },
     );
     (host, id)
@@ -74,6 +75,35 @@ fn quota_exceeded_is_429_with_retry_after() {
     assert_not_forwarded(&mut host, id);
 }
 
+/// The integration guide's retry loop waits until `X-RateLimit-Reset`: a 429 names its window.
+#[test]
+fn quota_exceeded_carries_the_rate_limit_headers_of_its_window() {
+    let mut host = gateway();
+    let (id, _) = chat(&mut host, SERVICE_KEY, QUICKSTART);
+    let call = authorize_call(&mut host);
+    deny(
+        &mut host,
+        &call,
+        Denial {
+            kind: ErrorKind::QuotaExceeded,
+            message: "Rate limit exceeded. Daily limit: 34 calls.".into(),
+            param: None,
+            retry_after: Some(3600),
+            rate_limit: Some(opsgate_core::contract::WindowLimit {
+                limit: 34,
+                remaining: 0,
+                reset: 1_768_521_600,
+            }),
+        },
+    );
+    let (reply, _) = expect_reply(&host, id, 429, "quota_exceeded");
+    assert_eq!(reply.header("x-ratelimit-limit"), Some("34"));
+    assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(reply.header("x-ratelimit-reset"), Some("1768521600"));
+    assert_eq!(reply.header("retry-after"), Some("3600"));
+    assert_not_forwarded(&mut host, id);
+}
+
 #[test]
 fn denial_param_is_carried() {
     let mut host = gateway();
@@ -87,6 +117,7 @@ fn denial_param_is_carried() {
             message: "The model 'gpt-9' does not exist.".into(),
             param: Some("model".into()),
             retry_after: None,
+            rate_limit: None,
         },
     );
     let (_, env) = expect_reply(&host, id, 404, "not_found");
@@ -107,6 +138,7 @@ fn revoked_user_key_denied_by_the_control_plane_is_401() {
             message: "Invalid or revoked API key".into(),
             param: None,
             retry_after: None,
+            rate_limit: None,
         },
     );
     let (reply, _) = expect_reply(&host, id, 401, "invalid_api_key");

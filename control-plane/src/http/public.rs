@@ -19,6 +19,8 @@ pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/v1/llm/models", get(models))
         .route("/api/v1/llm/models/categorized", get(models_categorized))
+        // The OpenAI SDKs' `models.retrieve`; ids may hold a '/' (vendor/model).
+        .route("/api/v1/llm/models/{*id}", get(model))
         .route("/api/v1/llm/credits", get(credits))
         .route("/api/v1/llm/usage", get(usage))
 }
@@ -146,6 +148,32 @@ async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResul
         object: "list",
         data,
     }))
+}
+
+/// One model the caller can use, as `GET /models` lists it; 404 otherwise.
+async fn model(
+    State(state): State<AppState>,
+    Caller(user): Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> AppResult<Json<ModelJson>> {
+    let (models, _) = reachable(&state, &user).await?;
+    models
+        .iter()
+        .find(|(m, _)| m.id == id)
+        .map(|(m, via)| {
+            Json(ModelJson {
+                byok: Some(via.is_some()),
+                ..model_json(m)
+            })
+        })
+        .ok_or_else(|| {
+            crate::error::AppError::new(
+                opsgate_core::ErrorKind::NotFound,
+                format!(
+                    "The model '{id}' does not exist or is not available to you. GET /api/v1/llm/models lists the models you can use."
+                ),
+            )
+        })
 }
 
 async fn models_categorized(

@@ -10,10 +10,12 @@ use super::writer;
 use crate::accounts::User;
 use crate::db::Db;
 use crate::error::AppError;
-use opsgate_core::contract::{AuthorizeRequest, Endpoint, Grant, Upstream};
+use opsgate_core::contract::{AuthorizeRequest, Endpoint, Grant, Principal, Upstream, WindowLimit};
+use opsgate_core::headers::UNLIMITED_CALLS;
 use opsgate_core::metering::HoldRequest;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::{Price, RateCard};
+use opsgate_core::time::monthly_window;
 
 /// Places a hold and reserves quota, or refuses. Routing, pricing and the quota windows are
 /// decided here; the balances and counts are read, decided and written by the ledger writer,
@@ -27,7 +29,21 @@ pub async fn authorize(
 ) -> Result<Grant, AppError> {
     let route = route(db, routing, user, req).await?;
     let rate = rate_card(routing, user, &route, req);
-    let windows = quota::quota_windows(routing.catalogue, user, now)?;
+    // No call quota for service keys (trusted internal services) nor for BYOK calls (the
+    // provider's own limits apply): the guide's rule.
+    let metered = !route.byok && !matches!(req.principal, Principal::Service { .. });
+    let windows = if metered {
+        quota::quota_windows(routing.catalogue, user, now)?
+    } else {
+        Vec::new()
+    };
+    // A window the call is not counted in is reported as unlimited, resetting with the
+    // month (integer-parsing clients read every X-RateLimit-* header as a number).
+    let unlimited = WindowLimit {
+        limit: UNLIMITED_CALLS,
+        remaining: UNLIMITED_CALLS,
+        reset: monthly_window(now).end,
+    };
     let hold_id = holds::hold_id(req)?;
     let job = AuthorizeJob {
         hold_id: hold_id.clone(),
@@ -51,7 +67,7 @@ pub async fn authorize(
         expires_at: now + routing.hold_ttl_secs,
     };
     match writer::submit(db, Job::Authorize(Box::new(job))).await? {
-        Answer::Placed(placed) => Ok(grant(user, req, route, rate, hold_id, placed)),
+        Answer::Placed(placed) => Ok(grant(user, req, route, rate, hold_id, placed, unlimited)),
         Answer::Refused(e) => Err(e),
         other => Err(AppError::internal(format!(
             "an authorize answered {other:?}"
@@ -90,6 +106,7 @@ fn grant(
     rate: RateCard,
     hold_id: String,
     placed: Placed,
+    unlimited: WindowLimit,
 ) -> Grant {
     let sized = placed.hold;
     let provider = route.provider;
@@ -124,7 +141,7 @@ fn grant(
         rate,
         hold_mc: sized.amount,
         balance_mc: MilliCredits(placed.balance),
-        period: window(WindowKind::Period),
+        period: window(WindowKind::Period).or(Some(unlimited)),
         daily: window(WindowKind::Day),
         byok: route.byok,
         max_tokens_chosen: sized.chosen,

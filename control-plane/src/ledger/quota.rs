@@ -75,6 +75,7 @@ pub(super) fn quota_windows(
                 if now >= w.end {
                     return Err(AppError(ApiError {
                         retry_after: None,
+                        rate_limit: None,
                         ..ApiError::new(
                             ErrorKind::QuotaExceeded,
                             format!(
@@ -110,6 +111,11 @@ pub(super) fn window_full(w: &QuotaWindow, taken: i64, now: i64) -> AppError {
     let retry = (w.window.end - now).max(1) as u64;
     AppError(ApiError {
         retry_after: Some(retry),
+        rate_limit: Some(opsgate_core::contract::WindowLimit {
+            limit: w.limit,
+            remaining: 0,
+            reset: w.window.end,
+        }),
         ..ApiError::new(
             ErrorKind::QuotaExceeded,
             format!(

@@ -12,6 +12,7 @@ use crate::crypto::{Keyring, OpenError, Secret};
 use crate::db::Db;
 use crate::error::AppError;
 use opsgate_core::contract::{AuthorizeRequest, CompletionLimit, Endpoint};
+use opsgate_core::plan::Plan;
 use opsgate_core::pricing::Price;
 use opsgate_core::ErrorKind;
 use std::collections::BTreeMap;
@@ -266,6 +267,14 @@ fn through_platform_key<'c>(
     let provider = catalogue.providers.get(&model.provider).ok_or_else(|| {
         AppError::internal(format!("model {} names a missing provider", model.id))
     })?;
+    // The byok plan calls cloud providers with the caller's own keys only (a local model
+    // needs none): never with the platform's, so never for credits.
+    if user.plan == Plan::Byok && provider.key_env.is_some() {
+        return Err(AppError::forbidden(format!(
+            "The byok plan calls providers with your own keys, and you have none that serves '{}'. Add one (POST /api/v1/llm/byok/keys: OpenRouter, OpenAI, Anthropic or Google) and retry.",
+            model.id
+        )));
+    }
     let api_key = platform_key(routing, platform, provider)?;
     Ok(Route::catalogue(
         model,

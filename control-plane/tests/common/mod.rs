@@ -364,8 +364,11 @@ pub fn chat(
 ) -> AuthorizeRequest {
     AuthorizeRequest {
         request_id: None,
-        principal: Principal::Service {
-            user_id: user.to_string(),
+        // A user's own credential (a service key would take no call quota).
+        principal: Principal::Jwt {
+            subject: user.to_string(),
+            email: None,
+            roles: Vec::new(),
         },
         endpoint: Endpoint::ChatCompletions,
         model: Some(model.to_string()),

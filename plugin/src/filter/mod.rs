@@ -197,6 +197,44 @@ impl Filter {
         self.send_local(err.status(), pairs, err.to_json().as_bytes());
     }
 
+    /// `GET`/`HEAD` on the configured health path (query ignored).
+    fn is_health_check(&self, path: &[u8]) -> bool {
+        let s = self.shared.borrow();
+        let Some(health) = s.config.health_path.as_deref() else {
+            return false;
+        };
+        let bare = path.split(|b| *b == b'?').next().unwrap_or_default();
+        bare == health.as_bytes()
+            && matches!(
+                host::header(Headers::Request, ":method").as_deref(),
+                Some(b"GET" | b"HEAD")
+            )
+    }
+
+    /// The gateway's health, without credentials: 200 while the control plane answers the
+    /// snapshot polls and a snapshot is loaded, 503 (with `Retry-After`) otherwise.
+    fn health(&mut self) {
+        let (reachable, snapshot) = {
+            let s = self.shared.borrow();
+            (
+                s.control_plane_reachable,
+                s.snapshot.as_ref().map(|snap| snap.version.clone()),
+            )
+        };
+        let ok = reachable && snapshot.is_some();
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "control_plane": if reachable { "reachable" } else { "unreachable" },
+            "snapshot": snapshot,
+        })
+        .to_string();
+        let mut reply = vec![(headers::CONTENT_TYPE, "application/json")];
+        if !ok {
+            reply.push((headers::RETRY_AFTER, "1"));
+        }
+        self.send_local(if ok { 200 } else { 503 }, reply, body.as_bytes());
+    }
+
     /// Sends a local reply, with the request's CORS headers (a browser must be able to read
     /// the error).
     fn send_local(&mut self, status: u16, headers: Vec<(&str, &str)>, body: &[u8]) {
@@ -399,6 +437,10 @@ impl HttpContext for Filter {
         self.strip_internal_headers();
         // Read as bytes: a path that is not ours passes whatever it holds.
         let path = host::header(Headers::Request, ":path").unwrap_or_default();
+        if self.is_health_check(&path) {
+            self.health();
+            return Action::Pause;
+        }
         let Some((area, route)) = self.route(&path) else {
             return Action::Continue;
         };

@@ -408,6 +408,7 @@ pub fn deny_with(host: &mut Host, call: &HttpCall, kind: opsgate_core::ErrorKind
             message: message.into(),
             param: None,
             retry_after: None,
+            rate_limit: None,
         },
     );
 }

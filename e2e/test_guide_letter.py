@@ -128,3 +128,18 @@ def test_models_retrieve_with_the_sdk(stack):
     assert m.id == "gpt-4o-mini" and m.object == "model"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("no-such-model")
+
+
+def test_the_response_names_the_catalogue_model(stack):
+    """The provider knows the model by its own id (here `llama3:8b`); the client sees the
+    catalogue id it sent, in the body and in every chunk of a stream."""
+    client = openai.OpenAI(base_url=stack.api, api_key=SERVICE_KEY, max_retries=0)
+    stack.clear_provider_requests()
+    reply = client.chat.completions.create(model="llama3-8b-local",
+                                           messages=[{"role": "user", "content": "hi"}])
+    [seen] = stack.provider_requests()
+    assert seen["body"]["model"] != "llama3-8b-local", "the provider's own id went upstream"
+    assert reply.model == "llama3-8b-local"
+    chunks = list(client.chat.completions.create(model="llama3-8b-local", stream=True,
+                                                 messages=[{"role": "user", "content": "hi"}]))
+    assert chunks and all(c.model == "llama3-8b-local" for c in chunks), [c.model for c in chunks]

@@ -500,6 +500,14 @@ async fn credits_and_models_in_the_guides_shapes() {
             "invalid_api_key",
         );
 
+        // An unknown path under the API is the API's: 404, without claiming it is elsewhere.
+        let r = api.get("/api/v1/llm/embeddingz", Some(&uc_key)).await;
+        assert_envelope(&r, 404, "not_found");
+        assert!(r.text.contains("No such endpoint in the API"), "{}", r.text);
+        let r = api.get("/v1/chat/completions", None).await;
+        assert_envelope(&r, 404, "not_found");
+        assert!(r.text.contains("lives under /api/v1/llm"), "{}", r.text);
+
         // Wrong, unknown, revoked and missing credentials: 401 envelopes.
         let unknown = format!("uc_{}", "0".repeat(64));
         for bad in [

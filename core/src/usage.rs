@@ -27,6 +27,21 @@ pub fn chat_usage(body: &[u8]) -> Option<Usage> {
         .and_then(usage_of)
 }
 
+/// A response body whose top-level `model` is `model` (the catalogue id the client can send
+/// back) instead of the provider's id; `None` when there is nothing to change (not a JSON
+/// object, no `model`, or already that id).
+pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    match obj.get("model") {
+        Some(Value::String(m)) if m != model => {
+            obj.insert("model".into(), Value::String(model.into()));
+            serde_json::to_vec(&v).ok()
+        }
+        _ => None,
+    }
+}
+
 /// Images actually returned by an image generation body.
 pub fn images_returned(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -51,10 +66,26 @@ pub struct SseMeter {
     /// Drop the provider's usage-only chunk (`"choices": []`): the gateway asked for it, the
     /// client did not, and clients that did not ask do not expect a chunk without choices.
     pub drop_usage_chunk: bool,
+    /// The catalogue id every chunk's `model` reports (the provider's id is replaced).
+    pub model: Option<String>,
     skip_blank: bool,
 }
 
 impl SseMeter {
+    /// Sets the event's `model` to the catalogue id; whether it changed.
+    fn rename_model(&self, v: &mut Value) -> bool {
+        let (Some(model), Some(obj)) = (self.model.as_deref(), v.as_object_mut()) else {
+            return false;
+        };
+        match obj.get("model") {
+            Some(Value::String(m)) if m != model => {
+                obj.insert("model".into(), Value::String(model.into()));
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Feeds one chunk of the stream; returns the bytes to forward now. `before_done` is
     /// called once, when the `[DONE]` line is reached, and its bytes are forwarded before it.
     /// At `end_of_stream` everything held back is released.
@@ -104,6 +135,7 @@ impl SseMeter {
                         out.extend_from_slice(&before_done(self));
                     }
                 } else if let Ok(mut v) = serde_json::from_slice::<Value>(data) {
+                    let renamed = self.rename_model(&mut v);
                     if let Some(u) = usage_of(&v) {
                         self.usage = Some(u);
                         let no_choices = v
@@ -126,6 +158,12 @@ impl SseMeter {
                     if generated > 0 {
                         self.content_bytes = self.content_bytes.saturating_add(generated);
                         self.content_chunks = self.content_chunks.saturating_add(1);
+                    }
+                    if renamed {
+                        out.extend_from_slice(b"data: ");
+                        out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+                        out.push(b'\n');
+                        continue;
                     }
                 }
             }
@@ -233,6 +271,47 @@ data: [DONE]\n\n";
             assert_eq!(m.usage.map(|u| u.completion_tokens), Some(2));
             assert!(m.done);
             assert_eq!(m.content_bytes, 8);
+        }
+    }
+
+    #[test]
+    fn the_client_sees_the_catalogue_id_as_the_model() {
+        let body = br#"{"id":"c1","model":"openai/gpt-4o-mini","choices":[]}"#;
+        let out = with_model(body, "gpt-4o-mini").expect("renamed");
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            (v["model"].as_str(), v["id"].as_str()),
+            (Some("gpt-4o-mini"), Some("c1"))
+        );
+        assert_eq!(
+            with_model(&out, "gpt-4o-mini"),
+            None,
+            "already the catalogue id"
+        );
+        assert_eq!(with_model(b"[1]", "x"), None);
+        assert_eq!(with_model(br#"{"data":[]}"#, "x"), None, "no model field");
+
+        // In a stream, every chunk, wherever the stream is split.
+        let stream = "data: {\"model\":\"qwen2.5:32b\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\
+data: {\"model\":\"qwen2.5:32b\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\n\
+data: [DONE]\n\n";
+        for split in 1..stream.len() {
+            let mut m = SseMeter {
+                model: Some("qwen-32b-local".into()),
+                ..SseMeter::default()
+            };
+            let (a, b) = stream.as_bytes().split_at(split);
+            let mut out = m.process(a, false, |_| Vec::new());
+            out.extend(m.process(b, true, |_| Vec::new()));
+            let text = String::from_utf8(out).unwrap();
+            assert!(!text.contains("qwen2.5:32b"), "{text}");
+            assert_eq!(
+                text.matches("\"model\":\"qwen-32b-local\"").count(),
+                2,
+                "{text}"
+            );
+            assert_eq!(m.usage.map(|u| u.completion_tokens), Some(1));
+            assert_eq!(m.content_bytes, 2);
         }
     }
 

@@ -27,8 +27,16 @@ pub fn app(state: AppState) -> Router {
         .merge(byok::router())
         .merge(sessions::router())
         .merge(admin::router())
-        .fallback(|| async {
-            AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
+        .fallback(|uri: axum::http::Uri| async move {
+            // Under the API, the path is the API's and simply unknown; elsewhere, say where
+            // the API is. The path is not echoed (it may carry anything a client sent).
+            if uri.path().starts_with("/api/v1/llm/") {
+                AppError::not_found(
+                    "No such endpoint in the API (the integration guide lists them; GET /api/v1/llm/models lists the models).",
+                )
+            } else {
+                AppError::not_found("No such endpoint. The API lives under /api/v1/llm.")
+            }
         })
         // Errors always use the envelope (DESIGN: "Errors always use the envelope"), a known
         // path with an unsupported method included. Set after every merge: it applies to the

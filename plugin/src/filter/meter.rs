@@ -375,6 +375,13 @@ impl Filter {
                 self.images_requested,
             )
         });
+        // The client sees the catalogue id it can send back, not the provider's.
+        if endpoint == Endpoint::ChatCompletions {
+            if let Some(renamed) = with_model(&body, &grant.model) {
+                remove_header(Headers::Response, headers::CONTENT_LENGTH);
+                set_response_body(body_size, &renamed);
+            }
+        }
         let cost = Self::cost_of(grant, &usage);
         let remaining = metering::balance_after(grant.balance_mc, grant.hold_mc, cost);
         for (name, value) in headers::cost_headers(cost, remaining) {

@@ -359,6 +359,8 @@ impl Filter {
         // Whether the response is a stream is decided by its content-type (a `stream: true`
         // request answered with plain JSON is metered from its `usage`).
         self.sse.drop_usage_chunk = parsed.stream && !parsed.include_usage;
+        // The client sees the catalogue id it can send back, not the provider's.
+        self.sse.model = Some(grant.model.clone());
         self.started = Some(host::now());
         self.grant = Some(Rc::new(grant));
         // Forwarded: the hold is settled through the grant from now on.

@@ -143,3 +143,18 @@ def test_the_response_names_the_catalogue_model(stack):
     chunks = list(client.chat.completions.create(model="llama3-8b-local", stream=True,
                                                  messages=[{"role": "user", "content": "hi"}]))
     assert chunks and all(c.model == "llama3-8b-local" for c in chunks), [c.model for c in chunks]
+
+
+def test_temperature_defaults_to_the_guides_for_models_that_take_one(stack, client):
+    stack.clear_provider_requests()
+    for model in ("gpt-4o-mini", "o1-preview"):
+        r = client.post("/chat/completions", headers=auth(SERVICE_KEY),
+                        json={"model": model, "messages": [{"role": "user", "content": "x"}]})
+        assert r.status_code == 200, r.text
+    r = client.post("/chat/completions", headers=auth(SERVICE_KEY),
+                    json={"model": "gpt-4o-mini", "temperature": 0.1, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status_code == 200, r.text
+    mini, o1, chosen = (req["body"] for req in stack.provider_requests())
+    assert mini["temperature"] == 0.7
+    assert "temperature" not in o1, "a reasoning model takes none"
+    assert chosen["temperature"] == 0.1, "the client's own is kept"

@@ -58,6 +58,10 @@ struct RawModel {
     /// `max_completion_tokens` for models that refuse `max_tokens` (OpenAI's o-series).
     #[serde(default)]
     completion_limit: opsgate_core::contract::CompletionLimit,
+    /// Whether the model takes `temperature` (reasoning models do not): the guide's default
+    /// is sent when the client sets none.
+    #[serde(default = "takes_temperature")]
+    temperature: bool,
     #[serde(default = "default_quality")]
     quality: u32,
     #[serde(default)]
@@ -84,6 +88,10 @@ fn default_image_input_tokens() -> u64 {
 fn default_max_output() -> u64 {
     16_384
 }
+fn takes_temperature() -> bool {
+    true
+}
+
 fn default_quality() -> u32 {
     5
 }
@@ -132,6 +140,7 @@ pub struct Model {
     /// The hold's bound for one image part in a prompt, in prompt tokens.
     pub image_input_tokens: u64,
     pub completion_limit: opsgate_core::contract::CompletionLimit,
+    pub temperature: bool,
     pub quality: u32,
     pub tasks: Vec<TaskType>,
     pub local: bool,
@@ -251,6 +260,7 @@ impl Catalogue {
                 max_output_tokens: m.max_output_tokens,
                 image_input_tokens: m.image_input_tokens,
                 completion_limit: m.completion_limit,
+                temperature: m.temperature,
                 quality: m.quality,
                 tasks: m.tasks,
                 openrouter_model: m.openrouter_model,

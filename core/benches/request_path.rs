@@ -34,6 +34,7 @@ fn bench(c: &mut Criterion) {
                 req.max_tokens,
                 req.stream,
                 Default::default(),
+                true,
             );
             let usage = chat_usage(black_box(REPLY))?;
             Some((out.len(), rate.cost(&usage)))

@@ -134,6 +134,11 @@ pub struct Upstream {
     /// The field that carries the completion bound for this provider and model.
     #[serde(default)]
     pub completion_limit: CompletionLimit,
+    /// The model takes `temperature` (the catalogue's flag; reasoning models do not, nor
+    /// do models outside the catalogue, as far as the gateway knows): the guide's default is
+    /// sent when the client sets none.
+    #[serde(default)]
+    pub takes_temperature: bool,
 }
 
 /// Which request field bounds the completion: most OpenAI-compatible providers take
@@ -155,6 +160,7 @@ impl std::fmt::Debug for Upstream {
             .field("path", &self.path)
             .field("model", &self.model)
             .field("completion_limit", &self.completion_limit)
+            .field("takes_temperature", &self.takes_temperature)
             .field("api_key", &"<redacted>")
             .finish()
     }

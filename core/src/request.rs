@@ -340,15 +340,25 @@ pub fn apply_platform_key_policy(map: &mut Map<String, Value>) -> Result<(), Api
 
 /// The body a provider receives: extension fields removed, the provider's model id, the
 /// completion bound the hold covers, and (for streams) a request for a final usage chunk.
+/// The integration guide's `temperature` when the client sends none (models that take one).
+pub const DEFAULT_TEMPERATURE: f64 = 0.7;
+
 pub fn rewrite_for_provider(
     mut map: Map<String, Value>,
     provider_model: &str,
     max_tokens: Option<u64>,
     stream: bool,
     limit: CompletionLimit,
+    takes_temperature: bool,
 ) -> Vec<u8> {
     for f in EXTENSION_FIELDS {
         map.remove(f);
+    }
+    // The guide's default when the client sets none, for models that take one.
+    if takes_temperature && !map.contains_key("temperature") {
+        if let Some(n) = serde_json::Number::from_f64(DEFAULT_TEMPERATURE) {
+            map.insert("temperature".into(), Value::Number(n));
+        }
     }
     map.insert("model".into(), Value::String(provider_model.to_string()));
     if let Some(n) = max_tokens {
@@ -524,6 +534,7 @@ mod tests {
             Some(77),
             true,
             CompletionLimit::MaxTokens,
+            true,
         ))
         .unwrap();
         for f in EXTENSION_FIELDS {
@@ -550,9 +561,12 @@ mod tests {
             Some(100),
             false,
             CompletionLimit::MaxTokens,
+            true,
         ))
         .unwrap();
         assert_eq!(out["max_tokens"], 100);
+        // No temperature from the client: the guide's default.
+        assert_eq!(out["temperature"], DEFAULT_TEMPERATURE);
         assert!(out.get("max_completion_tokens").is_none(), "{out}");
         assert!(out.get("stream_options").is_none());
     }
@@ -576,9 +590,14 @@ mod tests {
             Some(300),
             false,
             CompletionLimit::MaxCompletionTokens,
+            false,
         ))
         .unwrap();
         assert_eq!(out["max_completion_tokens"], 300);
+        assert!(
+            out.get("temperature").is_none(),
+            "a reasoning model takes none: {out}"
+        );
         assert!(out.get("max_tokens").is_none(), "{out}");
     }
 

@@ -136,6 +136,7 @@ fn grant(
             model: route.upstream_model.clone(),
             api_key: route.api_key.expose().to_string(),
             completion_limit: route.completion_limit,
+            takes_temperature: route.takes_temperature,
         },
         max_tokens: sized.max_tokens,
         rate,

@@ -38,6 +38,8 @@ pub(super) struct Route<'c> {
     /// calls are BYOK and hold nothing).
     pub image_input_tokens: u64,
     pub completion_limit: CompletionLimit,
+    /// The model takes `temperature` (the guide's default is sent when the client sets none).
+    pub takes_temperature: bool,
     pub provider: &'c Provider,
     pub upstream_model: String,
     pub api_key: Secret,
@@ -61,6 +63,7 @@ impl<'c> Route<'c> {
             max_output_tokens: Some(model.max_output_tokens),
             image_input_tokens: model.image_input_tokens,
             completion_limit: model.completion_limit,
+            takes_temperature: model.temperature,
             provider,
             upstream_model,
             api_key,
@@ -214,6 +217,7 @@ fn outside_catalogue<'c>(
         max_output_tokens: None,
         image_input_tokens: 0,
         completion_limit: CompletionLimit::MaxTokens,
+        takes_temperature: false,
         provider,
         upstream_model: id,
         byok: true,

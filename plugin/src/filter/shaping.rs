@@ -305,6 +305,7 @@ impl Filter {
             grant.max_tokens,
             parsed.stream,
             grant.upstream.completion_limit,
+            grant.upstream.takes_temperature,
         );
         // Only what the provider needs reaches it (core::headers): an allow-list on the
         // platform's key, everything but cookies and proxy credentials on the caller's own.

@@ -312,6 +312,7 @@ pub fn grant() -> Grant {
             model: "gpt-4o-mini-2024-07-18".into(),
             api_key: "platform-key-123".into(),
             completion_limit: Default::default(),
+            takes_temperature: false,
         },
         max_tokens: Some(512),
         rate: RateCard {

@@ -171,6 +171,7 @@ pub fn check_key_shape(provider: &str, key: &str) -> Result<(), AppError> {
         "openai" => Some("sk-"),
         "anthropic" => Some("sk-ant-"),
         "groq" => Some("gsk_"),
+        "google" => Some("AIza"),
         _ => None,
     };
     if let Some(p) = prefix {
@@ -183,6 +184,7 @@ pub fn check_key_shape(provider: &str, key: &str) -> Result<(), AppError> {
         (OPENROUTER, "sk-or-"),
         ("anthropic", "sk-ant-"),
         ("groq", "gsk_"),
+        ("google", "AIza"),
     ] {
         if other != provider && key.starts_with(p) {
             return Err(bad(&format!(

@@ -29,6 +29,8 @@ const OR_KEY: &str = "sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0
 const OR_KEY_2: &str = "sk-or-v1-fedcba9876543210fedcba9876543210fedcba9876543210fedcba98765432";
 const OAI_KEY: &str = "sk-proj-ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789abcd";
 const ANT_KEY: &str = "sk-ant-api03-abcdefghijklmnopqrstuvwxyz0123456789";
+/// A Google AI Studio key's shape (`AIza` + 35 characters).
+const GOOGLE_KEY: &str = "AIzaSyA-0123456789abcdefghijklmnopqrs";
 
 struct Api {
     state: AppState,
@@ -216,6 +218,8 @@ async fn keys_are_added_listed_masked_and_removed() {
             ("openai", "pk-abcdefghijklmnopqrstuvwxyz"),
             ("anthropic", OAI_KEY),
             ("groq", "xsk_abcdefghijklmnopqrstuvwxyz"),
+            ("google", OAI_KEY),
+            ("openai", GOOGLE_KEY),
             ("together", "short-key"),
             ("together", &format!("uc_{}", "a".repeat(64))),
             ("together", "sk-loopnet-service-key-2025"),
@@ -239,6 +243,7 @@ async fn keys_are_added_listed_masked_and_removed() {
         // Other providers: printable, at least 16 characters.
         let r = api.add(&alice, "together", "tgp_v1_abcdefghijklmnop").await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+
 
         // Nobody else sees or removes them.
         let r = api.get("/api/v1/llm/byok/keys", Some(&bob)).await;
@@ -536,6 +541,27 @@ async fn an_openrouter_key_reaches_every_cloud_model() {
                 g.upstream.api_key.as_str()
             ),
             ("anthropic", "claude-3-5-sonnet-latest", ANT_KEY)
+        );
+        // Every provider the guide names: a Google key (stored through the same shape check
+        // as the API's) serves Gemini, on its own endpoint.
+        put_user_key(&db, &router.keyring, "alice", "google", GOOGLE_KEY).await;
+        let g = authorize(&db, &routing, "alice", "gemini-1.5-pro")
+            .await
+            .unwrap();
+        assert!(g.byok && g.hold_mc.0 == 0);
+        assert_eq!(
+            (
+                g.provider.as_str(),
+                g.upstream.model.as_str(),
+                g.upstream.api_key.as_str(),
+                g.upstream.path.as_str()
+            ),
+            (
+                "google",
+                "gemini-1.5-pro",
+                GOOGLE_KEY,
+                "/v1beta/openai/chat/completions"
+            )
         );
         // Local models need no key and stay local (on the platform's terms, at no charge:
         // they are free); images do not go through OpenRouter.

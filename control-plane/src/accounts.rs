@@ -20,7 +20,14 @@ pub struct User {
     pub created_at: i64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// Milli-credits as the credits a person reads (three decimals at most).
+fn credits(mc: i64) -> f64 {
+    mc as f64 / 1000.0
+}
+
+/// Serialized (CLI and admin API) in credits, as people read and type them; the exact
+/// integer milli-credits only under fields whose name says so (`*_mc`).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Organization {
     pub id: String,
     pub name: String,
@@ -37,7 +44,41 @@ impl Organization {
     }
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+impl Serialize for Organization {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            id: &'a str,
+            name: &'a str,
+            plan: Plan,
+            credits_total: f64,
+            credits_used: f64,
+            credits_held: f64,
+            credits_available: f64,
+            credits_total_mc: i64,
+            credits_used_mc: i64,
+            credits_held_mc: i64,
+            created_at: i64,
+        }
+        View {
+            id: &self.id,
+            name: &self.name,
+            plan: self.plan,
+            credits_total: credits(self.credits_total),
+            credits_used: credits(self.credits_used),
+            credits_held: credits(self.credits_held),
+            credits_available: credits(self.available()),
+            credits_total_mc: self.credits_total,
+            credits_used_mc: self.credits_used,
+            credits_held_mc: self.credits_held,
+            created_at: self.created_at,
+        }
+        .serialize(s)
+    }
+}
+
+/// Serialized in credits, with `*_mc` for the exact milli-credits (see [`Organization`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allocation {
     pub org_id: String,
     pub user_id: String,
@@ -49,6 +90,35 @@ pub struct Allocation {
 impl Allocation {
     pub fn available(&self) -> i64 {
         self.allocated - self.used - self.held
+    }
+}
+
+impl Serialize for Allocation {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct View<'a> {
+            org_id: &'a str,
+            user_id: &'a str,
+            allocated: f64,
+            used: f64,
+            held: f64,
+            available: f64,
+            allocated_mc: i64,
+            used_mc: i64,
+            held_mc: i64,
+        }
+        View {
+            org_id: &self.org_id,
+            user_id: &self.user_id,
+            allocated: credits(self.allocated),
+            used: credits(self.used),
+            held: credits(self.held),
+            available: credits(self.available()),
+            allocated_mc: self.allocated,
+            used_mc: self.used,
+            held_mc: self.held,
+        }
+        .serialize(s)
     }
 }
 

@@ -700,7 +700,9 @@ async fn admin_writes_are_strict_and_audited() {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        assert_eq!(r.json["credits_total"], 250_500);
+        // People read credits; the exact milli-credits only where the field says so.
+        assert_eq!(r.json["credits_total"], 250.5);
+        assert_eq!(r.json["credits_total_mc"], 250_500);
         assert_envelope(
             &api.post(
                 "/admin/v1/orgs/org_new/grants",
@@ -762,7 +764,8 @@ async fn admin_writes_are_strict_and_audited() {
             )
             .await;
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
-        assert_eq!(r.json["allocated"], 100_000);
+        assert_eq!(r.json["allocated"], 100.0);
+        assert_eq!(r.json["allocated_mc"], 100_000);
         let r = api
             .post(
                 "/admin/v1/users/u_new/api-keys",

@@ -40,3 +40,29 @@ def test_appendix_b_in_three_commands(stack, client):
             break
         time.sleep(0.2)
     assert r.status_code == 401
+
+
+def test_guessable_service_keys_are_bound_with_a_warning_and_strong_ones_minted(stack):
+    import subprocess
+
+    from conftest import BIN_DIR
+
+    def run(*args):
+        return subprocess.run([str(BIN_DIR / "opsgate"), *args, "--database-url", stack.db_url],
+                              capture_output=True, text=True, timeout=30)
+
+    stack.cli("org", "create", "org_keys", "--name", "Keys", "--plan", "enterprise", "--credits", "10")
+    stack.cli("user", "create", "keys-service", "--org", "org_keys", "--plan", "enterprise", "--kind", "service")
+    weak = run("service-key", "add", "sk-keys-service-key-2025", "--user", "keys-service")
+    assert weak.returncode == 0, weak.stderr
+    assert "WARNING" in weak.stderr and "service-key mint" in weak.stderr
+    minted = run("service-key", "mint", "keys")
+    strong = minted.stdout.strip()
+    assert minted.returncode == 0 and strong.startswith("sk-keys-") and strong.endswith(strong[-4:])
+    bound = run("service-key", "add", strong, "--user", "keys-service")
+    assert bound.returncode == 0 and "WARNING" not in bound.stderr, bound.stderr
+    # A revoked key comes back only with --allow-revoked.
+    assert run("service-key", "revoke", strong).returncode == 0
+    again = run("service-key", "add", strong, "--user", "keys-service")
+    assert again.returncode != 0 and "--allow-revoked" in again.stderr
+    assert run("service-key", "add", strong, "--user", "keys-service", "--allow-revoked").returncode == 0

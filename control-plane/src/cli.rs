@@ -29,7 +29,11 @@ const USAGE: &str = "usage: opsgate <command> [options]
   key issue USER [--name NAME]              issue a uc_ API key (shown once)
   key revoke KEY_ID
   key list [--user USER]
-  service-key add KEY --user USER           bind a service key (stored as a digest)
+  service-key add KEY --user USER [--allow-revoked]
+                                            bind a service key (stored as a digest; a
+                                            guessable one is bound with a warning; a revoked
+                                            one only with --allow-revoked)
+  service-key mint SERVICE                  print a strong new service key for SERVICE
   service-key revoke KEY
   service-key list                          names and owners (never digests)
   user plan ID PLAN | org plan ID PLAN      change a plan
@@ -76,7 +80,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut it = args.into_iter().peekable();
     while let Some(a) = it.next() {
         if let Some(name) = a.strip_prefix("--") {
-            if matches!(name, "demo" | "help") {
+            if matches!(name, "demo" | "help" | "allow-revoked") {
                 out.switches.push(name.to_string());
             } else if let Some((k, v)) = name.split_once('=') {
                 out.flags.insert(k.to_string(), v.to_string());
@@ -224,6 +228,13 @@ fn actor() -> String {
     )
 }
 
+/// Says so when a service key just bound is guessable.
+fn warn_if_guessable(bound: keys::ServiceKeyBound) {
+    if bound.guessable {
+        eprintln!("opsgate: WARNING: {}.", keys::GUESSABLE_SERVICE_KEY);
+    }
+}
+
 fn print_json(v: &impl serde::Serialize) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -285,9 +296,10 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             .await
             .map_err(e)?;
             if let Some(key) = a.flag("service-key") {
-                keys::add_service_key(&db, &actor(), key, id, now)
+                let bound = keys::add_service_key(&db, &actor(), key, id, now)
                     .await
                     .map_err(e)?;
+                warn_if_guessable(bound);
             }
             print_json(&u);
             Ok(())
@@ -334,10 +346,27 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
             Ok(())
         }
         ["service-key", "add", key] => {
-            keys::add_service_key(&open_db(&a).await?, &actor(), key, a.need("user")?, now)
-                .await
-                .map_err(e)?;
+            let allow_revoked = a.switches.iter().any(|s| s == "allow-revoked");
+            let bound = keys::bind_service_key(
+                &open_db(&a).await?,
+                &actor(),
+                key,
+                a.need("user")?,
+                now,
+                allow_revoked,
+            )
+            .await
+            .map_err(e)?;
+            warn_if_guessable(bound);
             println!("service key bound to {}", a.need("user")?);
+            Ok(())
+        }
+        ["service-key", "mint", service] => {
+            let year = opsgate_core::time::date_string(now)
+                .get(..4)
+                .and_then(|y| y.parse::<i64>().ok())
+                .unwrap_or(2026);
+            println!("{}", keys::mint_service_key(service, year).map_err(e)?);
             Ok(())
         }
         ["service-key", "list"] => {
@@ -624,6 +653,16 @@ async fn serve(a: &Args) -> Result<(), String> {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {dir}: {e}"))?;
             std::fs::write(&path, format!("{key}\n"))
                 .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        }
+    }
+    // Outside the demo (whose guide key is guessable by design), say so at every start.
+    if !demo {
+        match keys::guessable_service_keys(&db).await {
+            Ok(0) => {}
+            Ok(n) => eprintln!(
+                "opsgate: WARNING: {n} active service key(s) were bound while guessable (short random part, or bound before opsgate checked): anyone who guesses one calls on its organisation's credits. Mint strong ones with `opsgate service-key mint <service>`, bind them, and revoke the old ones."
+            ),
+            Err(e) => eprintln!("opsgate: cannot check the service keys' strength: {e}"),
         }
     }
     match byok::foreign_master_keys(&db, &keyring).await {

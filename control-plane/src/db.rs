@@ -160,6 +160,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/001_init.sql")),
     (2, include_str!("../migrations/002_provider_secrets.sql")),
     (3, include_str!("../migrations/003_sessions.sql")),
+    (
+        4,
+        include_str!("../migrations/004_service_key_strength.sql"),
+    ),
 ];
 
 impl Db {

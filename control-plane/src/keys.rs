@@ -132,18 +132,43 @@ pub async fn user_by_api_key_digest(
 }
 
 /// Binds a service key to a service user. Only the digest is stored.
+/// How a service key was bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceKeyBound {
+    /// Its random part is short (see `credentials::guessable_service_key`): the caller
+    /// should warn, and tell how to mint a strong one.
+    pub guessable: bool,
+}
+
+/// What to say about a guessable service key.
+pub const GUESSABLE_SERVICE_KEY: &str = "this service key is guessable (its random part is short): anyone who guesses it calls on its organisation's credits. Mint a strong one with `opsgate service-key mint <service>` and revoke this one";
+
 pub async fn add_service_key(
     db: &Db,
     actor: &str,
     key: &str,
     user_id: &str,
     now: i64,
-) -> Result<(), AppError> {
+) -> Result<ServiceKeyBound, AppError> {
+    bind_service_key(db, actor, key, user_id, now, false).await
+}
+
+/// Binds a service key to a service user; `allow_revoked` re-activates a key that was
+/// revoked (only ever on that explicit request).
+pub async fn bind_service_key(
+    db: &Db,
+    actor: &str,
+    key: &str,
+    user_id: &str,
+    now: i64,
+    allow_revoked: bool,
+) -> Result<ServiceKeyBound, AppError> {
     if !is_service_key(key) {
         return Err(AppError::bad_request(
             "a service key must look like sk-<service>-service-key-<year>",
         ));
     }
+    let guessable = opsgate_core::credentials::guessable_service_key(key);
     let user = get_user(db, user_id)
         .await?
         .ok_or_else(|| AppError::not_found(format!("user '{user_id}' not found")))?;
@@ -151,17 +176,20 @@ pub async fn add_service_key(
     // (`sk-lo…25`). Service keys are ASCII (checked above).
     let name = format!("{}…{}", &key[..5], &key[key.len() - 2..]);
     let mut tx = db.begin().await?;
-    let inserted = sqlx::query("INSERT INTO service_keys (digest, name, user_id, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+    let inserted = sqlx::query("INSERT INTO service_keys (digest, name, user_id, created_at, guessable) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING")
         .bind(digest(key))
         .bind(&name)
         .bind(&user.id)
         .bind(now)
+        .bind(i64::from(guessable))
         .execute(&mut *tx)
         .await?
         .rows_affected();
     // Nothing inserted: the key is already registered. Re-adding it to the same user while
-    // active is idempotent; bound to another user, or revoked, it is refused — a success
-    // and an audit line are written only for a binding that holds.
+    // active is idempotent; bound to another user it is refused, and so is a revoked key
+    // unless `allow_revoked` — a success and an audit line are written only for a binding
+    // that holds.
+    let mut action = "service_key.add";
     if inserted == 0 {
         let row = sqlx::query("SELECT user_id, revoked_at FROM service_keys WHERE digest = $1")
             .bind(digest(key))
@@ -169,9 +197,17 @@ pub async fn add_service_key(
             .await?;
         let same_user = row.try_get::<String, _>("user_id")? == user.id;
         let revoked = row.try_get::<Option<i64>, _>("revoked_at")?.is_some();
-        if !same_user || revoked {
+        if revoked && allow_revoked {
+            sqlx::query("UPDATE service_keys SET revoked_at = NULL, user_id = $1, guessable = $2 WHERE digest = $3")
+                .bind(&user.id)
+                .bind(i64::from(guessable))
+                .bind(digest(key))
+                .execute(&mut *tx)
+                .await?;
+            action = "service_key.readd";
+        } else if !same_user || revoked {
             return Err(AppError::conflict(if revoked {
-                "this service key was revoked; it cannot be added again (use a new key)"
+                "this service key was revoked; it is added again only on an explicit request (--allow-revoked, or \"allow_revoked\": true); a new key is better"
             } else {
                 "this service key is already bound to another user"
             }));
@@ -180,14 +216,41 @@ pub async fn add_service_key(
     audit(
         &mut tx,
         actor,
-        "service_key.add",
+        action,
         &user.id,
-        &format!("name={name}"),
+        &format!("name={name}{}", if guessable { " guessable" } else { "" }),
         now,
     )
     .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(ServiceKeyBound { guessable })
+}
+
+/// Active service keys bound while guessable.
+pub async fn guessable_service_keys(db: &Db) -> Result<i64, AppError> {
+    let row = sqlx::query(
+        "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM service_keys WHERE revoked_at IS NULL AND guessable <> 0",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    Ok(row.try_get("n")?)
+}
+
+/// A strong service key for `service`: `sk-<service>-<32 random hex>-service-key-<year>`.
+pub fn mint_service_key(service: &str, year: i64) -> Result<String, AppError> {
+    if service.is_empty()
+        || !service
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(AppError::bad_request(
+            "the service name must be letters, digits, '-' or '_'",
+        ));
+    }
+    Ok(format!(
+        "sk-{service}-{}-service-key-{year}",
+        crate::store::random_hex(16)
+    ))
 }
 
 pub async fn revoke_service_key(db: &Db, actor: &str, key: &str, now: i64) -> Result<(), AppError> {

@@ -1122,11 +1122,50 @@ async fn a_service_key_cannot_be_silently_rebound() {
             )
             .await;
         assert_envelope(&r, 400, "bad_request");
+        assert!(r.text.contains("allow_revoked"), "{}", r.text);
         assert_envelope(
             &api.get("/api/v1/llm/credits", Some(SERVICE_KEY)).await,
             401,
             "invalid_api_key",
         );
+        // Only an explicit request brings it back, with a warning: the guide's key is
+        // guessable by design.
+        let r = api
+            .post(
+                "/admin/v1/service-keys",
+                admin,
+                json!({"key": SERVICE_KEY, "user_id": "svc_api", "allow_revoked": true}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json["guessable"], true);
+        assert!(r.json["warning"]
+            .as_str()
+            .is_some_and(|w| w.contains("service-key mint")));
+        assert_eq!(
+            api.get("/api/v1/llm/credits", Some(SERVICE_KEY))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        assert_eq!(keys::guessable_service_keys(&db).await.unwrap(), 1);
+        // A minted key is strong: no warning, and not counted.
+        let strong = keys::mint_service_key("svc-other", 2026).unwrap();
+        assert!(
+            opsgate_core::credentials::is_service_key(&strong),
+            "{strong}"
+        );
+        let r = api
+            .post(
+                "/admin/v1/service-keys",
+                admin,
+                json!({"key": strong, "user_id": "svc_other"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json["guessable"], false);
+        assert!(r.json.get("warning").is_none());
+        assert_eq!(keys::guessable_service_keys(&db).await.unwrap(), 1);
     })
     .await;
 }

@@ -64,6 +64,23 @@ pub fn is_service_key(s: &str) -> bool {
         && year.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// The fewest characters the random part of a strong service key has (`sk-<service>-<random>
+/// -service-key-<year>`): 24 alphanumerics are over 120 bits even as hex.
+pub const SERVICE_KEY_RANDOM_CHARS: usize = 24;
+
+/// Is this service key guessable: no part of its service segment (split at `-` and `_`) is
+/// a random run of [`SERVICE_KEY_RANDOM_CHARS`] alphanumerics? The guide's example
+/// `sk-loopnet-service-key-2025` is.
+pub fn guessable_service_key(key: &str) -> bool {
+    let service = key
+        .strip_prefix("sk-")
+        .and_then(|rest| rest.rsplit_once("-service-key-"))
+        .map_or("", |(service, _)| service);
+    !service.split(['-', '_']).any(|part| {
+        part.len() >= SERVICE_KEY_RANDOM_CHARS && part.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
 /// Is `s` a user API key: `uc_` followed by 64 lowercase hex characters?
 pub fn is_user_key(s: &str) -> bool {
     s.strip_prefix("uc_")
@@ -259,5 +276,18 @@ mod tests {
         assert_eq!(mask("short"), "…");
         let m = mask("AIzaSyA-1234567890abcdefghijklmnop");
         assert!(!m.contains("1234567890"));
+    }
+
+    #[test]
+    fn short_service_parts_are_guessable() {
+        assert!(guessable_service_key("sk-loopnet-service-key-2025"));
+        assert!(guessable_service_key("sk-loopnet-prod_eu-service-key-2025"));
+        assert!(!guessable_service_key(
+            "sk-loopnet-3f9c1e7a2b4d6f8e0a1c3e5f7a9b1d2e-service-key-2025"
+        ));
+        // 23 random characters are not enough.
+        assert!(guessable_service_key(
+            "sk-loopnet-3f9c1e7a2b4d6f8e0a1c3e5-service-key-2025"
+        ));
     }
 }

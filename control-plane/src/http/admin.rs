@@ -299,23 +299,31 @@ async fn admin_revoke_key(
 struct NewServiceKey {
     key: String,
     user_id: String,
+    /// Re-activate a revoked key (refused without it).
+    #[serde(default)]
+    allow_revoked: bool,
 }
 
 async fn admin_add_service_key(
     State(state): State<AppState>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<StatusCode> {
+) -> AppResult<(StatusCode, Json<serde_json::Value>)> {
     let r: NewServiceKey = parse(&body)?;
-    keys::add_service_key(
+    let bound = keys::bind_service_key(
         &state.db,
         admin.actor(),
         &r.key,
         &r.user_id,
         state.clock.now(),
+        r.allow_revoked,
     )
     .await?;
-    Ok(StatusCode::CREATED)
+    let mut out = serde_json::json!({"user_id": r.user_id, "guessable": bound.guessable});
+    if bound.guessable {
+        out["warning"] = keys::GUESSABLE_SERVICE_KEY.into();
+    }
+    Ok((StatusCode::CREATED, Json(out)))
 }
 
 async fn admin_audit(

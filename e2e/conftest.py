@@ -361,18 +361,24 @@ class Stack:
         return "\n".join(path.read_text(errors="replace") for path in self.logs.values() if path.exists())
 
 
-@pytest.fixture(scope="session")
-def stack():
+def running(kind, prefix: str):
+    """A started `kind` (Stack or a subclass) in a temporary folder, stopped and removed
+    after, whatever happened; the built binaries are checked first."""
     for path, what in [(BIN_DIR / "opsgate", "control plane"), (BIN_DIR / "fake-provider", "fake provider"),
                        (WASM, "filter"), (ENVOY, "Envoy")]:
         if not path.exists():
             pytest.exit(f"{what} not found at {path}: run scripts/test", returncode=2)
-    with tempfile.TemporaryDirectory(prefix="opsgate-e2e-") as tmp:
-        s = Stack(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        s = kind(Path(tmp))
         try:
             yield s.start()
         finally:
             s.stop()
+
+
+@pytest.fixture(scope="session")
+def stack():
+    yield from running(Stack, "opsgate-e2e-")
 
 
 @pytest.fixture

@@ -20,16 +20,14 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
 
 from conftest import (ADMIN_TOKEN, BIN_DIR, ENVOY, INTERNAL_TOKEN, PROVIDER_KEY, ROOT, WASM, Stack, auth,
-                      free_port, new_user, render)
+                      free_port, new_user, render, running)
 
 PG = os.environ.get("OPSGATE_TEST_DATABASE_URL", "")
 SOAK = os.environ.get("OPSGATE_FLEET_SOAK") == "1"
@@ -142,16 +140,7 @@ class Fleet(Stack):
 
 @pytest.fixture(scope="module")
 def fleet():
-    for path, what in [(BIN_DIR / "opsgate", "control plane"), (BIN_DIR / "fake-provider", "fake provider"),
-                       (WASM, "filter"), (ENVOY, "Envoy")]:
-        if not path.exists():
-            pytest.exit(f"{what} not found at {path}: run scripts/test", returncode=2)
-    with tempfile.TemporaryDirectory(prefix="opsgate-fleet-") as tmp:
-        f = Fleet(Path(tmp))
-        try:
-            yield f.start()
-        finally:
-            f.stop()
+    yield from running(Fleet, "opsgate-fleet-")
 
 
 class Outcomes:

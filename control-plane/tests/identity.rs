@@ -55,6 +55,25 @@ async fn send(
     }
 }
 
+/// The filter's authorize callout for a metered call by `principal`.
+async fn authorize_as(state: &AppState, principal: Principal) -> Reply {
+    let req = AuthorizeRequest {
+        principal,
+        ..chat("", "gpt-4o-mini", 300, Some(50))
+    };
+    send(
+        state,
+        Method::POST,
+        "/internal/v1/authorize",
+        &[
+            ("authorization", &format!("Bearer {INTERNAL_TOKEN}")),
+            ("content-type", "application/json"),
+        ],
+        Some(serde_json::to_value(&req).unwrap()),
+    )
+    .await
+}
+
 fn identity(sub: &str, roles: &[&str]) -> String {
     Identity {
         subject: sub.into(),
@@ -190,21 +209,11 @@ async fn sessions_are_opened_with_a_jwt_used_by_cookie_and_closed() {
         .await;
         assert_eq!(r.json["user_id"], "alice", "{}", r.text);
         // The filter's authorize for a cookie-authenticated call.
-        let req = AuthorizeRequest {
-            principal: Principal::Session {
+        let r = authorize_as(
+            &st,
+            Principal::Session {
                 digest: digest(&token),
             },
-            ..chat("", "gpt-4o-mini", 300, Some(50))
-        };
-        let r = send(
-            &st,
-            Method::POST,
-            "/internal/v1/authorize",
-            &[
-                ("authorization", &format!("Bearer {INTERNAL_TOKEN}")),
-                ("content-type", "application/json"),
-            ],
-            Some(serde_json::to_value(&req).unwrap()),
         )
         .await;
         assert_eq!(r.json["decision"], "allow", "{}", r.text);
@@ -452,18 +461,11 @@ async fn credential_lookup_for_the_filter() {
     )
     .await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
-    let req = AuthorizeRequest {
-        principal: Principal::ApiKey {
+    let r = authorize_as(
+        &st,
+        Principal::ApiKey {
             digest: digest(&key),
         },
-        ..chat("", "gpt-4o-mini", 300, Some(50))
-    };
-    let r = send(
-        &st,
-        Method::POST,
-        "/internal/v1/authorize",
-        &h,
-        Some(serde_json::to_value(&req).unwrap()),
     )
     .await;
     assert_eq!(r.json["decision"], "deny", "{}", r.text);

@@ -8,20 +8,21 @@ use opsgate_core::ErrorKind;
 use opsgate_wasm_tests::{Host, StreamId, StreamKind};
 
 fn denied(kind: ErrorKind, message: &str, retry_after: Option<u64>) -> (Host, StreamId) {
+    denied_with(Denial {
+        kind,
+        message: message.into(),
+        param: None,
+        retry_after,
+        rate_limit: None,
+    })
+}
+
+/// A metered call the control plane answers with `denial`.
+fn denied_with(denial: Denial) -> (Host, StreamId) {
     let mut host = gateway();
     let (id, _) = chat(&mut host, SERVICE_KEY, QUICKSTART);
     let call = authorize_call(&mut host);
-    deny(
-        &mut host,
-        &call,
-        Denial {
-            kind,
-            message: message.into(),
-            param: None,
-            retry_after,
-            rate_limit: None,
-        },
-    );
+    deny(&mut host, &call, denial);
     (host, id)
 }
 
@@ -78,24 +79,17 @@ fn quota_exceeded_is_429_with_retry_after() {
 /// The integration guide's retry loop waits until `X-RateLimit-Reset`: a 429 names its window.
 #[test]
 fn quota_exceeded_carries_the_rate_limit_headers_of_its_window() {
-    let mut host = gateway();
-    let (id, _) = chat(&mut host, SERVICE_KEY, QUICKSTART);
-    let call = authorize_call(&mut host);
-    deny(
-        &mut host,
-        &call,
-        Denial {
-            kind: ErrorKind::QuotaExceeded,
-            message: "Rate limit exceeded. Daily limit: 34 calls.".into(),
-            param: None,
-            retry_after: Some(3600),
-            rate_limit: Some(opsgate_core::contract::WindowLimit {
-                limit: 34,
-                remaining: 0,
-                reset: 1_768_521_600,
-            }),
-        },
-    );
+    let (mut host, id) = denied_with(Denial {
+        kind: ErrorKind::QuotaExceeded,
+        message: "Rate limit exceeded. Daily limit: 34 calls.".into(),
+        param: None,
+        retry_after: Some(3600),
+        rate_limit: Some(opsgate_core::contract::WindowLimit {
+            limit: 34,
+            remaining: 0,
+            reset: 1_768_521_600,
+        }),
+    });
     let (reply, _) = expect_reply(&host, id, 429, "quota_exceeded");
     assert_eq!(reply.header("x-ratelimit-limit"), Some("34"));
     assert_eq!(reply.header("x-ratelimit-remaining"), Some("0"));

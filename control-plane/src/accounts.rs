@@ -457,6 +457,28 @@ pub async fn get_allocation(
 
 /// Sets a user's allocation inside their organisation to `allocated_mc` (it may not go below
 /// what the user has already used and has on hold).
+/// When an organisation's allocations (caps inside its pool) add up to more than the pool:
+/// what to tell the person who set them. Allowed — caps need not be exclusive — but worth
+/// knowing: the pool, not each cap, is what is spent.
+pub async fn overcommitment(db: &Db, org_id: &str) -> Result<Option<String>, AppError> {
+    let row = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(a.allocated), 0) AS BIGINT) AS caps, o.credits_total AS pool \
+         FROM organizations o LEFT JOIN allocations a ON a.org_id = o.id WHERE o.id = $1 GROUP BY o.credits_total",
+    )
+    .bind(org_id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let (caps, pool): (i64, i64) = (row.try_get("caps")?, row.try_get("pool")?);
+    Ok((caps > pool).then(|| {
+        format!(
+            "the allocations in organisation '{org_id}' add up to {} credits, more than its pool of {}: they are caps inside the pool, and users may find the pool empty before their cap",
+            opsgate_core::MilliCredits(caps).to_credits_string(),
+            opsgate_core::MilliCredits(pool).to_credits_string()
+        )
+    }))
+}
+
 pub async fn set_allocation(
     db: &Db,
     actor: &str,

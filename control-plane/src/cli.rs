@@ -24,7 +24,9 @@ const USAGE: &str = "usage: opsgate <command> [options]
   org list
   user create ID --org ORG --plan PLAN [--kind user|service] [--role member|admin]
               [--service-key sk-<service>-service-key-<year>]
-  user allocate ID CREDITS                  set the user's allocation inside its organization
+  user allocate ID CREDITS                  set the user's allocation: a cap on what the user
+                                            may spend of the organisation's pool (caps adding
+                                            up to more than the pool are allowed, with a warning)
   user list [--org ORG]
   key issue USER [--name NAME]              issue a uc_ API key (shown once)
   key revoke KEY_ID
@@ -306,11 +308,16 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["user", "allocate", id, credits] => {
             let db = open_db(&a).await?;
-            print_json(
-                &accounts::set_allocation(&db, &actor(), id, credits_arg(credits)?, now)
-                    .await
-                    .map_err(e)?,
-            );
+            let alloc = accounts::set_allocation(&db, &actor(), id, credits_arg(credits)?, now)
+                .await
+                .map_err(e)?;
+            print_json(&alloc);
+            if let Some(w) = accounts::overcommitment(&db, &alloc.org_id)
+                .await
+                .map_err(e)?
+            {
+                eprintln!("opsgate: WARNING: {w}.");
+            }
             Ok(())
         }
         ["user", "list"] => {

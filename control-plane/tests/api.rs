@@ -766,6 +766,26 @@ async fn admin_writes_are_strict_and_audited() {
         assert_eq!(r.status, StatusCode::OK, "{}", r.text);
         assert_eq!(r.json["allocated"], 100.0);
         assert_eq!(r.json["allocated_mc"], 100_000);
+        assert!(r.json.get("warning").is_none(), "{}", r.text);
+        // Caps adding up to more than the pool (250.5) are allowed, with a warning.
+        let set = |credits: u32| {
+            api.send(
+                Method::PUT,
+                "/admin/v1/users/u_new/allocation",
+                admin,
+                Some(json!({ "credits": credits }).to_string()),
+            )
+        };
+        let r = set(300).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert!(
+            r.json["warning"]
+                .as_str()
+                .is_some_and(|w| w.contains("300.000") && w.contains("250.500")),
+            "{}",
+            r.text
+        );
+        assert_eq!(set(100).await.status, StatusCode::OK);
         let r = api
             .post(
                 "/admin/v1/users/u_new/api-keys",

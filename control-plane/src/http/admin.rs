@@ -4,7 +4,7 @@
 
 use super::extract::{body_first, parse, parse_secret_body, Q};
 use super::identity::Admin;
-use crate::accounts::{self, Allocation, Organization, User};
+use crate::accounts::{self, Organization, User};
 use crate::analytics::AuditEntry;
 use crate::byok::{self, Owner, Which};
 use crate::error::{AppError, AppResult};
@@ -215,7 +215,7 @@ async fn admin_set_allocation(
     Path(id): Path<String>,
     admin: Admin,
     body: Bytes,
-) -> AppResult<Json<Allocation>> {
+) -> AppResult<Json<serde_json::Value>> {
     let req: GrantReq = parse(&body)?;
     let a = accounts::set_allocation(
         &state.db,
@@ -225,7 +225,11 @@ async fn admin_set_allocation(
         state.clock.now(),
     )
     .await?;
-    Ok(Json(a))
+    let mut out = serde_json::to_value(&a).map_err(AppError::internal)?;
+    if let Some(w) = accounts::overcommitment(&state.db, &a.org_id).await? {
+        out["warning"] = w.into();
+    }
+    Ok(Json(out))
 }
 
 /// A newly issued API key: the only time its secret is shown.

@@ -288,7 +288,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
                 &actor(),
                 &accounts::NewUser {
                     id,
-                    org_id: a.need("org")?,
+                    org_id: a.flag("org-id").map_or_else(|| a.need("org"), Ok)?,
                     plan: plan_arg(a.need("plan")?)?,
                     kind: a.flag("kind").unwrap_or("user"),
                     role: a.flag("role").unwrap_or("member"),
@@ -322,7 +322,7 @@ pub async fn run(args: Vec<String>) -> Result<(), String> {
         }
         ["user", "list"] => {
             print_json(
-                &accounts::list_users(&open_db(&a).await?, a.flag("org"))
+                &accounts::list_users(&open_db(&a).await?, a.flag("org").or(a.flag("org-id")))
                     .await
                     .map_err(e)?,
             );

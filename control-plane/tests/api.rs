@@ -569,13 +569,13 @@ async fn admin_routes_need_the_admin_token() {
             INTERNAL_TOKEN,
         ] {
             for path in reads {
-                assert_envelope(&api.get(path, Some(token)).await, 403, "model_not_allowed");
+                assert_envelope(&api.get(path, Some(token)).await, 403, "admin_required");
             }
             assert_envelope(
                 &api.post("/admin/v1/orgs", Some(token), new_org.clone())
                     .await,
                 403,
-                "model_not_allowed",
+                "admin_required",
             );
             assert_envelope(
                 &api.post(
@@ -585,7 +585,7 @@ async fn admin_routes_need_the_admin_token() {
                 )
                 .await,
                 403,
-                "model_not_allowed",
+                "admin_required",
             );
         }
         assert!(accounts::get_org(&db, "org_evil")
@@ -612,12 +612,12 @@ async fn admin_routes_need_the_admin_token() {
         assert_envelope(
             &closed.get("/admin/v1/orgs", Some(ADMIN_TOKEN)).await,
             403,
-            "model_not_allowed",
+            "admin_required",
         );
         assert_envelope(
             &closed.get("/admin/v1/orgs", Some("")).await,
             403,
-            "model_not_allowed",
+            "admin_required",
         );
     })
     .await;
@@ -632,7 +632,7 @@ async fn admin_writes_are_strict_and_audited() {
         for (path, body) in [
             (
                 "/admin/v1/orgs",
-                json!({"id": "org_x", "name": "X", "plan": "starter", "credits": 5}),
+                json!({"id": "org_x", "name": "X", "plan": "starter", "budget": 5}),
             ),
             (
                 "/admin/v1/orgs",
@@ -745,6 +745,26 @@ async fn admin_writes_are_strict_and_audited() {
             (r.json["kind"].as_str(), r.json["role"].as_str()),
             (Some("user"), Some("member"))
         );
+        // The CLI's names work on the API too: `org` for `org_id`, `credits` on create.
+        let r = api
+            .post(
+                "/admin/v1/orgs",
+                admin,
+                json!({"id": "org_cli", "name": "CLI Co", "plan": "starter", "credits": 12.5}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        assert_eq!(r.json["credits_total"], 12.5);
+        let r = api
+            .post(
+                "/admin/v1/users",
+                admin,
+                json!({"id": "u_cli", "org": "org_cli", "plan": "starter"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        let r = api.get("/admin/v1/users?org=org_cli", admin).await;
+        assert_eq!(r.json["data"][0]["id"], "u_cli", "{}", r.text);
         assert_envelope(
             &api.post(
                 "/admin/v1/users",

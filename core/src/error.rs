@@ -18,6 +18,8 @@ pub enum ErrorKind {
     ByokKeyRejected,
     /// A browser request from an origin the gateway does not allow.
     OriginNotAllowed,
+    /// An admin route called without the admin token or role.
+    AdminRequired,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge,
@@ -34,7 +36,10 @@ impl ErrorKind {
             ErrorKind::BadRequest => 400,
             ErrorKind::InvalidApiKey => 401,
             ErrorKind::InsufficientCredits => 402,
-            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected | ErrorKind::OriginNotAllowed => 403,
+            ErrorKind::Forbidden
+            | ErrorKind::ByokKeyRejected
+            | ErrorKind::OriginNotAllowed
+            | ErrorKind::AdminRequired => 403,
             ErrorKind::NotFound => 404,
             ErrorKind::MethodNotAllowed => 405,
             ErrorKind::PayloadTooLarge => 413,
@@ -55,9 +60,10 @@ impl ErrorKind {
             | ErrorKind::MethodNotAllowed
             | ErrorKind::PayloadTooLarge => "invalid_request_error",
             ErrorKind::InsufficientCredits => "insufficient_credits",
-            ErrorKind::Forbidden | ErrorKind::ByokKeyRejected | ErrorKind::OriginNotAllowed => {
-                "permission_error"
-            }
+            ErrorKind::Forbidden
+            | ErrorKind::ByokKeyRejected
+            | ErrorKind::OriginNotAllowed
+            | ErrorKind::AdminRequired => "permission_error",
             ErrorKind::QuotaExceeded => "rate_limit_error",
             ErrorKind::Internal => "server_error",
             ErrorKind::UpstreamError | ErrorKind::Unavailable | ErrorKind::Timeout => {
@@ -75,6 +81,7 @@ impl ErrorKind {
             ErrorKind::Forbidden => "model_not_allowed",
             ErrorKind::ByokKeyRejected => "byok_key_rejected",
             ErrorKind::OriginNotAllowed => "origin_not_allowed",
+            ErrorKind::AdminRequired => "admin_required",
             ErrorKind::NotFound => "not_found",
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",

@@ -80,6 +80,9 @@ struct NewOrg {
     id: String,
     name: String,
     plan: Plan,
+    /// Credits granted at creation, as `org create --credits` does.
+    #[serde(default)]
+    credits: Option<serde_json::Number>,
 }
 
 async fn admin_create_org(
@@ -88,7 +91,8 @@ async fn admin_create_org(
     body: Bytes,
 ) -> AppResult<Response> {
     let req: NewOrg = parse(&body)?;
-    let org = accounts::create_org(
+    let credits = req.credits.as_ref().map(credits_to_mc).transpose()?;
+    let mut org = accounts::create_org(
         &state.db,
         admin.actor(),
         &req.id,
@@ -97,6 +101,9 @@ async fn admin_create_org(
         state.clock.now(),
     )
     .await?;
+    if let Some(mc) = credits.filter(|mc| *mc != 0) {
+        org = accounts::grant(&state.db, admin.actor(), &org.id, mc, state.clock.now()).await?;
+    }
     Ok((StatusCode::CREATED, Json(org)).into_response())
 }
 
@@ -158,6 +165,8 @@ async fn admin_grant(
 #[serde(deny_unknown_fields)]
 struct NewUserReq {
     id: String,
+    /// `org` too: the CLI's name for it.
+    #[serde(alias = "org")]
     org_id: String,
     plan: Plan,
     #[serde(default = "default_kind")]
@@ -197,6 +206,8 @@ async fn admin_create_user(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OrgFilter {
+    /// `?org=` too: the CLI's name for it.
+    #[serde(alias = "org")]
     org_id: Option<String>,
 }
 

@@ -74,14 +74,18 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
         return if id.roles.iter().any(|r| *r == state.settings.admin_role) {
             Ok(format!("jwt:{}", id.subject))
         } else {
-            Err(AppError::forbidden(format!(
-                "Admin routes need the '{}' role.",
-                state.settings.admin_role
-            )))
+            Err(AppError::new(
+                opsgate_core::ErrorKind::AdminRequired,
+                format!(
+                    "Admin routes need the '{}' role.",
+                    state.settings.admin_role
+                ),
+            ))
         };
     }
     let Some(expected) = &state.settings.admin_token else {
-        return Err(AppError::forbidden(
+        return Err(AppError::new(
+            opsgate_core::ErrorKind::AdminRequired,
             "The admin API is disabled: start the control plane with an admin token.",
         ));
     };
@@ -95,7 +99,10 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
         Some(t) if credentials::constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
             Ok("admin-token".to_string())
         }
-        Some(_) => Err(AppError::forbidden("Admin routes need the admin token.")),
+        Some(_) => Err(AppError::new(
+            opsgate_core::ErrorKind::AdminRequired,
+            "Admin routes need the admin token.",
+        )),
         None => Err(AppError::unauthorized(
             "Admin routes need 'Authorization: Bearer <admin token>'.",
         )),

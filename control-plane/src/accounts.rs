@@ -22,7 +22,7 @@ pub struct User {
 
 /// Milli-credits as the credits a person reads (three decimals at most).
 fn credits(mc: i64) -> f64 {
-    mc as f64 / 1000.0
+    opsgate_core::MilliCredits(mc).to_credits_f64()
 }
 
 /// Serialized (CLI and admin API) in credits, as people read and type them; the exact

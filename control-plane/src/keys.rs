@@ -111,26 +111,6 @@ pub async fn revoke_api_key(db: &Db, actor: &str, key_id: &str, now: i64) -> Res
     Ok(())
 }
 
-/// The user an active API key belongs to; records its use.
-pub async fn user_by_api_key_digest(
-    db: &Db,
-    key_digest: &str,
-    now: i64,
-) -> Result<Option<User>, AppError> {
-    let row = sqlx::query("SELECT user_id FROM api_keys WHERE digest = $1 AND revoked_at IS NULL")
-        .bind(key_digest)
-        .fetch_optional(&db.pool)
-        .await?;
-    let Some(row) = row else { return Ok(None) };
-    let user_id: String = row.try_get("user_id")?;
-    sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE digest = $2")
-        .bind(now)
-        .bind(key_digest)
-        .execute(&db.pool)
-        .await?;
-    get_user(db, &user_id).await
-}
-
 /// Binds a service key to a service user. Only the digest is stored.
 /// How a service key was bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

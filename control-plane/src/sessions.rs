@@ -1,29 +1,12 @@
 //! Browser sessions: a session token is returned once (for the cookie); only its digest is
 //! stored. A session is active until it expires or is revoked.
 
-use crate::accounts::{self, User};
 use crate::db::Db;
 use crate::error::AppError;
 use crate::store::random_hex;
 use opsgate_core::credentials;
-use sqlx::Row;
 
 pub const SESSION_COOKIE: &str = "session_token";
-
-/// The user of an active session.
-pub async fn user_for_session(db: &Db, digest: &str, now: i64) -> Result<Option<User>, AppError> {
-    let row = sqlx::query(
-        "SELECT user_id FROM sessions WHERE digest = $1 AND revoked_at IS NULL AND expires_at > $2",
-    )
-    .bind(digest)
-    .bind(now)
-    .fetch_optional(&db.pool)
-    .await?;
-    match row {
-        Some(r) => accounts::get_user(db, &r.try_get::<String, _>("user_id")?).await,
-        None => Ok(None),
-    }
-}
 
 /// Opens a session for `user_id` that lasts `ttl` seconds; returns its token.
 pub async fn open(db: &Db, user_id: &str, now: i64, ttl: i64) -> Result<String, AppError> {

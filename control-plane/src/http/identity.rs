@@ -9,12 +9,13 @@
 use crate::accounts::{self, User};
 use crate::error::{AppError, AppResult};
 use crate::keys;
-use crate::sessions;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
-use opsgate_core::contract::{identity_auth, Identity, IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
+use opsgate_core::contract::{
+    identity_auth, Identity, Principal, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
+};
 use opsgate_core::credentials::{self, Credential};
 
 /// The identity the filter verified, when the request carries it with the internal token.
@@ -46,10 +47,12 @@ async fn caller(state: &AppState, headers: &HeaderMap) -> AppResult<User> {
             keys::user_by_service_key_digest(&state.db, &credentials::digest(k)).await?
         }
         Credential::UserKey(k) => {
-            keys::user_by_api_key_digest(&state.db, &credentials::digest(k), now).await?
+            let digest = credentials::digest(k);
+            accounts::by_principal(&state.db, &Principal::ApiKey { digest }, now).await?
         }
         Credential::Session(token) => {
-            sessions::user_for_session(&state.db, &credentials::digest(token), now).await?
+            let digest = credentials::digest(token);
+            accounts::by_principal(&state.db, &Principal::Session { digest }, now).await?
         }
         Credential::Jwt(_) => {
             return Err(AppError::unauthorized(

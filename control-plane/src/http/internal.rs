@@ -3,7 +3,7 @@
 
 use super::extract::{body_first, parse};
 use super::identity::Internal;
-use crate::accounts::{self, User};
+use crate::accounts;
 use crate::catalogue::{Catalogue, ModelKind};
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
@@ -126,7 +126,7 @@ async fn credential_lookup(
     body: Bytes,
 ) -> AppResult<Json<CredentialOwner>> {
     let principal: Principal = parse(&body)?;
-    let user = principal_user(&state, &principal)
+    let user = accounts::by_principal(&state.db, &principal, state.clock.now())
         .await?
         .ok_or_else(|| AppError::unauthorized("Invalid or revoked credential"))?;
     Ok(Json(CredentialOwner {
@@ -136,16 +136,12 @@ async fn credential_lookup(
     }))
 }
 
-async fn principal_user(state: &AppState, principal: &Principal) -> AppResult<Option<User>> {
-    accounts::by_principal(&state.db, principal, state.clock.now()).await
-}
-
 async fn authorize_inner(
     state: &AppState,
     req: &AuthorizeRequest,
 ) -> AppResult<opsgate_core::contract::Grant> {
     let now = state.clock.now();
-    let user = principal_user(state, &req.principal)
+    let user = accounts::by_principal(&state.db, &req.principal, now)
         .await?
         .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
     let routing = Routing {

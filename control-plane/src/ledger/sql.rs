@@ -239,17 +239,21 @@ impl<'c> Txn<'c> {
         Ok(txn)
     }
 
+    /// SQLite: starts the transaction in this trip (`BEGIN IMMEDIATE` before `all`), unless
+    /// it is open. Marked open before the trip: if the trip fails half-way, the rollback runs.
+    fn begin_in(&mut self, all: &mut Stmt<'_>) {
+        if !std::mem::replace(&mut self.open, true) {
+            all.sql.insert_str(0, "BEGIN IMMEDIATE;\n");
+        }
+    }
+
     /// Runs reads; every row carries its statement's tag in column `t`.
     pub async fn fetch(&mut self, stmts: Vec<Stmt<'_>>) -> Result<Vec<AnyRow>, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => {
                 let reads = !stmts.is_empty();
                 let mut all = combined(stmts);
-                if !self.open {
-                    // Marked open before the trip: if it fails half-way, the rollback runs.
-                    self.open = true;
-                    all.sql.insert_str(0, "BEGIN IMMEDIATE;\n");
-                }
+                self.begin_in(&mut all);
                 if !reads {
                     self.conn.execute(all.sql.as_str()).await?;
                     return Ok(Vec::new());
@@ -284,10 +288,7 @@ impl<'c> Txn<'c> {
                     });
                 }
                 let mut all = combined(guarded);
-                if !self.open {
-                    self.open = true;
-                    all.sql.insert_str(0, "BEGIN IMMEDIATE;\n");
-                }
+                self.begin_in(&mut all);
                 all.sql.push_str("COMMIT;\n");
                 match query(&all).execute(&mut *self.conn).await {
                     Ok(_) => {

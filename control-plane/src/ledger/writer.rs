@@ -15,7 +15,7 @@
 //!
 //! No crate offers group commit over sqlx, so this module is our own.
 
-use super::book::{Answer, Book, Calls, Closed, HoldRow, Job, Pool, QuotaKey, Tracked};
+use super::book::{Answer, Book, Calls, Closed, HoldRow, Job, Pool, QuotaKey, Tracked, UsageLine};
 use super::holds::HoldStatus;
 use super::quota::WindowKind;
 use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val};
@@ -482,6 +482,20 @@ fn take(book: &mut Book, r: &AnyRow) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// A usage line's outcome, in the column order both its insert and its correction use:
+/// prompt_tokens, completion_tokens, images, cost, outcome, upstream_status, latency_ms.
+fn outcome_vals(u: &UsageLine) -> [Val<'_>; 7] {
+    [
+        Val::Int(u.prompt_tokens),
+        Val::Int(u.completion_tokens),
+        Val::Int(u.images),
+        Val::Int(u.cost),
+        Val::Text(u.outcome.as_str()),
+        Val::Int(u.upstream_status),
+        Val::Int(u.latency_ms),
+    ]
+}
+
 /// Writes the book's changes, in one trip on SQLite. `false` when a row moved since it was
 /// read (a conditional statement changed fewer rows than it should have): the caller rolls
 /// back and retries.
@@ -565,16 +579,10 @@ async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
         });
         stmts.push(Stmt {
             sql: "UPDATE usage_logs SET prompt_tokens = $1, completion_tokens = $2, images = $3, cost = $4, outcome = $5, upstream_status = $6, latency_ms = $7 WHERE hold_id = $8".into(),
-            vals: vec![
-                Val::Int(u.prompt_tokens),
-                Val::Int(u.completion_tokens),
-                Val::Int(u.images),
-                Val::Int(u.cost),
-                Val::Text(u.outcome.as_str()),
-                Val::Int(u.upstream_status),
-                Val::Int(u.latency_ms),
-                Val::Text(&u.hold_id),
-            ],
+            vals: outcome_vals(u)
+                .into_iter()
+                .chain([Val::Text(&u.hold_id)])
+                .collect(),
             expect: 1,
         });
     }
@@ -604,22 +612,16 @@ async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
         .usage
         .iter()
         .map(|u| {
-            vec![
+            let mut row = vec![
                 Val::Text(&u.hold_id),
                 Val::Text(&u.org_id),
                 Val::Text(&u.user_id),
                 Val::Text(&u.model),
                 Val::Text(&u.provider),
-                Val::Int(u.prompt_tokens),
-                Val::Int(u.completion_tokens),
-                Val::Int(u.images),
-                Val::Int(u.cost),
-                Val::Text(u.outcome.as_str()),
-                Val::Int(u.upstream_status),
-                Val::Int(u.latency_ms),
-                Val::Int(i64::from(u.byok)),
-                Val::Int(u.created_at),
-            ]
+            ];
+            row.extend(outcome_vals(u));
+            row.extend([Val::Int(i64::from(u.byok)), Val::Int(u.created_at)]);
+            row
         })
         .collect();
     stmts.extend(insert(

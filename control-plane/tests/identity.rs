@@ -416,14 +416,10 @@ async fn credential_lookup_for_the_filter() {
         ("content-type", "application/json"),
     ];
     let ok = json!({"kind": "api_key", "digest": digest(&key)});
-    let r = send(
-        &st,
-        Method::POST,
-        "/internal/v1/credentials",
-        &h,
-        Some(ok.clone()),
-    )
-    .await;
+    let lookup = |body: Option<serde_json::Value>| {
+        send(&st, Method::POST, "/internal/v1/credentials", &h, body)
+    };
+    let r = lookup(Some(ok.clone())).await;
     assert_eq!(
         (r.json["user_id"].as_str(), r.json["plan"].as_str()),
         (Some("alice"), Some("professional")),
@@ -431,7 +427,7 @@ async fn credential_lookup_for_the_filter() {
         r.text
     );
     let bad = json!({"kind": "api_key", "digest": digest("uc_nope")});
-    let r = send(&st, Method::POST, "/internal/v1/credentials", &h, Some(bad)).await;
+    let r = lookup(Some(bad)).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
 
     // The key's use is recorded (in the background, to the minute).
@@ -452,14 +448,7 @@ async fn credential_lookup_for_the_filter() {
     keys::revoke_api_key(&db.db, "t", &key_id, T0)
         .await
         .unwrap();
-    let r = send(
-        &st,
-        Method::POST,
-        "/internal/v1/credentials",
-        &h,
-        Some(ok.clone()),
-    )
-    .await;
+    let r = lookup(Some(ok.clone())).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text);
     let r = authorize_as(
         &st,

@@ -27,19 +27,22 @@ pub fn chat_usage(body: &[u8]) -> Option<Usage> {
         .and_then(usage_of)
 }
 
-/// A response body whose top-level `model` is `model` (the catalogue id the client can send
-/// back) instead of the provider's id; `None` when there is nothing to change (not a JSON
-/// object, no `model`, or already that id).
-pub fn with_model(body: &[u8], model: &str) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    match obj.get("model") {
-        Some(Value::String(m)) if m != model => {
+/// A non-streamed chat completion body, read once: its usage, and the body as the client
+/// gets it — with `model` set to `model` (the catalogue id the client can send back) when
+/// the provider named it otherwise (`None`: forward it unchanged).
+pub fn chat_response(body: &[u8], model: &str) -> (Option<Usage>, Option<Vec<u8>>) {
+    let Ok(mut v) = serde_json::from_slice::<Value>(body) else {
+        return (None, None);
+    };
+    let usage = usage_of(&v);
+    let renamed = match v.as_object_mut() {
+        Some(obj) if matches!(obj.get("model"), Some(Value::String(m)) if m != model) => {
             obj.insert("model".into(), Value::String(model.into()));
             serde_json::to_vec(&v).ok()
         }
         _ => None,
-    }
+    };
+    (usage, renamed)
 }
 
 /// Images actually returned by an image generation body.
@@ -276,20 +279,30 @@ data: [DONE]\n\n";
 
     #[test]
     fn the_client_sees_the_catalogue_id_as_the_model() {
-        let body = br#"{"id":"c1","model":"openai/gpt-4o-mini","choices":[]}"#;
-        let out = with_model(body, "gpt-4o-mini").expect("renamed");
+        let body = br#"{"id":"c1","model":"openai/gpt-4o-mini","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4}}"#;
+        let (usage, out) = chat_response(body, "gpt-4o-mini");
+        assert_eq!(
+            usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+            Some((3, 4))
+        );
+        let out = out.expect("renamed");
         let v: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             (v["model"].as_str(), v["id"].as_str()),
             (Some("gpt-4o-mini"), Some("c1"))
         );
         assert_eq!(
-            with_model(&out, "gpt-4o-mini"),
+            chat_response(&out, "gpt-4o-mini").1,
             None,
             "already the catalogue id"
         );
-        assert_eq!(with_model(b"[1]", "x"), None);
-        assert_eq!(with_model(br#"{"data":[]}"#, "x"), None, "no model field");
+        assert_eq!(chat_response(b"[1]", "x"), (None, None));
+        assert_eq!(chat_response(b"garbage", "x"), (None, None));
+        assert_eq!(
+            chat_response(br#"{"data":[]}"#, "x").1,
+            None,
+            "no model field"
+        );
 
         // In a stream, every chunk, wherever the stream is split.
         let stream = "data: {\"model\":\"qwen2.5:32b\",\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n\

@@ -89,35 +89,29 @@ impl Filter {
     /// Keeps the payload `jwt_authn` forwarded (if JWTs are configured), before every
     /// `x-opsgate-*` header is stripped from the request.
     pub(super) fn take_jwt_payload(&mut self) {
-        let header = self
-            .shared
-            .borrow()
-            .config
-            .jwt
-            .as_ref()
-            .map(|j| j.payload_header.clone());
-        if let Some(name) = header {
-            self.jwt_payload = host::header(Headers::Request, &name);
+        let s = self.shared.borrow();
+        if let Some(jwt) = s.config.jwt.as_ref() {
+            self.jwt_payload = host::header(Headers::Request, &jwt.payload_header);
         }
     }
 
     /// A bearer that looks like a JWT: accepted when Envoy's `jwt_authn` verified it (its
     /// forwarded payload is this token's own) and its claims hold.
     pub(super) fn jwt_principal(&mut self, token: &str) -> Authn {
-        let Some(rules) = self
-            .shared
-            .borrow()
-            .config
-            .jwt
-            .as_ref()
-            .map(|j| j.validation.clone())
-        else {
+        let shared = self.shared.clone();
+        let s = shared.borrow();
+        let Some(jwt_config) = s.config.jwt.as_ref() else {
             return Authn::Refused(ApiError::invalid_api_key(
                 "JWT authentication is not enabled on this gateway; use an API key.",
             ));
         };
         let now = unix_secs(host::now());
-        match jwt::accept(token, self.jwt_payload.as_deref(), &rules, now) {
+        match jwt::accept(
+            token,
+            self.jwt_payload.as_deref(),
+            &jwt_config.validation,
+            now,
+        ) {
             Ok(claims) => {
                 self.count(Counter::JwtVerified);
                 Authn::Ready(Principal::Jwt {

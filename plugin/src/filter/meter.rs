@@ -356,12 +356,17 @@ impl Filter {
         }
         let body = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
         let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
-        let reported = match endpoint {
-            Endpoint::ImageGenerations => images_returned(&body).map(|images| Usage {
-                images,
-                ..Usage::default()
-            }),
-            Endpoint::ChatCompletions => chat_usage(&body),
+        // The body is parsed once: its usage, and (chat) the catalogue id as its `model` —
+        // the client sees the id it can send back, not the provider's.
+        let (reported, renamed) = match endpoint {
+            Endpoint::ImageGenerations => (
+                images_returned(&body).map(|images| Usage {
+                    images,
+                    ..Usage::default()
+                }),
+                None,
+            ),
+            Endpoint::ChatCompletions => chat_response(&body, &grant.model),
         };
         let usage = reported.unwrap_or_else(|| {
             log(
@@ -375,12 +380,9 @@ impl Filter {
                 self.images_requested,
             )
         });
-        // The client sees the catalogue id it can send back, not the provider's.
-        if endpoint == Endpoint::ChatCompletions {
-            if let Some(renamed) = with_model(&body, &grant.model) {
-                remove_header(Headers::Response, headers::CONTENT_LENGTH);
-                set_response_body(body_size, &renamed);
-            }
+        if let Some(renamed) = renamed {
+            remove_header(Headers::Response, headers::CONTENT_LENGTH);
+            set_response_body(body_size, &renamed);
         }
         let cost = Self::cost_of(grant, &usage);
         let remaining = metering::balance_after(grant.balance_mc, grant.hold_mc, cost);

@@ -56,7 +56,7 @@ use opsgate_core::pricing::Usage;
 use opsgate_core::request::{
     apply_platform_key_policy, parse_chat, parse_image, rewrite_for_provider,
 };
-use opsgate_core::usage::{chat_usage, images_returned, with_model, SseMeter};
+use opsgate_core::usage::{chat_response, images_returned, SseMeter};
 use opsgate_core::{ApiError, ErrorKind};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;

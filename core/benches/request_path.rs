@@ -6,7 +6,7 @@ use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use opsgate_core::plan::PowerLevel;
 use opsgate_core::pricing::{Price, RateCard};
 use opsgate_core::request::{parse_chat, rewrite_for_provider};
-use opsgate_core::usage::chat_usage;
+use opsgate_core::usage::chat_response;
 
 const BODY: &[u8] = br#"{"model":"gpt-4o-mini","messages":[{"role":"system","content":"You are a helpful assistant specializing in company data extraction."},{"role":"user","content":"Extract the company name, industry, and location from this text: Acme Corp is a technology company headquartered in San Francisco, CA, building developer tools."}],"temperature":0.7,"max_tokens":500,"power_level":"eco","task_type":"rag"}"#;
 const REPLY: &[u8] = br#"{"id":"chatcmpl-abc123","object":"chat.completion","created":1699564800,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Company Name: Acme Corp\nIndustry: Technology\nLocation: San Francisco, CA"},"finish_reason":"stop"}],"usage":{"prompt_tokens":45,"completion_tokens":23,"total_tokens":68}}"#;
@@ -36,7 +36,9 @@ fn bench(c: &mut Criterion) {
                 Default::default(),
                 true,
             );
-            let usage = chat_usage(black_box(REPLY))?;
+            // As the filter reads a plain answer: once, for its usage and its model.
+            let (usage, _) = chat_response(black_box(REPLY), "gpt-4o-mini");
+            let usage = usage?;
             Some((out.len(), rate.cost(&usage)))
         })
     });

@@ -276,7 +276,9 @@ class Stack:
             "control-plane",
             [str(BIN_DIR / "opsgate"), "serve", "--demo", "--port", "0", "--data-dir", str(self.tmp),
              "--catalogue", str(self.tmp / "catalogue.toml"), "--admin-token", ADMIN_TOKEN],
-            env={"OPSGATE_INTERNAL_TOKEN": INTERNAL_TOKEN, "OPSGATE_DEMO_PROVIDER_KEY": PROVIDER_KEY},
+            # JSON log lines, as in production (the demo's default is text).
+            env={"OPSGATE_INTERNAL_TOKEN": INTERNAL_TOKEN, "OPSGATE_DEMO_PROVIDER_KEY": PROVIDER_KEY,
+                 "OPSGATE_LOG_FORMAT": "json"},
         )
         self.cp_port = self._port_from(cp, "control-plane")
         self.idp = IdentityProvider().start()

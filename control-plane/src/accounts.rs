@@ -409,7 +409,7 @@ fn record_key_use(db: Db, digest: String, now: i64) {
             .execute(&db.pool)
             .await;
         if let Err(e) = done {
-            eprintln!("opsgate: could not record an API key's last use: {e}");
+            tracing::warn!(error = %e, "could not record an API key's last use");
         }
     });
 }

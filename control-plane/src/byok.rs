@@ -69,9 +69,13 @@ impl StoredSecret {
     /// Decrypts. A failure is logged (naming the row, never the secret) and returned.
     pub fn open(&self, keyring: &Keyring) -> Result<Secret, OpenError> {
         crypto::open(keyring, &self.binding(), &self.sealed).inspect_err(|e| {
-            eprintln!(
-                "opsgate: ERROR: the {} key {} of {} '{}' cannot be used: {e}",
-                self.info.provider, self.info.id, self.scope, self.owner
+            tracing::error!(
+                provider = %self.info.provider,
+                key_id = %self.info.id,
+                scope = %self.scope,
+                owner = %self.owner,
+                error = %e,
+                "a stored provider key cannot be used"
             );
         })
     }
@@ -529,9 +533,13 @@ pub async fn rotate_master_key(
         let wrapped = match crypto::rewrap(old, new, &s.binding(), &s.sealed.wrapped_key) {
             Ok(w) => w,
             Err(e) => {
-                eprintln!(
-                    "opsgate: ERROR: cannot rewrap the {} key {} of {} '{}': {e}",
-                    s.info.provider, s.info.id, s.scope, s.owner
+                tracing::error!(
+                    provider = %s.info.provider,
+                    key_id = %s.info.id,
+                    scope = %s.scope,
+                    owner = %s.owner,
+                    error = %e,
+                    "cannot rewrap a stored provider key"
                 );
                 report.failed.push(s.info.id.clone());
                 continue;

@@ -140,9 +140,9 @@ impl MasterKey {
             use std::os::unix::fs::PermissionsExt;
             if let Ok(meta) = std::fs::metadata(path) {
                 if meta.permissions().mode() & 0o077 != 0 {
-                    eprintln!(
-                        "opsgate: WARNING: the master key file {} is readable by other users; chmod 600 it",
-                        path.display()
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the master key file is readable by other users; chmod 600 it"
                     );
                 }
             }

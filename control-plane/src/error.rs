@@ -29,7 +29,7 @@ impl AppError {
     }
     /// Logs the detail; the client only learns that something failed inside.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
-        eprintln!("opsgate: internal error: {detail}");
+        tracing::error!(detail = %detail, "internal error");
         Self::new(ErrorKind::Internal, "Internal error; it has been logged.")
     }
 }
@@ -67,7 +67,7 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 /// The 503 for a database that is busy or out of reach: logged, and the client told to
 /// retry shortly.
 pub fn unavailable_database(detail: &str) -> AppError {
-    eprintln!("opsgate: database unavailable: {detail}");
+    tracing::warn!(detail, "database unavailable");
     AppError(ApiError {
         retry_after: Some(1),
         ..ApiError::new(

@@ -14,6 +14,7 @@ pub mod error;
 pub mod http;
 pub mod keys;
 pub mod ledger;
+pub mod metrics;
 pub mod sessions;
 pub mod state;
 pub mod store;

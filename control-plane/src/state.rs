@@ -1,12 +1,11 @@
 //! The state every request handler shares: the database, the catalogue, the keyring, the
-//! clock, the settings and the counters `/metrics` reports.
+//! clock, the settings and the metrics `/metrics` reports.
 
 use crate::catalogue::Catalogue;
 use crate::clock::Clock;
 use crate::crypto::Keyring;
 use crate::db::Db;
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 pub struct Settings {
@@ -25,14 +24,6 @@ pub struct Settings {
     pub admin_role: String,
 }
 
-#[derive(Default)]
-pub struct Metrics {
-    pub authorize_allowed: AtomicU64,
-    pub authorize_denied: AtomicU64,
-    pub settled: AtomicU64,
-    pub charged_mc: AtomicU64,
-}
-
 #[derive(Clone)]
 pub struct AppState {
     pub db: Db,
@@ -41,5 +32,5 @@ pub struct AppState {
     pub keyring: Arc<Keyring>,
     pub clock: Arc<dyn Clock>,
     pub settings: Arc<Settings>,
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }

@@ -1210,7 +1210,7 @@ fn demo_mode_makes_a_master_key_and_says_so() {
     drop(first);
     let log = std::fs::read_to_string(dir.path().join("first.stderr")).unwrap();
     assert!(
-        log.contains("WARNING") && log.contains("master.key") && log.contains(&id),
+        log.contains("WARN") && log.contains("master.key") && log.contains(&id),
         "{log}"
     );
     assert!(!log.contains(key.trim()), "the key itself is never printed");

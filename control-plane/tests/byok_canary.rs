@@ -564,7 +564,7 @@ async fn canary_run(t: &TestDb) {
     drop(cp);
     let warned = std::fs::read_to_string(dir.path().join("serve-3.stderr")).unwrap();
     assert!(
-        warned.contains("WARNING") && warned.contains("rotate-master-key"),
+        warned.contains("WARN") && warned.contains("rotate-master-key"),
         "{warned}"
     );
 

@@ -978,13 +978,16 @@ async fn settlements_that_arrive_together_are_committed_in_one_batch() {
             (batches + 1, jobs + 10),
             "one transaction for the ten"
         );
-        let expected: i64 = answers.iter().map(|a| a.as_ref().expect("settled").0).sum();
+        let expected: i64 = answers
+            .iter()
+            .map(|a| a.as_ref().expect("settled").charged)
+            .sum();
         let o = org(&db, "org_b").await;
         assert_eq!((o.credits_used, o.credits_held), (expected, 0));
         // Each answer carries the balance after the whole batch.
         for a in &answers {
             assert_eq!(
-                a.as_ref().expect("settled").1,
+                a.as_ref().expect("settled").balance,
                 Some(1_000_000_000 - expected)
             );
         }

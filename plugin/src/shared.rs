@@ -70,16 +70,18 @@ pub fn call_control_plane(
     path: &str,
     body: Option<&[u8]>,
 ) -> Result<u32, HostError> {
-    call_control_plane_within(config, method, path, body, config.cp_timeout)
+    call_control_plane_within(config, method, path, body, config.cp_timeout, None)
 }
 
-/// [`call_control_plane`] with its own timeout.
+/// [`call_control_plane`] with its own timeout, and the call's request id (the control
+/// plane logs it: one call is followed through Envoy, filter, control plane and provider).
 pub fn call_control_plane_within(
     config: &FilterConfig,
     method: &str,
     path: &str,
     body: Option<&[u8]>,
     timeout: std::time::Duration,
+    request_id: Option<&str>,
 ) -> Result<u32, HostError> {
     let auth = format!("Bearer {}", config.cp_token);
     let mut headers = vec![
@@ -90,6 +92,9 @@ pub fn call_control_plane_within(
     ];
     if body.is_some() {
         headers.push(("content-type", "application/json"));
+    }
+    if let Some(id) = request_id {
+        headers.push((opsgate_core::headers::X_REQUEST_ID, id));
     }
     host::dispatch_http_call(&config.cp_cluster, headers, body, timeout)
 }

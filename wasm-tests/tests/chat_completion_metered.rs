@@ -168,7 +168,13 @@ fn provider_account_headers_stay_at_the_gateway() {
         assert!(host.response_header(id, h).is_none(), "{h} leaked");
     }
     assert_eq!(
+        host.response_header(id, "x-provider-request-id").as_deref(),
+        Some("req_123"),
+        "the provider's id, under its own name"
+    );
+    assert_eq!(
         host.response_header(id, "x-request-id").as_deref(),
-        Some("req_123")
+        Some(grant().hold_id.as_str()),
+        "the client gets the call's id, the one every log names"
     );
 }

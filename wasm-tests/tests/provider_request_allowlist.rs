@@ -57,12 +57,49 @@ fn platform_key_calls_carry_only_the_allow_list() {
             "user-agent",
             "x-forwarded-proto",
             "x-opsgate-cluster",
-            "x-power-level"
+            "x-power-level",
+            "x-request-id"
         ]
     );
     assert_eq!(
         host.header(id, "authorization").as_deref(),
         Some("Bearer platform-key-123")
+    );
+}
+
+#[test]
+fn one_request_id_names_the_call_on_the_callout_and_the_provider_request() {
+    let mut host = gateway();
+    let auth = bearer(SERVICE_KEY);
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(&CLIENT_HEADERS);
+    let (id, _) = send(
+        &mut host,
+        "/api/v1/llm/chat/completions",
+        &headers,
+        Some(QUICKSTART),
+    );
+    let call = authorize_call(&mut host);
+    let hold = authorize_request(&call)
+        .request_id
+        .expect("the authorize names the call");
+    assert!(hold.starts_with("req_"), "{hold}");
+    assert_eq!(
+        header(&call.headers, "x-request-id"),
+        Some(hold.as_str()),
+        "the control plane logs the call's id"
+    );
+    // Envoy's access log reads the request's header: the filter's id replaced the client's.
+    assert_eq!(
+        host.header(id, "x-request-id").as_deref(),
+        Some(hold.as_str())
+    );
+    allow(&mut host, &call, grant());
+    assert_eq!(host.resumed(id, StreamKind::Request), 1);
+    assert_eq!(
+        host.header(id, "x-request-id").as_deref(),
+        Some(hold.as_str()),
+        "the provider sees the same id, never the client's"
     );
 }
 

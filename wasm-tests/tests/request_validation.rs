@@ -201,8 +201,13 @@ fn body_power_level_wins_and_the_forwarded_request_is_clean() {
         host.header(id, "content-length").is_none(),
         "the body changed size; content-length must go"
     );
-    // On the platform's key only the allow-list passes: the client's `x-*` stay here.
-    assert!(host.header(id, "x-request-id").is_none());
+    // On the platform's key only the allow-list passes: the client's `x-*` stay here (the
+    // request id the provider sees is the filter's own).
+    assert_eq!(
+        host.header(id, "x-request-id"),
+        req.request_id,
+        "the client's x-request-id is replaced by the call's"
+    );
     // The filter reads usage from the provider's body: it must come back uncompressed.
     assert!(
         host.header(id, "accept-encoding").is_none(),

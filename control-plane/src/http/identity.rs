@@ -6,6 +6,7 @@
 //! [`IDENTITY_AUTH_HEADER`] (the filter strips both from every client request). A verified
 //! JWT's `sub` is the opsgate user id.
 
+use super::observe::Who;
 use crate::accounts::{self, User};
 use crate::error::{AppError, AppResult};
 use crate::keys;
@@ -166,7 +167,9 @@ impl FromRequestParts<AppState> for Internal {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        require_internal(state, &parts.headers).map(Internal)
+        require_internal(state, &parts.headers)?;
+        Who::of(&parts.extensions).kind("filter");
+        Ok(Internal(()))
     }
 }
 
@@ -174,7 +177,14 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        caller(state, &parts.headers).await.map(Caller)
+        let user = caller(state, &parts.headers).await?;
+        let kind = if user.kind == "service" {
+            "service"
+        } else {
+            "user"
+        };
+        Who::of(&parts.extensions).note(kind, &user.id, &user.org_id);
+        Ok(Caller(user))
     }
 }
 
@@ -182,6 +192,8 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        require_admin(state, &parts.headers).map(|actor| Admin { actor })
+        let actor = require_admin(state, &parts.headers)?;
+        Who::of(&parts.extensions).note("admin", &actor, "");
+        Ok(Admin { actor })
     }
 }

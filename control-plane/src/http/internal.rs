@@ -3,6 +3,7 @@
 
 use super::extract::{body_first, parse};
 use super::identity::Internal;
+use super::observe::Who;
 use crate::accounts;
 use crate::catalogue::{Catalogue, ModelKind};
 use crate::db::Db;
@@ -13,14 +14,14 @@ use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Denial, Principal, ServiceKeyEntry, SettleBatch,
     SettleResponse, SettleResult, Snapshot,
 };
 use opsgate_core::credentials;
 use serde::Serialize;
-use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -88,25 +89,16 @@ async fn snapshot(State(state): State<AppState>, _: Internal) -> AppResult<Json<
 async fn authorize(
     State(state): State<AppState>,
     _: Internal,
+    Extension(who): Extension<Who>,
     body: Bytes,
 ) -> AppResult<Json<AuthorizeResponse>> {
+    let started = Instant::now();
     let req: AuthorizeRequest = parse(&body)?;
-    let result = authorize_inner(&state, &req).await;
+    let result = authorize_inner(&state, &req, &who).await;
+    state.metrics.authorized(result.is_ok(), started.elapsed());
     Ok(Json(match result {
-        Ok(grant) => {
-            state
-                .metrics
-                .authorize_allowed
-                .fetch_add(1, Ordering::Relaxed);
-            AuthorizeResponse::Allow(Box::new(grant))
-        }
-        Err(e) => {
-            state
-                .metrics
-                .authorize_denied
-                .fetch_add(1, Ordering::Relaxed);
-            AuthorizeResponse::Deny(Denial::from(e.0))
-        }
+        Ok(grant) => AuthorizeResponse::Allow(Box::new(grant)),
+        Err(e) => AuthorizeResponse::Deny(Denial::from(e.0)),
     }))
 }
 
@@ -139,11 +131,13 @@ async fn credential_lookup(
 async fn authorize_inner(
     state: &AppState,
     req: &AuthorizeRequest,
+    who: &Who,
 ) -> AppResult<opsgate_core::contract::Grant> {
     let now = state.clock.now();
     let user = accounts::by_principal(&state.db, &req.principal, now)
         .await?
         .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
+    who.note(principal_kind(&req.principal), &user.id, &user.org_id);
     let routing = Routing {
         catalogue: &state.catalogue,
         platform_keys: &state.settings.platform_keys,
@@ -153,37 +147,52 @@ async fn authorize_inner(
     ledger::authorize(&state.db, &routing, &user, req, now).await
 }
 
+/// How a principal authenticated, for the request log.
+fn principal_kind(p: &Principal) -> &'static str {
+    match p {
+        Principal::Service { .. } => "service",
+        Principal::ApiKey { .. } => "api_key",
+        Principal::Session { .. } => "session",
+        Principal::Jwt { .. } => "jwt",
+    }
+}
+
 async fn settle(
     State(state): State<AppState>,
     _: Internal,
     body: Bytes,
 ) -> AppResult<Json<SettleResponse>> {
+    let started = Instant::now();
     let batch: SettleBatch = parse(&body)?;
     let now = state.clock.now();
+    let m = &state.metrics;
+    m.settle_batch_size.observe(batch.settlements.len() as f64);
     let answers = ledger::settle_many(&state.db, &batch.settlements, now).await;
     let mut results = Vec::with_capacity(batch.settlements.len());
     for (s, answer) in batch.settlements.iter().zip(answers) {
         match answer {
-            Ok((charged, balance)) => {
-                state.metrics.settled.fetch_add(1, Ordering::Relaxed);
-                state
-                    .metrics
-                    .charged_mc
-                    .fetch_add(charged.max(0) as u64, Ordering::Relaxed);
+            Ok(settled) => {
+                m.settled.inc();
+                if let Some((provider, model)) = &settled.metered {
+                    m.charged(provider, model, settled.charged);
+                }
                 results.push(SettleResult {
                     hold_id: s.hold_id.clone(),
-                    charged_mc: charged,
-                    balance_mc: balance
+                    charged_mc: settled.charged,
+                    balance_mc: settled
+                        .balance
                         .filter(|_| batch.with_balances)
                         .map(opsgate_core::MilliCredits),
                 });
             }
             // An unknown hold cannot be retried into existence: report and move on.
             Err(e) if e.0.kind == opsgate_core::ErrorKind::NotFound => {
-                eprintln!("opsgate: settle for unknown hold {}", s.hold_id);
+                m.settle_unknown.inc();
+                tracing::warn!(hold_id = %s.hold_id, "settlement for an unknown hold");
             }
             Err(e) => return Err(e),
         }
     }
+    m.settle_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(SettleResponse { results }))
 }

@@ -9,6 +9,7 @@ mod byok;
 mod extract;
 pub mod identity;
 mod internal;
+mod observe;
 mod ops;
 mod public;
 mod sessions;
@@ -18,6 +19,7 @@ use crate::state::AppState;
 use axum::Router;
 
 pub use internal::build_snapshot;
+pub use observe::Who;
 
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -49,6 +51,10 @@ pub fn app(state: AppState) -> Router {
         })
         .layer(axum::middleware::map_response(
             crate::error::envelope_plain_errors,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
         ))
         .with_state(state)
 }

@@ -1,4 +1,4 @@
-//! Liveness, readiness and the counters, for the orchestrator and Prometheus.
+//! Liveness, readiness and the metrics, for the orchestrator and Prometheus.
 
 use crate::error::AppError;
 use crate::state::AppState;
@@ -7,7 +7,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use std::sync::atomic::Ordering;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -24,26 +23,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> String {
-    let m = &state.metrics;
-    let (batches, jobs) = state.db.ledger_batches();
-    format!(
-        "# TYPE opsgate_authorize_total counter\n\
-         opsgate_authorize_total{{decision=\"allow\"}} {}\n\
-         opsgate_authorize_total{{decision=\"deny\"}} {}\n\
-         # TYPE opsgate_settled_total counter\n\
-         opsgate_settled_total {}\n\
-         # TYPE opsgate_charged_millicredits_total counter\n\
-         opsgate_charged_millicredits_total {}\n\
-         # TYPE opsgate_ledger_batches_total counter\n\
-         opsgate_ledger_batches_total {}\n\
-         # TYPE opsgate_ledger_jobs_total counter\n\
-         opsgate_ledger_jobs_total {}\n",
-        m.authorize_allowed.load(Ordering::Relaxed),
-        m.authorize_denied.load(Ordering::Relaxed),
-        m.settled.load(Ordering::Relaxed),
-        m.charged_mc.load(Ordering::Relaxed),
-        batches,
-        jobs,
+/// The registry, with the open holds counted now. OpenMetrics text, which Prometheus
+/// negotiates (the classic text parser reads it too).
+async fn metrics(State(state): State<AppState>) -> Response {
+    match crate::ledger::open_holds(&state.db).await {
+        Ok(n) => {
+            state.metrics.holds_open.set(n);
+        }
+        Err(e) => tracing::warn!(error = %e.0.message, "cannot count the open holds"),
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.render(),
     )
+        .into_response()
 }

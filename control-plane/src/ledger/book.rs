@@ -140,6 +140,9 @@ pub(super) enum Answer {
         owner: Option<AllocKey>,
         /// What the owner can spend once the whole batch is applied (filled by the writer).
         balance: Option<i64>,
+        /// (provider, model) when this settlement charged the call (not a duplicate, a
+        /// tombstone or a correction of an expiry), for the charged-credits metric.
+        metered: Option<(String, String)>,
     },
     /// Expired now (`true`) or found already closed.
     Expired(bool),
@@ -427,6 +430,7 @@ impl Book {
                     charged: 0,
                     owner: None,
                     balance: None,
+                    metered: None,
                 });
             }
             return Err(AppError::not_found(format!("no hold '{}'", s.hold_id)));
@@ -440,6 +444,7 @@ impl Book {
                 charged,
                 owner,
                 balance: None,
+                metered: None,
             });
         }
         if row.status != HoldStatus::Held {
@@ -447,6 +452,7 @@ impl Book {
                 charged: row.charged.unwrap_or(0),
                 owner,
                 balance: None,
+                metered: None,
             });
         }
         let charged = charge_for(s, &row)?;
@@ -457,6 +463,7 @@ impl Book {
             charged,
             owner,
             balance: None,
+            metered: Some((row.provider.clone(), row.model.clone())),
         })
     }
 
@@ -585,11 +592,11 @@ fn charge_for(s: &Settlement, row: &HoldRow) -> Result<i64, AppError> {
         Outcome::Failed => 0,
         Outcome::Success | Outcome::Partial => {
             if metering::exceeds_hold(&rate, &s.usage, held, row.byok) {
-                eprintln!(
-                    "opsgate: usage discrepancy on {}: provider reported {} mc, hold covered {} mc; charged the hold",
-                    s.hold_id,
-                    rate.cost(&s.usage),
-                    row.amount
+                tracing::warn!(
+                    hold_id = %s.hold_id,
+                    reported_mc = rate.cost(&s.usage),
+                    held_mc = row.amount,
+                    "usage discrepancy: the provider reported more than the hold covered; charged the hold"
                 );
             }
             metering::charge(&rate, &s.usage, held, row.byok).0

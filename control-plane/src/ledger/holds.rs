@@ -112,16 +112,26 @@ pub async fn settle(db: &Db, s: &Settlement, now: i64) -> Result<i64, AppError> 
         .await
         .pop()
         .unwrap_or_else(|| Err(AppError::internal("no settlement answer")))
-        .map(|(charged, _)| charged)
+        .map(|s| s.charged)
 }
 
-/// Settles several holds together (one writer batch when nothing else is queued): for each,
-/// what it was charged and what its user can spend once the batch is applied.
+/// What one settlement did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settled {
+    /// What the hold was charged.
+    pub charged: i64,
+    /// What its user can spend once the batch is applied.
+    pub balance: Option<i64>,
+    /// (provider, model) when this settlement charged the call just now.
+    pub metered: Option<(String, String)>,
+}
+
+/// Settles several holds together (one writer batch when nothing else is queued).
 pub async fn settle_many(
     db: &Db,
     settlements: &[Settlement],
     now: i64,
-) -> Vec<Result<(i64, Option<i64>), AppError>> {
+) -> Vec<Result<Settled, AppError>> {
     let jobs = settlements
         .iter()
         .map(|s| Job::Settle {
@@ -134,14 +144,30 @@ pub async fn settle_many(
         .into_iter()
         .map(|answer| match answer? {
             Answer::Settled {
-                charged, balance, ..
-            } => Ok((charged, balance)),
+                charged,
+                balance,
+                metered,
+                ..
+            } => Ok(Settled {
+                charged,
+                balance,
+                metered,
+            }),
             Answer::Refused(e) => Err(e),
             other => Err(AppError::internal(format!(
                 "a settlement answered {other:?}"
             ))),
         })
         .collect()
+}
+
+/// How many holds are placed and not yet settled.
+pub async fn open_holds(db: &Db) -> Result<i64, AppError> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM holds WHERE status = $1")
+        .bind(HoldStatus::Held.as_str())
+        .fetch_one(&db.pool)
+        .await?;
+    Ok(row.try_get::<i64, _>("n")?)
 }
 
 /// Charges every hold past its expiry as held (the call's outcome never arrived).

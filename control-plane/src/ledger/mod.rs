@@ -22,7 +22,7 @@ use opsgate_core::plan::Plan;
 pub use authorize::authorize;
 pub use balance::spendable;
 pub use entries::recompute_org;
-pub use holds::{expire_holds, settle, settle_many, HoldStatus, UsageOutcome};
+pub use holds::{expire_holds, open_holds, settle, settle_many, HoldStatus, Settled, UsageOutcome};
 pub use quota::WindowKind;
 pub use routing::Routing;
 pub use sql::SQLITE_GUARD;

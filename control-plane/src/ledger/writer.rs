@@ -24,7 +24,6 @@ use crate::error::AppError;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -40,18 +39,15 @@ type Reply = oneshot::Sender<Result<Answer, (bool, String)>>;
 #[derive(Default)]
 pub struct Queue {
     inner: Mutex<Pending>,
-    /// Batches run and the jobs they carried (their ratio is the group commit's gain).
-    batches: AtomicU64,
-    jobs: AtomicU64,
+    /// Batches run and the jobs they carried (their ratio is the group commit's gain), batch
+    /// sizes, transaction times and retries.
+    pub metrics: crate::metrics::LedgerMetrics,
 }
 
 impl Queue {
     /// (batches run, jobs they carried) since the process started.
     pub fn stats(&self) -> (u64, u64) {
-        (
-            self.batches.load(Ordering::Relaxed),
-            self.jobs.load(Ordering::Relaxed),
-        )
+        (self.metrics.batches.get(), self.metrics.jobs.get())
     }
 }
 
@@ -141,10 +137,11 @@ async fn drain(db: Db) {
             q.jobs.drain(..n).collect()
         };
         let (jobs, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
-        db.ledger_queue.batches.fetch_add(1, Ordering::Relaxed);
-        db.ledger_queue
-            .jobs
-            .fetch_add(jobs.len() as u64, Ordering::Relaxed);
+        let m = &db.ledger_queue.metrics;
+        m.batches.inc();
+        m.jobs.inc_by(jobs.len() as u64);
+        m.batch_size.observe(jobs.len() as f64);
+        let started = std::time::Instant::now();
         let outcome = match conn.as_mut() {
             Some(c) => run(&db, c, &jobs).await,
             None => match db.pool.acquire().await {
@@ -152,6 +149,7 @@ async fn drain(db: Db) {
                 Err(e) => Err(e),
             },
         };
+        m.transaction(db.backend, started.elapsed());
         match outcome {
             Ok(answers) => {
                 for (reply, answer) in replies.into_iter().zip(answers) {
@@ -181,7 +179,10 @@ async fn drain(db: Db) {
 async fn run(db: &Db, conn: &mut Conn, jobs: &[Job]) -> Result<Vec<Answer>, sqlx::Error> {
     let mut locked = db.backend == Backend::Sqlite;
     let mut last = None;
-    for _ in 0..ATTEMPTS {
+    for n in 0..ATTEMPTS {
+        if n > 0 {
+            db.ledger_queue.metrics.retries.inc();
+        }
         match attempt(db, conn, jobs, locked).await {
             Ok(Some(answers)) => return Ok(answers),
             Ok(None) => locked = true,

@@ -13,7 +13,7 @@ use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::crypto::{Keyring, MasterKey};
 use opsgate_control_plane::db::{Backend, Db};
 use opsgate_control_plane::ledger::Routing;
-use opsgate_control_plane::state::Metrics;
+use opsgate_control_plane::metrics::Metrics;
 use opsgate_control_plane::{AppState, Settings};
 use opsgate_core::contract::{AuthorizeRequest, Endpoint, Outcome, Principal, Settlement};
 use opsgate_core::plan::{Plan, PowerLevel, TaskType};
@@ -308,7 +308,7 @@ pub fn state(db: &Db, clock: &ManualClock, catalogue: Catalogue) -> AppState {
             cookie_secure: true,
             admin_role: "opsgate-admin".into(),
         }),
-        metrics: Arc::new(Metrics::default()),
+        metrics: Arc::new(Metrics::new(db)),
     }
 }
 

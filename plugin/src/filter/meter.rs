@@ -40,6 +40,12 @@ impl Filter {
         for h in headers::PROVIDER_ACCOUNT {
             remove_header(Headers::Response, h);
         }
+        // The client gets the call's id (the one every log names); the provider's own, when
+        // it sent one, under its own name.
+        if let Some(theirs) = host::header_text(Headers::Response, headers::X_REQUEST_ID) {
+            set_header(Headers::Response, headers::X_PROVIDER_REQUEST_ID, &theirs);
+        }
+        set_header(Headers::Response, headers::X_REQUEST_ID, &grant.hold_id);
         for (name, value) in headers::provider_headers(&grant)
             .into_iter()
             .chain(headers::rate_limit_headers(&grant))
@@ -280,6 +286,7 @@ impl Filter {
                 SETTLE_PATH,
                 Some(&body),
                 s.config.settle_wait,
+                Some(&settlement.hold_id),
             )
             .ok()
         });

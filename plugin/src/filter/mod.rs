@@ -39,8 +39,7 @@ use crate::cors::{self, BrowserContext};
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
-    after, call_control_plane, call_control_plane_within, callout_status, log, CredentialState,
-    SharedRef,
+    after, call_control_plane_within, callout_status, log, CredentialState, SharedRef,
 };
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal,

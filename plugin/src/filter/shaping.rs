@@ -243,9 +243,20 @@ impl Filter {
         };
         let payload = serde_json::to_vec(&req)
             .map_err(|e| ApiError::new(ErrorKind::Internal, e.to_string()))?;
+        // The call's id names it everywhere: Envoy's access log (the request header, set
+        // here, replacing whatever the client sent), the control plane's log line (the
+        // callout's header) and the provider's request (set again in `forward`).
+        let _ = host::set_header(Headers::Request, headers::X_REQUEST_ID, &request_id);
         let token = {
             let shared = self.shared.borrow();
-            call_control_plane(&shared.config, "POST", AUTHORIZE_PATH, Some(&payload))
+            call_control_plane_within(
+                &shared.config,
+                "POST",
+                AUTHORIZE_PATH,
+                Some(&payload),
+                shared.config.cp_timeout,
+                Some(&request_id),
+            )
         }
         .map_err(|e| {
             log(
@@ -319,8 +330,10 @@ impl Filter {
         };
         // The request must leave with the provider's credential and nothing of the client's
         // in its place: if the host refuses any of these, the call is not made.
+        let request_id = self.request_id.clone().unwrap_or_default();
         let rewritten = [
             host::set_header(Headers::Request, headers::X_FORWARDED_PROTO, scheme),
+            host::set_header(Headers::Request, headers::X_REQUEST_ID, &request_id),
             host::set_buffer(Buffer::RequestBody, 0, parsed.body_len, &body),
             host::set_header(Headers::Request, ":path", &grant.upstream.path),
             host::set_header(Headers::Request, ":authority", &grant.upstream.authority),

@@ -1,0 +1,94 @@
+//! One log line and one latency observation per request.
+//!
+//! The line carries the method, the route's template (never the raw path: it may hold a
+//! key id or anything a client typed), the status, the latency, the request id the filter
+//! generated (`x-request-id`, also on the provider's request and in Envoy's access log), and
+//! who called: the caller's kind and id and their organisation, which the identity
+//! extractors and the internal handlers note in [`Who`] as they learn them. Never a
+//! credential, a key or a body.
+
+use crate::state::AppState;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Who the request turned out to be from; filled in by whoever learns it.
+#[derive(Clone, Default)]
+pub struct Who(Arc<Mutex<Caller>>);
+
+#[derive(Default)]
+struct Caller {
+    kind: &'static str,
+    id: String,
+    org: String,
+}
+
+impl Who {
+    /// Notes the caller (kind: `service`, `user`, `admin`, `filter`, …).
+    pub fn note(&self, kind: &'static str, id: &str, org: &str) {
+        if let Ok(mut c) = self.0.lock() {
+            *c = Caller {
+                kind,
+                id: id.to_string(),
+                org: org.to_string(),
+            };
+        }
+    }
+
+    /// Notes the caller's kind only (the filter, an admin token).
+    pub fn kind(&self, kind: &'static str) {
+        if let Ok(mut c) = self.0.lock() {
+            c.kind = kind;
+        }
+    }
+
+    /// The `Who` of a request (a fresh one outside the middleware, e.g. in unit tests).
+    pub fn of(extensions: &axum::http::Extensions) -> Who {
+        extensions.get::<Who>().cloned().unwrap_or_default()
+    }
+}
+
+/// A request id is logged only when it looks like one: short, and printable ASCII.
+fn request_id(req: &Request) -> Option<String> {
+    let v = req.headers().get("x-request-id")?.as_bytes();
+    (!v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()))
+        .then(|| String::from_utf8_lossy(v).into_owned())
+}
+
+pub(super) async fn observe(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let method = req.method().as_str().to_string();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let request_id = request_id(&req);
+    let who = Who::default();
+    req.extensions_mut().insert(who.clone());
+    let response = next.run(req).await;
+    let took = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.route(&method, &route, status, took);
+    let caller = who.0.lock().map(|c| (c.kind, c.id.clone(), c.org.clone()));
+    let (caller_kind, caller_id, org) = caller.unwrap_or_default();
+    tracing::info!(
+        target: "opsgate::request",
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = took.as_secs_f64() * 1000.0,
+        request_id = request_id.as_deref().unwrap_or(""),
+        caller_kind,
+        caller_id = %caller_id,
+        org = %org,
+        "request"
+    );
+    response
+}

@@ -10,13 +10,17 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
     pub org_id: String,
+    #[schema(value_type = String, example = "professional")]
     pub plan: Plan,
+    /// `user` or `service`.
     pub kind: String,
+    /// `member` or `admin`.
     pub role: String,
+    /// Unix seconds.
     pub created_at: i64,
 }
 
@@ -44,23 +48,30 @@ impl Organization {
     }
 }
 
+/// An organisation as the admin API and the CLI show it: credits, and the exact
+/// milli-credits under `*_mc`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Organization)]
+pub struct OrganizationView<'a> {
+    id: &'a str,
+    name: &'a str,
+    /// The organisation's tier.
+    #[schema(value_type = String, example = "enterprise")]
+    plan: Plan,
+    credits_total: f64,
+    credits_used: f64,
+    credits_held: f64,
+    credits_available: f64,
+    credits_total_mc: i64,
+    credits_used_mc: i64,
+    credits_held_mc: i64,
+    /// Unix seconds.
+    created_at: i64,
+}
+
 impl Serialize for Organization {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            id: &'a str,
-            name: &'a str,
-            plan: Plan,
-            credits_total: f64,
-            credits_used: f64,
-            credits_held: f64,
-            credits_available: f64,
-            credits_total_mc: i64,
-            credits_used_mc: i64,
-            credits_held_mc: i64,
-            created_at: i64,
-        }
-        View {
+        OrganizationView {
             id: &self.id,
             name: &self.name,
             plan: self.plan,
@@ -93,21 +104,24 @@ impl Allocation {
     }
 }
 
+/// A user's allocation: a cap on what they may spend of the organisation's pool.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Allocation)]
+pub struct AllocationView<'a> {
+    org_id: &'a str,
+    user_id: &'a str,
+    allocated: f64,
+    used: f64,
+    held: f64,
+    available: f64,
+    allocated_mc: i64,
+    used_mc: i64,
+    held_mc: i64,
+}
+
 impl Serialize for Allocation {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct View<'a> {
-            org_id: &'a str,
-            user_id: &'a str,
-            allocated: f64,
-            used: f64,
-            held: f64,
-            available: f64,
-            allocated_mc: i64,
-            used_mc: i64,
-            held_mc: i64,
-        }
-        View {
+        AllocationView {
             org_id: &self.org_id,
             user_id: &self.user_id,
             allocated: credits(self.allocated),

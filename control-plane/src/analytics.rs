@@ -47,7 +47,7 @@ pub async fn usage_by_provider(
         .collect()
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub actor: String,
     pub action: String,
@@ -77,7 +77,7 @@ pub async fn audit_log(db: &Db, limit: i64) -> Result<Vec<AuditEntry>, AppError>
 }
 
 /// One row of "top users by API calls" (the guide's Appendix C).
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct TopUser {
     pub user_id: String,
     pub total_calls: i64,
@@ -122,7 +122,7 @@ pub async fn top_users(
 }
 
 /// One row of "most expensive models".
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ModelCost {
     pub model: String,
     pub calls: i64,
@@ -167,7 +167,7 @@ pub async fn expensive_models(
 }
 
 /// One row of "usage per organisation".
-#[derive(Debug, Serialize, PartialEq)]
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct OrgUsage {
     pub org_id: String,
     pub org_name: String,
@@ -208,7 +208,7 @@ pub async fn org_usage(db: &Db, start: i64, end: i64) -> Result<Vec<OrgUsage>, A
 pub const REPORTS: [(&str, i64); 3] = [("top-users", 30), ("models", 7), ("orgs", 30)];
 
 /// The rows of one report; serialised as the bare list of its rows.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Report {
     TopUsers(Vec<TopUser>),

@@ -114,3 +114,23 @@ pub async fn envelope_plain_errors(resp: Response) -> Response {
     }
     AppError(ApiError::for_plain_status(status, "The control plane")).into_response()
 }
+
+/// The OpenAI error envelope, as the OpenAPI document describes it (the bytes come from
+/// `opsgate_core::ApiError::envelope`).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorEnvelope {
+    error: ErrorBody,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    message: String,
+    /// `invalid_request_error`, `insufficient_quota`, `rate_limit_error`, `server_error`, …
+    #[serde(rename = "type")]
+    kind: String,
+    /// `invalid_api_key`, `insufficient_credits`, `admin_required`, …
+    code: String,
+    param: Option<String>,
+}

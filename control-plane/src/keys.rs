@@ -9,7 +9,7 @@ use opsgate_core::credentials::{digest, is_service_key};
 use serde::Serialize;
 use sqlx::Row;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ApiKeyInfo {
     pub id: String,
     pub user_id: String,
@@ -278,7 +278,7 @@ pub async fn user_by_service_key_digest(
 }
 
 /// A service key as listed: its name and owner, never its digest.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ServiceKeyInfo {
     pub name: String,
     pub user_id: String,

@@ -4,10 +4,12 @@
 
 use super::extract::{body_first, parse, parse_secret_body, Q};
 use super::identity::Admin;
-use crate::accounts::{self, Organization, User};
+use super::Routes;
+use crate::accounts::{self, AllocationView, Organization, OrganizationView, User};
 use crate::analytics::AuditEntry;
+use crate::analytics::Report;
 use crate::byok::{self, Owner, Which};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::keys::{self, ApiKeyInfo, ServiceKeyInfo};
 use crate::state::AppState;
 use axum::body::Bytes;
@@ -15,14 +17,14 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::Json;
 use opsgate_core::credentials;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::plan::Plan;
 use serde::{Deserialize, Serialize};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::default()
         .route(
             "/admin/v1/orgs",
             post(body_first(admin_create_org)).get(admin_list_orgs),
@@ -69,22 +71,25 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// A listing: `{"data": …}`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Data<T> {
     data: T,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewOrg {
     id: String,
     name: String,
+    #[schema(value_type = String, example = "starter")]
     plan: Plan,
     /// Credits granted at creation, as `org create --credits` does.
     #[serde(default)]
+    #[schema(value_type = Option<f64>, example = 500)]
     credits: Option<serde_json::Number>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/orgs", tag = "admin", summary = "Create an organisation (optionally with credits)", request_body = NewOrg, responses((status = 201, description = "Created", body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 409, description = "Exists", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_create_org(
     State(state): State<AppState>,
     admin: Admin,
@@ -107,6 +112,7 @@ async fn admin_create_org(
     Ok((StatusCode::CREATED, Json(org)).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/v1/orgs", tag = "admin", summary = "List organisations with their balances", responses((status = 200, body = Data<Vec<OrganizationView>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_list_orgs(
     State(state): State<AppState>,
     _: Admin,
@@ -116,6 +122,7 @@ async fn admin_list_orgs(
     }))
 }
 
+#[utoipa::path(get, path = "/admin/v1/orgs/{id}", tag = "admin", summary = "One organisation", params(("id" = String, Path, description = "Organisation id")), responses((status = 200, body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_get_org(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -127,10 +134,11 @@ async fn admin_get_org(
     Ok(Json(org))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantReq {
     /// Credits (not milli-credits); may carry up to three decimals.
+    #[schema(value_type = f64, example = 500)]
     credits: serde_json::Number,
 }
 
@@ -143,6 +151,7 @@ fn credits_to_mc(credits: &serde_json::Number) -> AppResult<i64> {
         })
 }
 
+#[utoipa::path(post, path = "/admin/v1/orgs/{id}/grants", tag = "admin", summary = "Add credits to the pool (negative removes)", params(("id" = String, Path)), request_body = GrantReq, responses((status = 200, body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_grant(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -161,13 +170,14 @@ async fn admin_grant(
     Ok(Json(org))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewUserReq {
     id: String,
     /// `org` too: the CLI's name for it.
     #[serde(alias = "org")]
     org_id: String,
+    #[schema(value_type = String, example = "starter")]
     plan: Plan,
     #[serde(default = "default_kind")]
     kind: String,
@@ -181,6 +191,7 @@ fn default_role() -> String {
     "member".into()
 }
 
+#[utoipa::path(post, path = "/admin/v1/users", tag = "admin", summary = "Create a user or a service user", request_body = NewUserReq, responses((status = 201, body = User), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_create_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -203,7 +214,8 @@ async fn admin_create_user(
     Ok((StatusCode::CREATED, Json(u)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct OrgFilter {
     /// `?org=` too: the CLI's name for it.
@@ -211,6 +223,7 @@ struct OrgFilter {
     org_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/users", tag = "admin", summary = "List users", params(OrgFilter), responses((status = 200, body = Data<Vec<User>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_list_users(
     State(state): State<AppState>,
     Q(q): Q<OrgFilter>,
@@ -221,6 +234,7 @@ async fn admin_list_users(
     }))
 }
 
+#[utoipa::path(put, path = "/admin/v1/users/{id}/allocation", tag = "admin", summary = "Set the user's allocation: a cap on what they may spend of the pool", params(("id" = String, Path)), request_body = GrantReq, responses((status = 200, description = "The allocation (with `warning` when the caps add up to more than the pool)", body = AllocationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_set_allocation(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -244,19 +258,20 @@ async fn admin_set_allocation(
 }
 
 /// A newly issued API key: the only time its secret is shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct IssuedKey {
     api_key: String,
     key: ApiKeyInfo,
     note: &'static str,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewKey {
     name: Option<String>,
 }
 
+#[utoipa::path(post, path = "/admin/v1/users/{id}/api-keys", tag = "admin", summary = "Issue a uc_ API key", params(("id" = String, Path)), request_body(content = Option<NewKey>), responses((status = 201, description = "The key, shown once", body = IssuedKey), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_issue_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -284,12 +299,14 @@ async fn admin_issue_key(
     Ok((StatusCode::CREATED, Json(issued)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UserFilter {
     user_id: Option<String>,
 }
 
+#[utoipa::path(get, path = "/admin/v1/api-keys", tag = "admin", summary = "List API keys (never the keys)", params(UserFilter), responses((status = 200, body = Data<Vec<ApiKeyInfo>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_list_keys(
     State(state): State<AppState>,
     Q(q): Q<UserFilter>,
@@ -300,6 +317,7 @@ async fn admin_list_keys(
     }))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/api-keys/{id}", tag = "admin", summary = "Revoke an API key", params(("id" = String, Path, description = "Key id")), responses((status = 204, description = "Revoked"), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_revoke_key(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -309,7 +327,7 @@ async fn admin_revoke_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewServiceKey {
     key: String,
@@ -319,6 +337,7 @@ struct NewServiceKey {
     allow_revoked: bool,
 }
 
+#[utoipa::path(post, path = "/admin/v1/service-keys", tag = "admin", summary = "Bind a service key to a service user", request_body = NewServiceKey, responses((status = 201, description = "Bound (`guessable` and `warning` when the key is weak)", body = Object), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_add_service_key(
     State(state): State<AppState>,
     admin: Admin,
@@ -341,6 +360,7 @@ async fn admin_add_service_key(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", summary = "The audit log, newest first", responses((status = 200, body = Data<Vec<AuditEntry>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_audit(
     State(state): State<AppState>,
     _: Admin,
@@ -352,7 +372,7 @@ async fn admin_audit(
 
 // ---- platform provider keys -----------------------------------------------------------
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlatformKeyReq {
     api_key: String,
@@ -370,7 +390,7 @@ impl Drop for PlatformKeyReq {
 
 /// A provider's platform key as the admin sees it, by `source`: the stored one (masked),
 /// else the environment's (masked), else none.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(tag = "source", rename_all = "lowercase")]
 enum PlatformKeyJson {
     Stored {
@@ -414,6 +434,7 @@ fn platform_key_json(
     }
 }
 
+#[utoipa::path(get, path = "/admin/v1/provider-keys", tag = "admin", summary = "The platform's provider keys, masked", responses((status = 200, body = Data<Vec<PlatformKeyJson>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_list_provider_keys(
     State(state): State<AppState>,
     _: Admin,
@@ -435,6 +456,7 @@ async fn admin_list_provider_keys(
     Ok(Json(Data { data }))
 }
 
+#[utoipa::path(get, path = "/admin/v1/provider-keys/{provider}", tag = "admin", summary = "One provider's platform key, masked", params(("provider" = String, Path)), responses((status = 200, body = PlatformKeyJson), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_get_provider_key(
     State(state): State<AppState>,
     Path(provider): Path<String>,
@@ -449,6 +471,7 @@ async fn admin_get_provider_key(
     )))
 }
 
+#[utoipa::path(put, path = "/admin/v1/provider-keys/{provider}", tag = "admin", summary = "Store (or rotate) the platform's key for a provider, encrypted", params(("provider" = String, Path)), request_body = PlatformKeyReq, responses((status = 200, body = PlatformKeyJson), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_set_provider_key(
     State(state): State<AppState>,
     Path(provider): Path<String>,
@@ -472,6 +495,7 @@ async fn admin_set_provider_key(
     Ok(Json(platform_key_json(&state, &provider, Some(&info))))
 }
 
+#[utoipa::path(delete, path = "/admin/v1/provider-keys/{provider}", tag = "admin", summary = "Remove the stored platform key of a provider", params(("provider" = String, Path)), responses((status = 204, description = "Removed"), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_remove_provider_key(
     State(state): State<AppState>,
     Path(provider): Path<String>,
@@ -488,7 +512,8 @@ async fn admin_remove_provider_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct Period {
     /// Look back this many days from now (default 30).
@@ -509,6 +534,7 @@ fn period(state: &AppState, q: Period, default_days: i64) -> AppResult<(i64, i64
 }
 
 /// `GET /admin/v1/analytics/{report}?days=&limit=`: top-users, models, orgs.
+#[utoipa::path(get, path = "/admin/v1/analytics/{report}", tag = "admin", summary = "The integration guide's Appendix C reports", params(("report" = String, Path, description = "top-users, models or orgs"), Period), responses((status = 200, body = Data<Report>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_analytics(
     State(state): State<AppState>,
     Path(report): Path<String>,
@@ -526,12 +552,14 @@ async fn admin_analytics(
     Ok(Json(Data { data: rows }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlanReq {
+    #[schema(value_type = String, example = "starter")]
     plan: Plan,
 }
 
+#[utoipa::path(put, path = "/admin/v1/users/{id}/plan", tag = "admin", summary = "Change the user's plan", params(("id" = String, Path)), request_body = PlanReq, responses((status = 200, body = User), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_set_user_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -544,6 +572,7 @@ async fn admin_set_user_plan(
     Ok(Json(u))
 }
 
+#[utoipa::path(put, path = "/admin/v1/orgs/{id}/plan", tag = "admin", summary = "Change the organisation's plan (its tier)", params(("id" = String, Path)), request_body = PlanReq, responses((status = 200, body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_set_org_plan(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -556,6 +585,7 @@ async fn admin_set_org_plan(
     Ok(Json(o))
 }
 
+#[utoipa::path(get, path = "/admin/v1/service-keys", tag = "admin", summary = "Service keys: names and owners, never digests", responses((status = 200, body = Data<Vec<ServiceKeyInfo>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_list_service_keys(
     State(state): State<AppState>,
     _: Admin,
@@ -565,7 +595,7 @@ async fn admin_list_service_keys(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ServiceKeyReq {
     key: String,
@@ -573,6 +603,7 @@ struct ServiceKeyReq {
 
 /// `DELETE /admin/v1/service-keys` with `{"key": "sk-…"}`: the key itself identifies it (only
 /// its digest is stored); the filter refuses it from its next snapshot on.
+#[utoipa::path(delete, path = "/admin/v1/service-keys", tag = "admin", summary = "Revoke a service key", request_body = ServiceKeyReq, responses((status = 204, description = "Revoked"), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_revoke_service_key(
     State(state): State<AppState>,
     admin: Admin,
@@ -582,3 +613,30 @@ async fn admin_revoke_service_key(
     keys::revoke_service_key(&state.db, admin.actor(), &r.key, state.clock.now()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+/// This surface's entries in the OpenAPI document (`/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(
+    admin_create_org,
+    admin_list_orgs,
+    admin_get_org,
+    admin_grant,
+    admin_create_user,
+    admin_list_users,
+    admin_set_allocation,
+    admin_issue_key,
+    admin_list_keys,
+    admin_revoke_key,
+    admin_add_service_key,
+    admin_list_provider_keys,
+    admin_get_provider_key,
+    admin_set_provider_key,
+    admin_remove_provider_key,
+    admin_analytics,
+    admin_set_user_plan,
+    admin_set_org_plan,
+    admin_audit,
+    admin_list_service_keys,
+    admin_revoke_service_key
+))]
+pub(super) struct Api;

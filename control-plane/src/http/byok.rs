@@ -3,20 +3,21 @@
 
 use super::extract::{body_first, parse_secret_body, Q};
 use super::identity::Caller;
+use super::Routes;
 use crate::accounts::User;
 use crate::byok::{self, Owner, Which};
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::default()
         .route(
             "/api/v1/llm/byok/keys",
             get(byok_list)
@@ -26,14 +27,14 @@ pub(super) fn router() -> Router<AppState> {
         .route("/api/v1/llm/byok/keys/{id}", delete(byok_remove_id))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct KeyMetadata {
     #[serde(default)]
     description: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewByokKey {
     provider: String,
@@ -52,7 +53,7 @@ impl Drop for NewByokKey {
 
 /// A key as its owner sees it. `replaced` appears only in the answer to adding one (the
 /// id of the key it replaced, or null).
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ByokKeyJson {
     id: String,
     object: &'static str,
@@ -61,21 +62,22 @@ struct ByokKeyJson {
     metadata: ByokMetadataJson,
     created_at: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     replaced: Option<Option<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ByokMetadataJson {
     description: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ByokKeyList {
     object: &'static str,
     data: Vec<ByokKeyJson>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ByokKeyDeleted {
     id: String,
     object: &'static str,
@@ -97,6 +99,7 @@ fn byok_json(k: &byok::SecretInfo) -> ByokKeyJson {
     }
 }
 
+#[utoipa::path(post, path = "/api/v1/llm/byok/keys", tag = "byok", summary = "Store your own provider key (encrypted; replaces the one for that provider)", request_body = NewByokKey, responses((status = 201, body = ByokKeyJson), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn byok_add(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -125,6 +128,7 @@ async fn byok_add(
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/llm/byok/keys", tag = "byok", summary = "Your stored keys, masked", responses((status = 200, body = ByokKeyList), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn byok_list(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -136,13 +140,15 @@ async fn byok_list(
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ByokSelector {
     id: Option<String>,
     provider: Option<String>,
 }
 
+#[utoipa::path(delete, path = "/api/v1/llm/byok/keys", tag = "byok", summary = "Remove your key for a provider (or by id)", params(ByokSelector), responses((status = 200, body = ByokKeyDeleted), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn byok_remove(
     State(state): State<AppState>,
     Q(q): Q<ByokSelector>,
@@ -160,6 +166,7 @@ async fn byok_remove(
     remove_own(&state, &user, which).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/llm/byok/keys/{id}", tag = "byok", summary = "Remove one of your keys by id", params(("id" = String, Path)), responses((status = 200, body = ByokKeyDeleted), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn byok_remove_id(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -188,3 +195,8 @@ async fn remove_own(
         deleted: true,
     }))
 }
+
+/// This surface's entries in the OpenAPI document (`/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(byok_add, byok_list, byok_remove, byok_remove_id))]
+pub(super) struct Api;

@@ -4,17 +4,18 @@
 use super::extract::{body_first, parse};
 use super::identity::Internal;
 use super::observe::Who;
+use super::Routes;
 use crate::accounts;
 use crate::catalogue::{Catalogue, ModelKind};
 use crate::db::Db;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::keys;
 use crate::ledger::{self, Routing};
 use crate::state::AppState;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::{get, post};
-use axum::{Extension, Json, Router};
+use axum::{Extension, Json};
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Denial, Principal, ServiceKeyEntry, SettleBatch,
     SettleResponse, SettleResult, Snapshot,
@@ -23,8 +24,8 @@ use opsgate_core::credentials;
 use serde::Serialize;
 use std::time::Instant;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::default()
         .route(opsgate_core::contract::SNAPSHOT_PATH, get(snapshot))
         .route(
             opsgate_core::contract::AUTHORIZE_PATH,
@@ -82,10 +83,12 @@ pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapsho
     Ok(snap)
 }
 
+#[utoipa::path(get, path = "/internal/v1/snapshot", tag = "internal", summary = "The filter's snapshot", responses((status = 200, description = "Service key digests, models and plans", body = Object), (status = 401, body = ErrorEnvelope)), security(("internal_token" = [])))]
 async fn snapshot(State(state): State<AppState>, _: Internal) -> AppResult<Json<Snapshot>> {
     Ok(Json(build_snapshot(&state.db, &state.catalogue).await?))
 }
 
+#[utoipa::path(post, path = "/internal/v1/authorize", tag = "internal", summary = "Authorize a call and place its hold", request_body(content = Object, description = "AuthorizeRequest (opsgate-core contract)"), responses((status = 200, description = "Allow (a hold placed) or Deny", body = Object), (status = 401, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)), security(("internal_token" = [])))]
 async fn authorize(
     State(state): State<AppState>,
     _: Internal,
@@ -105,13 +108,14 @@ async fn authorize(
 /// `POST /internal/v1/credentials`: who a principal is (API key digest, session digest,
 /// service user, JWT subject), for the filter's credential cache; 401 envelope when unknown.
 /// Who a credential belongs to, as `POST /internal/v1/credentials` answers.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CredentialOwner {
     user_id: String,
     org_id: String,
     plan: &'static str,
 }
 
+#[utoipa::path(post, path = "/internal/v1/credentials", tag = "internal", summary = "Who a credential belongs to", request_body(content = Object, description = "Principal (opsgate-core contract)"), responses((status = 200, body = CredentialOwner), (status = 401, body = ErrorEnvelope)), security(("internal_token" = [])))]
 async fn credential_lookup(
     State(state): State<AppState>,
     _: Internal,
@@ -157,6 +161,7 @@ fn principal_kind(p: &Principal) -> &'static str {
     }
 }
 
+#[utoipa::path(post, path = "/internal/v1/settle", tag = "internal", summary = "Settle finished calls", request_body(content = Object, description = "SettleBatch (opsgate-core contract)"), responses((status = 200, description = "What each hold was charged", body = Object), (status = 401, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)), security(("internal_token" = [])))]
 async fn settle(
     State(state): State<AppState>,
     _: Internal,
@@ -196,3 +201,8 @@ async fn settle(
     m.settle_seconds.observe(started.elapsed().as_secs_f64());
     Ok(Json(SettleResponse { results }))
 }
+
+/// This surface's entries in the OpenAPI document (`/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(snapshot, authorize, credential_lookup, settle))]
+pub(super) struct Api;

@@ -10,6 +10,7 @@ mod extract;
 pub mod identity;
 mod internal;
 mod observe;
+pub mod openapi;
 mod ops;
 mod public;
 mod sessions;
@@ -21,14 +22,48 @@ use axum::Router;
 pub use internal::build_snapshot;
 pub use observe::Who;
 
+/// A surface's routes, and the paths they were registered under: every route goes through
+/// [`Routes::route`], so [`route_paths`] lists them all and a test holds the OpenAPI
+/// document to it.
+#[derive(Default)]
+pub(crate) struct Routes {
+    router: Router<AppState>,
+    paths: Vec<&'static str>,
+}
+
+impl Routes {
+    pub(crate) fn route(
+        mut self,
+        path: &'static str,
+        methods: axum::routing::MethodRouter<AppState>,
+    ) -> Self {
+        self.paths.push(path);
+        self.router = self.router.route(path, methods);
+        self
+    }
+}
+
+fn surfaces() -> [Routes; 7] {
+    [
+        ops::router(),
+        openapi::router(),
+        internal::router(),
+        public::router(),
+        byok::router(),
+        sessions::router(),
+        admin::router(),
+    ]
+}
+
+/// Every path the control plane routes (templates, e.g. `/admin/v1/orgs/{id}`).
+pub fn route_paths() -> Vec<&'static str> {
+    surfaces().into_iter().flat_map(|s| s.paths).collect()
+}
+
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .merge(ops::router())
-        .merge(internal::router())
-        .merge(public::router())
-        .merge(byok::router())
-        .merge(sessions::router())
-        .merge(admin::router())
+    surfaces()
+        .into_iter()
+        .fold(Router::new(), |app, s| app.merge(s.router))
         .fallback(|uri: axum::http::Uri| async move {
             // Under the API, the path is the API's and simply unknown; elsewhere, say where
             // the API is. The path is not echoed (it may carry anything a client sent).

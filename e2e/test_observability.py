@@ -87,3 +87,15 @@ def test_each_command_has_its_own_help_and_errors_name_the_flag(tmp_path):
     assert bad.returncode == 2 and "--plan" in bad.stderr and "unknown plan 'gold'" in bad.stderr
     comp = run_cli("completions", "bash")
     assert comp.returncode == 0 and "opsgate" in comp.stdout and "service-key" in comp.stdout
+
+
+def test_openapi_document_validates_and_lists_every_admin_route(stack):
+    from openapi_spec_validator import validate
+
+    doc = httpx.get(f"http://127.0.0.1:{stack.cp_port}/openapi.json").json()
+    validate(doc)  # raises on anything that is not valid OpenAPI 3
+    admin = {(p, m) for p, item in doc["paths"].items() if p.startswith("/admin/v1/") for m in item}
+    assert ("/admin/v1/orgs", "post") in admin and ("/admin/v1/audit", "get") in admin
+    assert len(admin) >= 20, sorted(admin)
+    page = httpx.get(f"http://127.0.0.1:{stack.cp_port}/docs")
+    assert page.status_code == 200 and "/admin/v1/orgs" in page.text

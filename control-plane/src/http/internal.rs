@@ -4,7 +4,7 @@
 use super::extract::{body_first, parse};
 use super::identity::Internal;
 use crate::accounts;
-use crate::catalogue::{Catalogue, ModelKind};
+use crate::catalogue::Catalogue;
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::keys;
@@ -52,10 +52,7 @@ pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapsho
             id: m.id.clone(),
             provider: m.provider.clone(),
             tier: m.tier.clone(),
-            kind: match m.kind {
-                ModelKind::Chat => "chat".into(),
-                ModelKind::Image => "image".into(),
-            },
+            kind: m.kind.as_str().into(),
             local: m.local,
         })
         .collect();

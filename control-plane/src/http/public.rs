@@ -5,7 +5,7 @@ use super::extract::Q;
 use super::identity::Caller;
 use crate::accounts::User;
 use crate::byok::{self, Owner};
-use crate::catalogue::{Model, ModelKind};
+use crate::catalogue::Model;
 use crate::error::AppResult;
 use crate::ledger::{self};
 use crate::state::AppState;
@@ -50,10 +50,7 @@ fn model_json(m: &Model) -> ModelJson {
         owned_by: m.provider.clone(),
         tier: m.tier.clone(),
         local: m.local,
-        kind: match m.kind {
-            ModelKind::Chat => "chat",
-            ModelKind::Image => "image",
-        },
+        kind: m.kind.as_str(),
         byok: None,
         via_provider: None,
     }

@@ -33,6 +33,19 @@ struct RawProvider {
 pub enum ModelKind {
     Chat,
     Image,
+    /// Embeddings: priced by input tokens only (`input_per_million`).
+    Embedding,
+}
+
+impl ModelKind {
+    /// The name `/models` and the snapshot give the kind.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Chat => "chat",
+            ModelKind::Image => "image",
+            ModelKind::Embedding => "embedding",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -238,9 +251,9 @@ impl Catalogue {
                         "{at}.openrouter_model must be a non-empty id without spaces"
                     ));
                 }
-                if provider.local || m.kind == ModelKind::Image {
+                if provider.local || m.kind != ModelKind::Chat {
                     return Err(format!(
-                        "{at}.openrouter_model: local and image models are not served through OpenRouter"
+                        "{at}.openrouter_model: local, image and embedding models are not served through OpenRouter"
                     ));
                 }
             }
@@ -260,7 +273,9 @@ impl Catalogue {
                 max_output_tokens: m.max_output_tokens,
                 image_input_tokens: m.image_input_tokens,
                 completion_limit: m.completion_limit,
-                temperature: m.temperature,
+                // Only chat takes `temperature`: the guide's default is never sent to an image
+                // or embeddings API (which would refuse an argument it does not know).
+                temperature: m.temperature && m.kind == ModelKind::Chat,
                 quality: m.quality,
                 tasks: m.tasks,
                 openrouter_model: m.openrouter_model,
@@ -483,7 +498,78 @@ mod tests {
         assert!(!c.allows(Plan::Starter, mini));
         assert!(c.allows(Plan::Enterprise, c.model("o1-preview").unwrap()));
         assert!(!c.allows(Plan::Professional, c.model("o1-preview").unwrap()));
-        assert_eq!(c.allowed(Plan::Trial).count(), 4);
+        assert_eq!(c.allowed(Plan::Trial).count(), 6);
+    }
+
+    #[test]
+    fn embedding_models_are_priced_by_input_and_open_to_every_plan() {
+        let c = Catalogue::builtin();
+        // OpenAI's list prices, converted as every price is: $0.02 and $0.13 per 1M tokens
+        // are 20 and 130 credits, 20,000 and 130,000 milli-credits.
+        for (id, input) in [
+            ("text-embedding-3-small", 20_000),
+            ("text-embedding-3-large", 130_000),
+        ] {
+            let m = c.model(id).unwrap();
+            assert_eq!(m.kind, ModelKind::Embedding, "{id}");
+            assert_eq!(m.provider, "openai", "{id}");
+            assert_eq!(m.provider_model, id);
+            assert_eq!(
+                m.price,
+                Price {
+                    input_per_million: input,
+                    output_per_million: 0,
+                    per_image: 0
+                },
+                "{id}"
+            );
+            assert!(!m.temperature, "{id} takes no temperature");
+            assert_eq!(c.openrouter_model(m), None, "{id}");
+            for plan in Plan::ALL {
+                assert!(c.allows(plan, m), "{id} on {}", plan.as_str());
+            }
+        }
+        // Only chat models take the guide's default temperature.
+        assert!(!c.model("dall-e-3").unwrap().temperature);
+        assert!(c.model("gpt-4o-mini").unwrap().temperature);
+        // Auto-selection keeps kinds apart: an embedding model never serves a chat.
+        let eco = c
+            .choose(
+                Plan::Trial,
+                ModelKind::Embedding,
+                PowerLevel::Eco,
+                TaskType::Chat,
+                false,
+            )
+            .unwrap();
+        assert_eq!(eco.id, "text-embedding-3-small");
+        let precise = c
+            .choose(
+                Plan::Trial,
+                ModelKind::Embedding,
+                PowerLevel::Precision,
+                TaskType::Chat,
+                false,
+            )
+            .unwrap();
+        assert_eq!(precise.id, "text-embedding-3-large");
+        for power in [PowerLevel::Eco, PowerLevel::Balanced, PowerLevel::Precision] {
+            let chat = c
+                .choose(Plan::Trial, ModelKind::Chat, power, TaskType::Chat, false)
+                .unwrap();
+            assert_eq!(chat.kind, ModelKind::Chat);
+        }
+        // An embedding model routed through OpenRouter is refused at load.
+        let bad = DEFAULT_CATALOGUE.replacen(
+            "provider_model = \"text-embedding-3-small\"",
+            "provider_model = \"text-embedding-3-small\"\nopenrouter_model = \"openai/text-embedding-3-small\"",
+            1,
+        );
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(
+            e.contains("text-embedding-3-small") && e.contains("openrouter_model"),
+            "{e}"
+        );
     }
 
     #[test]

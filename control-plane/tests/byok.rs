@@ -737,7 +737,15 @@ async fn models_say_what_own_keys_reach() {
         let byok_ids = ids(&r.json["byok"]);
         assert_eq!(
             byok_ids,
-            ["gpt-4o-mini", "gpt-4o", "o1-preview", "o3-mini", "dall-e-3"],
+            [
+                "gpt-4o-mini",
+                "gpt-4o",
+                "o1-preview",
+                "o3-mini",
+                "dall-e-3",
+                "text-embedding-3-small",
+                "text-embedding-3-large"
+            ],
             "{}",
             r.text
         );
@@ -750,11 +758,11 @@ async fn models_say_what_own_keys_reach() {
         assert!(!platform_ids.contains(&"gpt-4o-mini".to_string()));
         assert_eq!(
             platform_ids.len(),
-            platform_only - 2,
-            "gpt-4o-mini and dall-e-3 moved"
+            platform_only - 4,
+            "gpt-4o-mini, dall-e-3 and the two embedding models moved"
         );
         assert_eq!(r.json["summary"]["byok_providers"], json!(["openai"]));
-        assert_eq!(r.json["summary"]["byok_models"], 5);
+        assert_eq!(r.json["summary"]["byok_models"], 7);
         assert_eq!(r.json["summary"]["openrouter_any_model"], false);
 
         api.add(&alice, "openrouter", OR_KEY).await;

@@ -32,7 +32,7 @@ pub struct ModelEntry {
     pub id: String,
     pub provider: String,
     pub tier: String,
-    /// `chat` or `image`.
+    /// `chat`, `image` or `embedding`.
     pub kind: String,
     pub local: bool,
 }
@@ -89,6 +89,8 @@ pub enum Principal {
 pub enum Endpoint {
     ChatCompletions,
     ImageGenerations,
+    /// `/embeddings`: metered by input tokens only.
+    Embeddings,
 }
 
 /// One metered call, before it is forwarded.
@@ -107,7 +109,8 @@ pub struct AuthorizeRequest {
     pub task_type: TaskType,
     pub privacy_required: bool,
     pub stream: bool,
-    /// Size of the request body: an upper bound of the prompt's tokens.
+    /// An upper bound of the prompt's tokens: the size of the request body (chat, images), or
+    /// of the inputs to embed (embeddings: their UTF-8 bytes plus their token ids).
     pub prompt_bytes: u64,
     /// Image parts in the prompt (each held at the model's per-image token bound).
     #[serde(default)]

@@ -63,6 +63,8 @@ pub struct HoldRequest {
 /// * BYOK: nothing is held (the caller pays the provider); the client's bound stands, capped
 ///   by the model's maximum output.
 /// * Images: every image asked for (at least one) at the rate card; refused if unaffordable.
+/// * Embeddings: the inputs' token bound (`prompt_bytes`) at the input price, no completion;
+///   refused if unaffordable.
 /// * Chat with the client's own `max_tokens`: the prompt plus that bound (capped by the
 ///   model's maximum output), or refused — an explicit bound is never silently reduced.
 /// * Chat without one: the prompt plus the model's maximum output; when the balance cannot
@@ -88,6 +90,23 @@ pub fn hold_for(
         Endpoint::ImageGenerations => {
             let cost = MilliCredits(rate.cost(&Usage {
                 images: req.images.max(1),
+                ..Usage::default()
+            }));
+            if cost > spendable {
+                return Err(Unaffordable {
+                    needed: cost,
+                    explicit_bound: false,
+                });
+            }
+            Ok(Hold {
+                amount: cost,
+                max_tokens: None,
+                chosen: false,
+            })
+        }
+        Endpoint::Embeddings => {
+            let cost = MilliCredits(rate.cost(&Usage {
+                prompt_tokens: req.prompt_bytes,
                 ..Usage::default()
             }));
             if cost > spendable {
@@ -177,7 +196,7 @@ pub fn balance_after(
 
 /// The usage a completed response is charged when the provider's body does not say: the
 /// bound the call was held for — the prompt and the whole completion bound for a chat, the
-/// images asked for.
+/// images asked for, the inputs' token bound for embeddings.
 pub fn usage_without_report(
     endpoint: Endpoint,
     prompt_bytes: u64,
@@ -187,6 +206,10 @@ pub fn usage_without_report(
     match endpoint {
         Endpoint::ImageGenerations => Usage {
             images: images_requested,
+            ..Usage::default()
+        },
+        Endpoint::Embeddings => Usage {
+            prompt_tokens: prompt_bytes,
             ..Usage::default()
         },
         Endpoint::ChatCompletions => Usage {
@@ -401,6 +424,79 @@ mod tests {
                 needed: MilliCredits(120_000),
                 explicit_bound: false
             })
+        );
+    }
+
+    fn embeddings(input_tokens: u64) -> HoldRequest {
+        HoldRequest {
+            endpoint: Endpoint::Embeddings,
+            prompt_bytes: input_tokens,
+            prompt_images: 0,
+            image_tokens_each: 0,
+            // Whatever a request says here, an embedding has no completion to hold for.
+            max_tokens: Some(1_000),
+            images: 0,
+        }
+    }
+
+    #[test]
+    fn embeddings_hold_their_input_bound_at_the_input_price_only() {
+        // text-embedding-3-large: $0.13 / 1M tokens = 130_000 mc; a (bogus) output price
+        // must not count.
+        let r = rate(130_000, 999_999, 0);
+        let h = hold_for(
+            &r,
+            &embeddings(10_000),
+            Some(16_384),
+            MilliCredits(10_000),
+            false,
+        );
+        let expected = Hold {
+            amount: MilliCredits(1_300),
+            max_tokens: None,
+            chosen: false,
+        };
+        assert_eq!(h, Ok(expected));
+        // Rounded up once: 7 tokens at 130_000 / 1M is 0.91 mc.
+        let h = hold_for(&r, &embeddings(7), None, MilliCredits(10), false).unwrap();
+        assert_eq!(h.amount, MilliCredits(1));
+        // Unaffordable: refused, never shrunk (there is no bound to shrink).
+        assert_eq!(
+            hold_for(&r, &embeddings(10_000), None, MilliCredits(1_299), false),
+            Err(Unaffordable {
+                needed: MilliCredits(1_300),
+                explicit_bound: false
+            })
+        );
+        // The caller's own key holds nothing and bounds no completion.
+        let byok = HoldRequest {
+            max_tokens: None,
+            ..embeddings(10_000)
+        };
+        assert_eq!(
+            hold_for(&r, &byok, None, MilliCredits(0), true),
+            Ok(Hold {
+                amount: MilliCredits::ZERO,
+                max_tokens: None,
+                chosen: false
+            })
+        );
+        // Settled from the reported input tokens, capped by the hold.
+        let used = Usage {
+            prompt_tokens: 2_000,
+            ..Usage::default()
+        };
+        assert_eq!(
+            charge(&r, &used, MilliCredits(1_300), false),
+            MilliCredits(260)
+        );
+        // Unreported: the bound held for.
+        assert_eq!(
+            usage_without_report(Endpoint::Embeddings, 10_000, None, 0),
+            Usage {
+                prompt_tokens: 10_000,
+                ..Usage::default()
+            }
         );
     }
 

@@ -36,6 +36,28 @@ pub struct ImageRequest {
     pub prompt_bytes: u64,
 }
 
+/// The metering-relevant facts of an embeddings request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmbeddingsRequest {
+    pub model: Option<String>,
+    pub power_level: PowerLevel,
+    pub privacy_required: bool,
+    /// How many inputs are embedded (each one vector in the answer).
+    pub inputs: u64,
+    /// An upper bound of the input tokens (see [`embedding_input_tokens`]).
+    pub input_tokens: u64,
+}
+
+/// The most inputs one embeddings request may carry (OpenAI's own limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
+/// The largest `dimensions` an embeddings request may ask for (above any model's).
+pub const MAX_EMBEDDING_DIMENSIONS: u64 = 65_536;
+
+/// The fields of an embeddings request that reach a provider on the platform's key; anything
+/// else the client sends is dropped (the OpenAI embeddings API takes nothing more).
+pub const EMBEDDING_FIELDS: [&str; 5] = ["model", "input", "dimensions", "encoding_format", "user"];
+
 impl ChatRequest {
     /// The control plane's question for this call.
     pub fn authorize_request(&self, principal: Principal) -> AuthorizeRequest {
@@ -72,6 +94,27 @@ impl ImageRequest {
             prompt_images: 0,
             max_tokens: None,
             images: self.images,
+        }
+    }
+}
+
+impl EmbeddingsRequest {
+    /// The control plane's question for this call: the hold covers `input_tokens` prompt
+    /// tokens and nothing else.
+    pub fn authorize_request(&self, principal: Principal) -> AuthorizeRequest {
+        AuthorizeRequest {
+            request_id: None,
+            principal,
+            endpoint: Endpoint::Embeddings,
+            model: self.model.clone(),
+            power_level: self.power_level,
+            task_type: TaskType::default(),
+            privacy_required: self.privacy_required,
+            stream: false,
+            prompt_bytes: self.input_tokens,
+            prompt_images: 0,
+            max_tokens: None,
+            images: 0,
         }
     }
 }
@@ -269,6 +312,138 @@ pub fn parse_image(
         prompt_bytes: body.len() as u64,
     };
     Ok((map, req))
+}
+
+/// The inputs of an embeddings request and an upper bound of their tokens, by the rule the
+/// chat path bounds a prompt with (a token is at least one byte): a string counts its UTF-8
+/// bytes, a token id counts one. `input` is a string, an array of strings, an array of token
+/// ids, or an array of arrays of token ids — non-empty, at most [`MAX_EMBEDDING_INPUTS`]
+/// inputs, no empty string or token array, no mixing; anything else is refused (400, `input`).
+pub fn embedding_input_tokens(input: Option<&Value>) -> Result<(u64, u64), ApiError> {
+    let invalid = |why: &str| {
+        ApiError::invalid_param(
+            "input",
+            format!(
+                "'input' {why}: send a non-empty string, an array of non-empty strings, an array of token ids, or an array of non-empty arrays of token ids (at most {MAX_EMBEDDING_INPUTS} inputs)."
+            ),
+        )
+    };
+    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+    // One token array: its ids, each a non-negative integer that fits a token id.
+    let token_ids = |ids: &[Value]| -> Result<u64, ApiError> {
+        if ids.is_empty() {
+            return Err(invalid("holds an empty token array"));
+        }
+        if ids
+            .iter()
+            .any(|t| u32::try_from(t.as_u64().unwrap_or(u64::MAX)).is_err())
+        {
+            return Err(invalid(
+                "holds a token id that is not a non-negative integer",
+            ));
+        }
+        Ok(count(ids.len()))
+    };
+    match input {
+        None | Some(Value::Null) => Err(invalid("is required")),
+        Some(Value::String(s)) if s.is_empty() => Err(invalid("is an empty string")),
+        Some(Value::String(s)) => Ok((1, count(s.len()))),
+        Some(Value::Array(items)) => {
+            let Some(first) = items.first() else {
+                return Err(invalid("is an empty array"));
+            };
+            if items.len() > MAX_EMBEDDING_INPUTS {
+                return Err(invalid("holds too many inputs"));
+            }
+            match first {
+                Value::String(_) => {
+                    let mut bound = 0u64;
+                    for item in items {
+                        match item {
+                            Value::String(s) if !s.is_empty() => {
+                                bound = bound.saturating_add(count(s.len()));
+                            }
+                            Value::String(_) => return Err(invalid("holds an empty string")),
+                            _ => return Err(invalid("mixes strings with other values")),
+                        }
+                    }
+                    Ok((count(items.len()), bound))
+                }
+                Value::Number(_) => Ok((1, token_ids(items)?)),
+                Value::Array(_) => {
+                    let mut bound = 0u64;
+                    for item in items {
+                        let Value::Array(ids) = item else {
+                            return Err(invalid("mixes token arrays with other values"));
+                        };
+                        bound = bound.saturating_add(token_ids(ids)?);
+                    }
+                    Ok((count(items.len()), bound))
+                }
+                _ => Err(invalid("holds a value that is neither text nor tokens")),
+            }
+        }
+        Some(_) => Err(invalid("has the wrong type")),
+    }
+}
+
+/// Validates an embeddings body. Fields the gateway does not know are accepted (and not
+/// forwarded on the platform's key, see [`rewrite_embeddings_for_provider`]).
+pub fn parse_embeddings(
+    body: &[u8],
+    power_header: Option<&str>,
+) -> Result<(Map<String, Value>, EmbeddingsRequest), ApiError> {
+    let map = parse_object(body)?;
+    let (inputs, input_tokens) = embedding_input_tokens(map.get("input"))?;
+    if bool_field(&map, "stream")? {
+        return Err(ApiError::invalid_param(
+            "stream",
+            "Embeddings cannot be streamed: remove 'stream'.",
+        ));
+    }
+    if positive_int(&map, "dimensions")?.is_some_and(|d| d > MAX_EMBEDDING_DIMENSIONS) {
+        return Err(ApiError::invalid_param(
+            "dimensions",
+            format!("'dimensions' must be from 1 to {MAX_EMBEDDING_DIMENSIONS}."),
+        ));
+    }
+    match map.get("encoding_format") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(f)) if f == "float" || f == "base64" => {}
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "encoding_format",
+                "'encoding_format' must be \"float\" or \"base64\".",
+            ))
+        }
+    }
+    let req = EmbeddingsRequest {
+        model: model_of(&map)?,
+        power_level: power_level_of(&map, power_header)?,
+        privacy_required: bool_field(&map, "privacy_required")?,
+        inputs,
+        input_tokens,
+    };
+    Ok((map, req))
+}
+
+/// The embeddings body a provider receives: the provider's model id, opsgate's extension
+/// fields removed, and on the platform's key only [`EMBEDDING_FIELDS`] (on the caller's own
+/// key everything else the client sent passes too, as on chat).
+pub fn rewrite_embeddings_for_provider(
+    mut map: Map<String, Value>,
+    provider_model: &str,
+    byok: bool,
+) -> Vec<u8> {
+    for f in EXTENSION_FIELDS {
+        map.remove(f);
+    }
+    map.remove("stream");
+    if !byok {
+        map.retain(|k, _| EMBEDDING_FIELDS.contains(&k.as_str()));
+    }
+    map.insert("model".into(), Value::String(provider_model.to_string()));
+    serde_json::to_vec(&Value::Object(map)).unwrap_or_default()
 }
 
 /// Body fields a call on the **platform's** key may not send as they are, because they change
@@ -599,6 +774,149 @@ mod tests {
             "a reasoning model takes none: {out}"
         );
         assert!(out.get("max_tokens").is_none(), "{out}");
+    }
+
+    fn embed(body: &str) -> Result<EmbeddingsRequest, ApiError> {
+        parse_embeddings(body.as_bytes(), None).map(|(_, r)| r)
+    }
+
+    #[test]
+    fn embedding_inputs_are_bounded_by_their_bytes_and_token_ids() {
+        // A string: its UTF-8 bytes ("héllo wörld" is 13 bytes, 11 characters).
+        let r =
+            embed(r#"{"model":"text-embedding-3-small","input":"h\u00e9llo w\u00f6rld"}"#).unwrap();
+        assert_eq!((r.inputs, r.input_tokens), (1, 13));
+        assert_eq!(r.model.as_deref(), Some("text-embedding-3-small"));
+        assert_eq!(r.power_level, PowerLevel::Balanced);
+        // Strings: the sum of their bytes, one input each.
+        let r = embed(r#"{"input":["one","three","fifteen"]}"#).unwrap();
+        assert_eq!((r.inputs, r.input_tokens), (3, 3 + 5 + 7));
+        // One token array: one token per id, whatever the digits.
+        let r = embed(r#"{"input":[100257, 9906, 1917]}"#).unwrap();
+        assert_eq!((r.inputs, r.input_tokens), (1, 3));
+        // Token arrays: their ids, one input each.
+        let r = embed(r#"{"input":[[1,2,3],[4],[5,6]]}"#).unwrap();
+        assert_eq!((r.inputs, r.input_tokens), (3, 6));
+        // The bound never exceeds the body's size, the chat path's bound.
+        for body in [
+            r#"{"input":"a"}"#,
+            r#"{"input":["a","b"]}"#,
+            r#"{"input":[[0],[1]]}"#,
+        ] {
+            assert!(
+                embed(body).unwrap().input_tokens <= body.len() as u64,
+                "{body}"
+            );
+        }
+        // The request asks the control plane to hold the inputs' tokens and nothing more.
+        let a = embed(r#"{"input":["abcd"],"power_level":"eco"}"#)
+            .unwrap()
+            .authorize_request(Principal::Service {
+                user_id: "svc".into(),
+            });
+        assert_eq!(a.endpoint, Endpoint::Embeddings);
+        assert_eq!((a.prompt_bytes, a.max_tokens, a.images), (4, None, 0));
+        assert_eq!(a.power_level, PowerLevel::Eco);
+        assert!(!a.stream);
+    }
+
+    #[test]
+    fn malformed_embedding_inputs_are_400_naming_input() {
+        let too_many = format!(
+            r#"{{"input":[{}]}}"#,
+            vec![r#""x""#; MAX_EMBEDDING_INPUTS + 1].join(",")
+        );
+        let at_limit = format!(
+            r#"{{"input":[{}]}}"#,
+            vec![r#""x""#; MAX_EMBEDDING_INPUTS].join(",")
+        );
+        assert_eq!(
+            embed(&at_limit).unwrap().inputs,
+            MAX_EMBEDDING_INPUTS as u64
+        );
+        for body in [
+            r#"{"model":"text-embedding-3-small"}"#,
+            r#"{"input":null}"#,
+            r#"{"input":""}"#,
+            r#"{"input":[]}"#,
+            r#"{"input":["ok",""]}"#,
+            r#"{"input":["ok",7]}"#,
+            r#"{"input":[7,"ok"]}"#,
+            r#"{"input":[1,-2]}"#,
+            r#"{"input":[1,2.5]}"#,
+            r#"{"input":[1,99999999999]}"#,
+            r#"{"input":[[1],[]]}"#,
+            r#"{"input":[[1],2]}"#,
+            r#"{"input":[[1],["a"]]}"#,
+            r#"{"input":[{"text":"a"}]}"#,
+            r#"{"input":[true]}"#,
+            r#"{"input":{"text":"a"}}"#,
+            r#"{"input":42}"#,
+            too_many.as_str(),
+        ] {
+            let e = embed(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some("input"), "{body}");
+        }
+        for (body, param) in [
+            (r#"{"input":"a","stream":true}"#, "stream"),
+            (r#"{"input":"a","dimensions":0}"#, "dimensions"),
+            (r#"{"input":"a","dimensions":"8"}"#, "dimensions"),
+            (r#"{"input":"a","dimensions":70000}"#, "dimensions"),
+            (
+                r#"{"input":"a","encoding_format":"int8"}"#,
+                "encoding_format",
+            ),
+            (r#"{"input":"a","model":3}"#, "model"),
+            (r#"{"input":"a","power_level":"max"}"#, "power_level"),
+        ] {
+            let e = embed(body).unwrap_err();
+            assert_eq!(e.status(), 400, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        assert_eq!(embed("[1]").unwrap_err().status(), 400);
+        assert_eq!(embed("").unwrap_err().status(), 400);
+        // What OpenAI accepts passes.
+        assert!(embed(
+            r#"{"input":"a","dimensions":256,"encoding_format":"base64","user":"u","stream":false}"#
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn the_embeddings_provider_body_carries_only_the_allowed_fields() {
+        let (map, _) = parse_embeddings(
+            br#"{"model":"text-embedding-3-small","input":["a"],"dimensions":8,"encoding_format":"base64","user":"u1","power_level":"eco","privacy_required":false,"task_type":"rag","stream":false,"service_tier":"priority","metadata":{"a":"b"}}"#,
+            None,
+        )
+        .unwrap();
+        let out: Value = serde_json::from_slice(&rewrite_embeddings_for_provider(
+            map.clone(),
+            "text-embedding-3-small-v2",
+            false,
+        ))
+        .unwrap();
+        let mut keys: Vec<&str> = out
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            ["dimensions", "encoding_format", "input", "model", "user"]
+        );
+        assert_eq!(out["model"], "text-embedding-3-small-v2");
+        assert_eq!(out["input"], serde_json::json!(["a"]));
+        assert!(out.get("temperature").is_none());
+        // The caller's own key: what the client sent passes, but never opsgate's fields.
+        let out: Value =
+            serde_json::from_slice(&rewrite_embeddings_for_provider(map, "m", true)).unwrap();
+        assert_eq!(out["service_tier"], "priority");
+        for f in EXTENSION_FIELDS {
+            assert!(out.get(f).is_none(), "{f} leaked");
+        }
     }
 
     #[test]

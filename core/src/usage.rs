@@ -45,6 +45,45 @@ pub fn chat_response(body: &[u8], model: &str) -> (Option<Usage>, Option<Vec<u8>
     (usage, renamed)
 }
 
+/// An embeddings body, read for what the call is charged: `usage.prompt_tokens` (or, without
+/// it, `usage.total_tokens` — an embedding has no completion), and the body as the client gets
+/// it, with `model` set to the catalogue id when the provider named it otherwise (`None`:
+/// forward it unchanged). The vectors can be large: they are skipped, not parsed, unless the
+/// model has to be renamed.
+pub fn embeddings_response(body: &[u8], model: &str) -> (Option<Usage>, Option<Vec<u8>>) {
+    #[derive(serde::Deserialize)]
+    struct Head {
+        #[serde(default)]
+        model: Option<Value>,
+        #[serde(default)]
+        usage: Option<Value>,
+    }
+    let Ok(head) = serde_json::from_slice::<Head>(body) else {
+        return (None, None);
+    };
+    let usage = head.usage.as_ref().and_then(|u| {
+        let tokens = u
+            .get("prompt_tokens")
+            .and_then(Value::as_u64)
+            .or_else(|| u.get("total_tokens").and_then(Value::as_u64))?;
+        Some(Usage {
+            prompt_tokens: tokens,
+            ..Usage::default()
+        })
+    });
+    let renamed = match head.model {
+        Some(Value::String(m)) if m != model => {
+            let mut v = serde_json::from_slice::<Value>(body).ok();
+            v.as_mut()
+                .and_then(Value::as_object_mut)
+                .map(|obj| obj.insert("model".into(), Value::String(model.into())));
+            v.and_then(|v| serde_json::to_vec(&v).ok())
+        }
+        _ => None,
+    };
+    (usage, renamed)
+}
+
 /// Images actually returned by an image generation body.
 pub fn images_returned(body: &[u8]) -> Option<u64> {
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -257,6 +296,53 @@ mod tests {
 data: {\"choices\":[{\"delta\":{\"content\":\" there\"}}]}\n\n\
 data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n\
 data: [DONE]\n\n";
+
+    #[test]
+    fn embeddings_are_charged_their_input_tokens_under_the_catalogue_id() {
+        let body = br#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-0.2]}],"model":"text-embedding-3-small-2024","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let (usage, renamed) = embeddings_response(body, "text-embedding-3-small");
+        assert_eq!(
+            usage,
+            Some(Usage {
+                prompt_tokens: 8,
+                completion_tokens: 0,
+                images: 0
+            })
+        );
+        let v: Value = serde_json::from_slice(&renamed.unwrap()).unwrap();
+        assert_eq!(v["model"], "text-embedding-3-small");
+        assert_eq!(v["data"][0]["embedding"], serde_json::json!([0.1, -0.2]));
+        assert_eq!(v["usage"]["prompt_tokens"], 8);
+        // Already the catalogue id: forwarded byte for byte.
+        let same = br#"{"data":[],"model":"m","usage":{"prompt_tokens":3,"total_tokens":3}}"#;
+        let (usage, renamed) = embeddings_response(same, "m");
+        assert_eq!(usage.map(|u| u.prompt_tokens), Some(3));
+        assert!(renamed.is_none());
+        // A completion count a provider might add is not an embedding's: never charged.
+        let odd = br#"{"model":"m","usage":{"prompt_tokens":3,"completion_tokens":50}}"#;
+        assert_eq!(
+            embeddings_response(odd, "m").0.map(|u| u.completion_tokens),
+            Some(0)
+        );
+        // Only total_tokens: that is the input.
+        let total = br#"{"model":"m","usage":{"total_tokens":5}}"#;
+        assert_eq!(
+            embeddings_response(total, "m").0.map(|u| u.prompt_tokens),
+            Some(5)
+        );
+        // No readable usage: None (the caller charges the bound held for).
+        for body in [
+            &br#"{"model":"m","data":[]}"#[..],
+            br#"{"model":"m","usage":{}}"#,
+            br#"{"model":"m","usage":{"prompt_tokens":-1}}"#,
+            br#"{"model":"m","usage":"lots"}"#,
+            br#"{"model":"m","data":[{"embedding":[0.1"#,
+            b"not json",
+            b"[1,2]",
+        ] {
+            assert_eq!(embeddings_response(body, "m").0, None, "{body:?}");
+        }
+    }
 
     #[test]
     fn stream_usage_and_injection_before_done_across_any_split() {

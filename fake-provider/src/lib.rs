@@ -8,6 +8,10 @@
 //! * a token is a whitespace-separated word: `prompt_tokens` is the number of
 //!   words over all messages' content plus 3 per message, `completion_tokens`
 //!   the number of words of the reply (after `max_tokens` truncation);
+//! * `/v1/embeddings` answers one deterministic unit vector per input (8 dimensions unless
+//!   `dimensions` says otherwise; `encoding_format: "base64"` gives little-endian `f32`s in
+//!   base64, as OpenAI does), named after the input's text or tokens; `prompt_tokens` is the
+//!   number of words of every string input plus the number of token ids (no per-input extra);
 //! * request headers `x-fake-status`, `x-fake-latency-ms`,
 //!   `x-fake-chunk-delay-ms` and `x-fake-stream-abort-after` inject faults;
 //! * `GET`/`DELETE /_fake/requests` inspect/clear the last requests received.
@@ -40,7 +44,14 @@ use tokio::sync::mpsc;
 /// How many requests `/_fake/requests` remembers.
 pub const MAX_RECORDED: usize = 200;
 /// The ids listed by `GET /v1/models`.
-pub const MODELS: &[&str] = &["fake-chat", "fake-chat-mini", "fake-image"];
+pub const MODELS: &[&str] = &[
+    "fake-chat",
+    "fake-chat-mini",
+    "fake-image",
+    "fake-embedding",
+];
+/// The vector size when a request sets no `dimensions`.
+pub const EMBEDDING_DIMENSIONS: usize = 8;
 /// Largest request body accepted on `/v1`.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 /// A 1x1 transparent PNG: the `b64_json` of every generated image.
@@ -107,6 +118,7 @@ pub fn app(config: Config) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/images/generations", post(image_generations))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/_fake/requests", get(list_requests).delete(clear_requests))
         .route("/healthz", get(|| async { "ok" }))
@@ -485,6 +497,148 @@ impl futures_core::Stream for Frames {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx).map(|frame| frame.map(Ok))
     }
+}
+
+// ---------------------------------------------------------------- embeddings
+
+#[derive(Deserialize)]
+struct EmbeddingRequest {
+    model: Option<String>,
+    input: Option<Value>,
+    dimensions: Option<u64>,
+    encoding_format: Option<String>,
+}
+
+/// One input to embed: text, or token ids.
+enum EmbeddingInput {
+    Text(String),
+    Tokens(Vec<u64>),
+}
+
+impl EmbeddingInput {
+    /// Tokens, by the fake's rule: a word of text, or a token id.
+    fn tokens(&self) -> usize {
+        match self {
+            EmbeddingInput::Text(text) => text.split_whitespace().count(),
+            EmbeddingInput::Tokens(ids) => ids.len(),
+        }
+    }
+
+    /// A unit vector of `dimensions` components that depends only on the input.
+    fn vector(&self, dimensions: usize) -> Vec<f32> {
+        let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut mix = |bytes: &[u8]| {
+            for b in bytes {
+                seed = (seed ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        match self {
+            EmbeddingInput::Text(text) => mix(text.as_bytes()),
+            EmbeddingInput::Tokens(ids) => ids.iter().for_each(|id| mix(&id.to_le_bytes())),
+        }
+        let raw: Vec<f32> = (0..dimensions)
+            .map(|_| {
+                // xorshift64*: components in [-1, 1).
+                seed ^= seed >> 12;
+                seed ^= seed << 25;
+                seed ^= seed >> 27;
+                let x = seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 40;
+                (x as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect();
+        let norm = raw.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm == 0.0 {
+            return raw;
+        }
+        raw.into_iter().map(|x| x / norm).collect()
+    }
+}
+
+/// The inputs of an embeddings request, as OpenAI accepts them.
+fn embedding_inputs(input: Option<Value>) -> Result<Vec<EmbeddingInput>, ApiError> {
+    let invalid = || bad_request("'$.input' is invalid. Please check the API reference.");
+    let tokens = |items: &[Value]| -> Option<Vec<u64>> {
+        let ids: Option<Vec<u64>> = items.iter().map(Value::as_u64).collect();
+        ids.filter(|ids| !ids.is_empty())
+    };
+    let inputs = match input {
+        None | Some(Value::Null) => {
+            return Err(bad_request("Missing required parameter: 'input'."))
+        }
+        Some(Value::String(text)) => vec![EmbeddingInput::Text(text)],
+        Some(Value::Array(items)) => match items.first() {
+            None => return Err(invalid()),
+            Some(Value::Number(_)) => {
+                vec![EmbeddingInput::Tokens(tokens(&items).ok_or_else(invalid)?)]
+            }
+            Some(_) => items
+                .into_iter()
+                .map(|item| match item {
+                    Value::String(text) => Ok(EmbeddingInput::Text(text)),
+                    Value::Array(ids) => {
+                        tokens(&ids).map(EmbeddingInput::Tokens).ok_or_else(invalid)
+                    }
+                    _ => Err(invalid()),
+                })
+                .collect::<Result<_, _>>()?,
+        },
+        Some(_) => return Err(invalid()),
+    };
+    if inputs
+        .iter()
+        .any(|i| matches!(i, EmbeddingInput::Text(t) if t.is_empty()))
+    {
+        return Err(invalid());
+    }
+    Ok(inputs)
+}
+
+/// Little-endian `f32`s in standard base64, as OpenAI's `encoding_format: "base64"`.
+fn base64_f32(vector: &[f32]) -> String {
+    use base64::Engine;
+    let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+async fn embeddings(body: Bytes) -> Result<Response, ApiError> {
+    let request: EmbeddingRequest = parse(&body)?;
+    let model = request
+        .model
+        .ok_or_else(|| bad_request("you must provide a model parameter"))?;
+    let inputs = embedding_inputs(request.input)?;
+    let dimensions = match request.dimensions {
+        None => EMBEDDING_DIMENSIONS,
+        Some(d @ 1..=4096) => usize::try_from(d).unwrap_or(EMBEDDING_DIMENSIONS),
+        Some(d) => return Err(bad_request(format!("Invalid 'dimensions': {d}."))),
+    };
+    let base64 = match request.encoding_format.as_deref() {
+        None | Some("float") => false,
+        Some("base64") => true,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "Invalid 'encoding_format': '{other}'."
+            )))
+        }
+    };
+    let data: Vec<Value> = inputs
+        .iter()
+        .enumerate()
+        .map(|(index, input)| {
+            let vector = input.vector(dimensions);
+            let embedding = if base64 {
+                json!(base64_f32(&vector))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": index, "embedding": embedding})
+        })
+        .collect();
+    let prompt_tokens: usize = inputs.iter().map(EmbeddingInput::tokens).sum();
+    let usage = json!({"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens});
+    Ok(
+        Json(json!({"object": "list", "data": data, "model": model, "usage": usage}))
+            .into_response(),
+    )
 }
 
 // ---------------------------------------------------------------- images, models

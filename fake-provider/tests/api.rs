@@ -358,6 +358,145 @@ async fn images_and_models() {
     assert_eq!(body["data"][0]["object"], "model");
 }
 
+/// The `f32`s of a base64 embedding.
+fn floats(b64: &str) -> Vec<f32> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert_eq!(bytes.len() % 4, 0);
+    bytes
+        .chunks(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn vector(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test]
+async fn embeddings_are_deterministic_unit_vectors_with_word_usage() {
+    let app = fake();
+    let request = json!({"model": "text-embedding-3-small", "input": ["hello there world", "one"]});
+    let reply = send(&app, post("/v1/embeddings", &request, &[])).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text);
+    let body = reply.json();
+    assert_eq!(body["object"], "list");
+    assert_eq!(body["model"], "text-embedding-3-small");
+    // 3 words + 1 word, no extra per input; an embedding has no completion.
+    assert_eq!(
+        body["usage"],
+        json!({"prompt_tokens": 4, "total_tokens": 4})
+    );
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let mut vectors = Vec::new();
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["object"], "embedding");
+        assert_eq!(item["index"], i);
+        let v = vector(&item["embedding"]);
+        assert_eq!(v.len(), opsgate_fake_provider::EMBEDDING_DIMENSIONS);
+        let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "{norm}");
+        vectors.push(v);
+    }
+    assert_ne!(
+        vectors[0], vectors[1],
+        "different inputs, different vectors"
+    );
+    // The same input gives the same vector, alone or in a list.
+    let again = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            &json!({"model": "m", "input": "hello there world"}),
+            &[],
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(vector(&again["data"][0]["embedding"]), vectors[0]);
+    assert_eq!(again["usage"]["prompt_tokens"], 3);
+
+    // Base64: the same floats, little-endian f32, as the OpenAI SDKs decode them; with
+    // `dimensions`, that many.
+    let b64 = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            &json!({"model": "m", "input": ["hello there world"], "encoding_format": "base64"}),
+            &[],
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(
+        floats(b64["data"][0]["embedding"].as_str().unwrap()),
+        vectors[0]
+    );
+    let sized = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            &json!({"model": "m", "input": "x", "dimensions": 3, "encoding_format": "base64"}),
+            &[],
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(
+        floats(sized["data"][0]["embedding"].as_str().unwrap()).len(),
+        3
+    );
+
+    // Token ids: one token each, in one array or several.
+    let tokens = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            &json!({"model": "m", "input": [[1, 2, 3], [4]]}),
+            &[],
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(tokens["usage"]["prompt_tokens"], 4);
+    assert_eq!(tokens["data"].as_array().unwrap().len(), 2);
+    let one = send(
+        &app,
+        post(
+            "/v1/embeddings",
+            &json!({"model": "m", "input": [7, 8]}),
+            &[],
+        ),
+    )
+    .await
+    .json();
+    assert_eq!(one["usage"]["prompt_tokens"], 2);
+    assert_eq!(one["data"].as_array().unwrap().len(), 1);
+
+    for bad in [
+        json!({"input": "x"}),
+        json!({"model": "m"}),
+        json!({"model": "m", "input": []}),
+        json!({"model": "m", "input": ""}),
+        json!({"model": "m", "input": [[]]}),
+        json!({"model": "m", "input": [1, "a"]}),
+        json!({"model": "m", "input": {"a": 1}}),
+        json!({"model": "m", "input": "x", "dimensions": 0}),
+        json!({"model": "m", "input": "x", "encoding_format": "int8"}),
+    ] {
+        let reply = send(&app, post("/v1/embeddings", &bad, &[])).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(reply.json()["error"]["type"], "invalid_request_error");
+    }
+}
+
 #[tokio::test]
 async fn requests_are_recorded_and_cleared() {
     let app = fake();

@@ -34,9 +34,10 @@ impl Rng {
     }
 }
 
-const PATHS: [&str; 9] = [
+const PATHS: [&str; 10] = [
     "/api/v1/llm/chat/completions",
     "/api/v1/llm/images/generations",
+    "/api/v1/llm/embeddings",
     "/api/v1/llm/models",
     "/api/v1/llm/credits",
     "/api/v1/llm/",
@@ -83,8 +84,10 @@ fn value(rng: &mut Rng) -> Vec<u8> {
 }
 
 fn body(rng: &mut Rng) -> Vec<u8> {
-    match rng.below(4) {
+    match rng.below(6) {
         0 => QUICKSTART.as_bytes().to_vec(),
+        4 => br#"{"model":"text-embedding-3-small","input":["a",[1,2]],"dimensions":-1}"#.to_vec(),
+        5 => br#"{"input":[[4294967296],[0]],"encoding_format":"base64"}"#.to_vec(),
         1 => {
             let mut b = QUICKSTART.as_bytes().to_vec();
             let cut = rng.below(b.len());

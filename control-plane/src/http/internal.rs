@@ -6,7 +6,7 @@ use super::identity::Internal;
 use super::observe::Who;
 use super::Routes;
 use crate::accounts;
-use crate::catalogue::{Catalogue, ModelKind};
+use crate::catalogue::Catalogue;
 use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::keys;
@@ -54,10 +54,7 @@ pub async fn build_snapshot(db: &Db, catalogue: &Catalogue) -> AppResult<Snapsho
             id: m.id.clone(),
             provider: m.provider.clone(),
             tier: m.tier.clone(),
-            kind: match m.kind {
-                ModelKind::Chat => "chat".into(),
-                ModelKind::Image => "image".into(),
-            },
+            kind: m.kind.as_str().into(),
             local: m.local,
         })
         .collect();

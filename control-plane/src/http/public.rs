@@ -6,7 +6,7 @@ use super::identity::Caller;
 use super::Routes;
 use crate::accounts::User;
 use crate::byok::{self, Owner};
-use crate::catalogue::{Model, ModelKind};
+use crate::catalogue::Model;
 use crate::error::{AppResult, ErrorEnvelope};
 use crate::ledger::{self};
 use crate::state::AppState;
@@ -51,10 +51,7 @@ fn model_json(m: &Model) -> ModelJson {
         owned_by: m.provider.clone(),
         tier: m.tier.clone(),
         local: m.local,
-        kind: match m.kind {
-            ModelKind::Chat => "chat",
-            ModelKind::Image => "image",
-        },
+        kind: m.kind.as_str(),
         byok: None,
         via_provider: None,
     }

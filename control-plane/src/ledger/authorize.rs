@@ -131,6 +131,7 @@ fn grant(
                 match req.endpoint {
                     Endpoint::ChatCompletions => "chat/completions",
                     Endpoint::ImageGenerations => "images/generations",
+                    Endpoint::Embeddings => "embeddings",
                 }
             ),
             model: route.upstream_model.clone(),

@@ -76,6 +76,7 @@ fn endpoint_kind(e: Endpoint) -> ModelKind {
     match e {
         Endpoint::ChatCompletions => ModelKind::Chat,
         Endpoint::ImageGenerations => ModelKind::Image,
+        Endpoint::Embeddings => ModelKind::Embedding,
     }
 }
 

@@ -363,8 +363,8 @@ impl Filter {
         }
         let body = host::buffer_or_empty(Buffer::ResponseBody, 0, body_size);
         let endpoint = self.endpoint.unwrap_or(Endpoint::ChatCompletions);
-        // The body is parsed once: its usage, and (chat) the catalogue id as its `model` —
-        // the client sees the id it can send back, not the provider's.
+        // The body is parsed once: its usage, and (chat, embeddings) the catalogue id as its
+        // `model` — the client sees the id it can send back, not the provider's.
         let (reported, renamed) = match endpoint {
             Endpoint::ImageGenerations => (
                 images_returned(&body).map(|images| Usage {
@@ -374,6 +374,7 @@ impl Filter {
                 None,
             ),
             Endpoint::ChatCompletions => chat_response(&body, &grant.model),
+            Endpoint::Embeddings => embeddings_response(&body, &grant.model),
         };
         let usage = reported.unwrap_or_else(|| {
             log(

@@ -53,9 +53,10 @@ use opsgate_core::metering;
 use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::Usage;
 use opsgate_core::request::{
-    apply_platform_key_policy, parse_chat, parse_image, rewrite_for_provider,
+    apply_platform_key_policy, parse_chat, parse_embeddings, parse_image,
+    rewrite_embeddings_for_provider, rewrite_for_provider,
 };
-use opsgate_core::usage::{chat_response, images_returned, SseMeter};
+use opsgate_core::usage::{chat_response, embeddings_response, images_returned, SseMeter};
 use opsgate_core::{ApiError, ErrorKind};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;

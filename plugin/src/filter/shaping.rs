@@ -101,6 +101,7 @@ impl Filter {
             (Area::Api, "/image/generations" | "/images/generations") => {
                 Some(Endpoint::ImageGenerations)
             }
+            (Area::Api, "/embeddings") => Some(Endpoint::Embeddings),
             _ => None,
         };
         self.endpoint = endpoint;
@@ -194,6 +195,10 @@ impl Filter {
             }
             Endpoint::ImageGenerations => {
                 let (map, r) = parse_image(body, power)?;
+                (map, r.authorize_request(principal), false, false)
+            }
+            Endpoint::Embeddings => {
+                let (map, r) = parse_embeddings(body, power)?;
                 (map, r.authorize_request(principal), false, false)
             }
         };
@@ -301,7 +306,8 @@ impl Filter {
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
             return;
         };
-        if !grant.byok {
+        let embeddings = self.endpoint == Some(Endpoint::Embeddings);
+        if !grant.byok && !embeddings {
             // The platform pays and the provider keeps what it is sent under the platform's
             // account: fields that change either are refused or removed (core::request).
             if let Err(e) = apply_platform_key_policy(&mut parsed.body) {
@@ -310,14 +316,19 @@ impl Filter {
                 return;
             }
         }
-        let body = rewrite_for_provider(
-            parsed.body,
-            &grant.upstream.model,
-            grant.max_tokens,
-            parsed.stream,
-            grant.upstream.completion_limit,
-            grant.upstream.takes_temperature,
-        );
+        let body = if embeddings {
+            // On the platform's key only the embeddings API's own fields pass (core::request).
+            rewrite_embeddings_for_provider(parsed.body, &grant.upstream.model, grant.byok)
+        } else {
+            rewrite_for_provider(
+                parsed.body,
+                &grant.upstream.model,
+                grant.max_tokens,
+                parsed.stream,
+                grant.upstream.completion_limit,
+                grant.upstream.takes_temperature,
+            )
+        };
         // Only what the provider needs reaches it (core::headers): an allow-list on the
         // platform's key, everything but cookies and proxy credentials on the caller's own.
         let byok = grant.byok;

@@ -2,7 +2,7 @@
 //! own Rust client): one registry per [`Metrics`], so every app — and every test — has its
 //! own, and `/metrics` renders it in the OpenMetrics text format.
 //!
-//! Names are listed in the README (with the filter's Envoy stats beside them) and used by
+//! Names are listed in docs/operations.md (with the filter's Envoy stats beside them) and used by
 //! the Grafana dashboard in `deploy/grafana/opsgate.json`; a test checks the two agree.
 
 use prometheus_client::encoding::EncodeLabelSet;

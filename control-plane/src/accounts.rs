@@ -319,11 +319,12 @@ pub async fn create_user(
     if !matches!(role, "member" | "admin") {
         return Err(AppError::bad_request("'role' must be member or admin"));
     }
-    if get_org(db, org_id).await?.is_none() {
+    let Some(org) = get_org(db, org_id).await? else {
         return Err(AppError::not_found(format!(
             "organization '{org_id}' not found"
         )));
-    }
+    };
+    check_fits(plan, &org)?;
     let mut tx = db.begin().await?;
     if sqlx::query("SELECT id FROM users WHERE id = $1")
         .bind(id)
@@ -556,7 +557,24 @@ pub async fn set_allocation(
         .ok_or_else(|| AppError::internal("allocation vanished"))
 }
 
-/// Moves a user to another plan (limits and model access follow at once).
+/// An organisation's plan is the highest its users may have ([`Plan::fits_within`]).
+fn check_fits(plan: Plan, org: &Organization) -> Result<(), AppError> {
+    if plan.fits_within(org.plan) {
+        return Ok(());
+    }
+    Err(AppError::conflict(format!(
+        "plan '{}' is above organization '{}''s plan '{}': an organization's plan is the highest its users may have. Raise the organization's plan first (`opsgate org plan {} {}`, or PUT /admin/v1/orgs/{}/plan).",
+        plan.as_str(),
+        org.id,
+        org.plan.as_str(),
+        org.id,
+        plan.as_str(),
+        org.id
+    )))
+}
+
+/// Moves a user to another plan (limits and model access follow at once), within the
+/// organisation's plan.
 pub async fn set_user_plan(
     db: &Db,
     actor: &str,
@@ -564,6 +582,13 @@ pub async fn set_user_plan(
     plan: Plan,
     now: i64,
 ) -> Result<User, AppError> {
+    let user = get_user(db, user_id)
+        .await?
+        .ok_or_else(|| AppError::not_found(format!("user '{user_id}' not found")))?;
+    let org = get_org(db, &user.org_id)
+        .await?
+        .ok_or_else(|| AppError::internal("a user's organization vanished"))?;
+    check_fits(plan, &org)?;
     let mut tx = db.begin().await?;
     let r = sqlx::query("UPDATE users SET plan = $1 WHERE id = $2")
         .bind(plan.as_str())
@@ -588,7 +613,8 @@ pub async fn set_user_plan(
         .ok_or_else(|| AppError::internal("user vanished"))
 }
 
-/// Changes an organisation's plan (its tier as shown; users keep their own plans).
+/// Changes an organisation's plan: its tier, the highest plan its users may have. Lowering
+/// it below a user's plan is refused, naming the users to move first.
 pub async fn set_org_plan(
     db: &Db,
     actor: &str,
@@ -596,6 +622,23 @@ pub async fn set_org_plan(
     plan: Plan,
     now: i64,
 ) -> Result<Organization, AppError> {
+    let above: Vec<String> = list_users(db, Some(org_id))
+        .await?
+        .into_iter()
+        .filter(|u| !u.plan.fits_within(plan))
+        .map(|u| format!("{} ({})", u.id, u.plan.as_str()))
+        .collect();
+    if !above.is_empty() {
+        let shown: Vec<&str> = above.iter().take(10).map(String::as_str).collect();
+        return Err(AppError::conflict(format!(
+            "{} user(s) of organization '{org_id}' have a plan above '{}': {}{}. Move them to '{}' or below first (`opsgate user plan USER PLAN`).",
+            above.len(),
+            plan.as_str(),
+            shown.join(", "),
+            if above.len() > shown.len() { ", …" } else { "" },
+            plan.as_str()
+        )));
+    }
     let mut tx = db.begin().await?;
     let r = sqlx::query("UPDATE organizations SET plan = $1 WHERE id = $2")
         .bind(plan.as_str())

@@ -1209,3 +1209,113 @@ async fn a_service_key_cannot_be_silently_rebound() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_organisations_plan_is_the_highest_its_users_may_have() {
+    for_each_backend("org_plan_caps_user_plans", |db| async move {
+        let api = api(&db);
+        let admin = Some(ADMIN_TOKEN);
+        let put = |path: &'static str, body: Value| {
+            api.send(Method::PUT, path, admin, Some(body.to_string()))
+        };
+        let r = api
+            .post(
+                "/admin/v1/orgs",
+                admin,
+                json!({"id": "org_tier", "name": "Tier", "plan": "professional"}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        // Above the organisation's plan: refused, saying how to raise it.
+        let r = api
+            .post(
+                "/admin/v1/users",
+                admin,
+                json!({"id": "u_big", "org": "org_tier", "plan": "enterprise"}),
+            )
+            .await;
+        assert_envelope(&r, 400, "bad_request");
+        assert!(
+            r.text.contains("org plan org_tier enterprise"),
+            "{}",
+            r.text
+        );
+        // At or below it, and BYOK (the provider is paid, not the platform): accepted.
+        for (id, plan) in [("u_pro", "professional"), ("u_own", "byok")] {
+            let r = api
+                .post(
+                    "/admin/v1/users",
+                    admin,
+                    json!({"id": id, "org": "org_tier", "plan": plan}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+        }
+        // A user's plan cannot be moved above it either.
+        let r = put("/admin/v1/users/u_pro/plan", json!({"plan": "vip_founder"})).await;
+        assert_envelope(&r, 400, "bad_request");
+        // Lowering the organisation below a user's plan is refused, naming the user.
+        let r = put("/admin/v1/orgs/org_tier/plan", json!({"plan": "starter"})).await;
+        assert_envelope(&r, 400, "bad_request");
+        assert!(r.text.contains("u_pro (professional)"), "{}", r.text);
+        assert!(!r.text.contains("u_own"), "{}", r.text);
+        assert_eq!(org(&db, "org_tier").await.plan, Plan::Professional);
+        // Move the user first, then the organisation follows.
+        let r = put("/admin/v1/users/u_pro/plan", json!({"plan": "starter"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        let r = put("/admin/v1/orgs/org_tier/plan", json!({"plan": "starter"})).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.json["plan"], "starter");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_admin_api_speaks_the_clis_names() {
+    let t = TestDb::sqlite().await;
+    let api = api(&t.db);
+    let admin = Some(ADMIN_TOKEN);
+    // `service-key mint`: a strong key, not stored, never cached.
+    let r = api
+        .post(
+            "/admin/v1/service-keys/mint",
+            admin,
+            json!({"service": "billing"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    let key = r.json["key"].as_str().expect("key").to_string();
+    assert!(key.starts_with("sk-billing-") && key.len() > 40, "{key}");
+    assert!(
+        !opsgate_core::credentials::guessable_service_key(&key),
+        "{key}"
+    );
+    assert_eq!(r.headers["cache-control"], "no-store");
+    assert_envelope(
+        &api.post(
+            "/admin/v1/service-keys/mint",
+            admin,
+            json!({"service": "no way"}),
+        )
+        .await,
+        400,
+        "bad_request",
+    );
+    // `audit --limit`, `key list --user`.
+    fixture(&t.db).await;
+    let r = api.get("/admin/v1/audit?limit=2", admin).await;
+    assert_eq!(
+        r.json["data"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.text
+    );
+    assert_envelope(
+        &api.get("/admin/v1/audit?limit=0", admin).await,
+        400,
+        "bad_request",
+    );
+    let by_user = api.get("/admin/v1/api-keys?user=u_nobody", admin).await;
+    assert_eq!(by_user.json["data"], json!([]), "{}", by_user.text);
+    t.close().await;
+}

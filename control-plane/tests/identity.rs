@@ -353,10 +353,10 @@ async fn admin_by_jwt_role_and_the_remaining_admin_routes() {
             Method::PUT,
             "/admin/v1/orgs/org_id/plan",
             &as_admin,
-            Some(json!({"plan": "starter"})),
+            Some(json!({"plan": "vip_founder"})),
         )
         .await;
-        assert_eq!(r.json["plan"], "starter", "{}", r.text);
+        assert_eq!(r.json["plan"], "vip_founder", "{}", r.text);
 
         let r = send(&st, Method::GET, "/admin/v1/service-keys", &as_admin, None).await;
         assert_eq!(r.json["data"][0]["name"], "sk-id…25", "{}", r.text);

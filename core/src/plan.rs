@@ -39,6 +39,18 @@ impl Plan {
     pub fn parse(s: &str) -> Option<Plan> {
         Plan::ALL.into_iter().find(|p| p.as_str() == s)
     }
+
+    /// May a user on this plan belong to an organisation on `org`? An organisation's plan is
+    /// its tier: the highest plan its users may have (trial < starter < professional <
+    /// enterprise < vip_founder). A `byok` user pays the provider, not the platform, and fits
+    /// any organisation; a `byok` organisation has only `byok` users.
+    pub fn fits_within(self, org: Plan) -> bool {
+        match (self, org) {
+            (Plan::Byok, _) => true,
+            (_, Plan::Byok) => false,
+            (user, org) => user <= org,
+        }
+    }
 }
 
 /// Cost/quality preference. The multiplier applies to the price of the call.
@@ -135,5 +147,16 @@ mod tests {
         assert_eq!(PowerLevel::default(), PowerLevel::Balanced);
         assert_eq!(PowerLevel::Eco.multiplier(), (1, 2));
         assert_eq!(PowerLevel::Precision.multiplier(), (2, 1));
+    }
+
+    #[test]
+    fn an_organisations_plan_is_the_highest_its_users_may_have() {
+        assert!(Plan::Starter.fits_within(Plan::Enterprise));
+        assert!(Plan::Enterprise.fits_within(Plan::Enterprise));
+        assert!(!Plan::Enterprise.fits_within(Plan::Starter));
+        assert!(!Plan::VipFounder.fits_within(Plan::Enterprise));
+        assert!(Plan::Byok.fits_within(Plan::Trial));
+        assert!(Plan::Byok.fits_within(Plan::Byok));
+        assert!(!Plan::Trial.fits_within(Plan::Byok));
     }
 }

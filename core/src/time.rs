@@ -59,6 +59,11 @@ pub fn date_string(unix: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// The UTC year of a unix time.
+pub fn year(unix: i64) -> i64 {
+    civil_from_days(unix.div_euclid(DAY)).0
+}
+
 /// A half-open quota window `[start, end)` in unix seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {

@@ -67,6 +67,12 @@ pub enum Command {
     ServiceKey(ServiceKeyCommand),
     /// The integration guide's Appendix C reports
     Analytics(AnalyticsArgs),
+    /// The audit log, newest first
+    Audit {
+        /// Entries to show
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
     /// The platform's own provider keys, stored encrypted
     #[command(subcommand, name = "provider-key")]
     ProviderKey(ProviderKeyCommand),
@@ -163,6 +169,8 @@ pub enum OrgCommand {
     },
     /// List organisations with their balances
     List,
+    /// One organisation with its balance
+    Show { id: String },
     /// Change the organisation's plan (its tier)
     Plan {
         id: String,
@@ -235,7 +243,8 @@ pub enum KeyCommand {
     Revoke { key_id: String },
     /// List API keys (never the keys themselves)
     List {
-        #[arg(long)]
+        /// Only this user's
+        #[arg(long, visible_alias = "user-id")]
         user: Option<String>,
     },
 }
@@ -291,6 +300,8 @@ pub enum ProviderKeyCommand {
     },
     /// Stored platform keys, masked
     List,
+    /// A provider's stored platform key, masked
+    Show { provider: String },
     /// Remove the stored key of a provider
     Remove { provider: String },
 }
@@ -381,6 +392,90 @@ mod tests {
             cli.command,
             Command::Org(OrgCommand::Grant { credits: -2500, .. })
         ));
+    }
+
+    /// Every CLI command that manages state has its admin API route, and every admin route its
+    /// CLI command (the same names: see the README). Offline tools — the master key's
+    /// generation and rotation, shell completions, `serve` — are the CLI's alone.
+    #[test]
+    fn the_cli_and_the_admin_api_offer_the_same_actions() {
+        const PAIRS: &[(&str, &str)] = &[
+            ("org create", "POST /admin/v1/orgs"),
+            ("org list", "GET /admin/v1/orgs"),
+            ("org show", "GET /admin/v1/orgs/{id}"),
+            ("org grant", "POST /admin/v1/orgs/{id}/grants"),
+            ("org plan", "PUT /admin/v1/orgs/{id}/plan"),
+            ("user create", "POST /admin/v1/users"),
+            ("user list", "GET /admin/v1/users"),
+            ("user allocate", "PUT /admin/v1/users/{id}/allocation"),
+            ("user plan", "PUT /admin/v1/users/{id}/plan"),
+            ("key issue", "POST /admin/v1/users/{id}/api-keys"),
+            ("key list", "GET /admin/v1/api-keys"),
+            ("key revoke", "DELETE /admin/v1/api-keys/{id}"),
+            ("service-key add", "POST /admin/v1/service-keys"),
+            ("service-key list", "GET /admin/v1/service-keys"),
+            ("service-key revoke", "DELETE /admin/v1/service-keys"),
+            ("service-key mint", "POST /admin/v1/service-keys/mint"),
+            ("audit", "GET /admin/v1/audit"),
+            ("analytics", "GET /admin/v1/analytics/{report}"),
+            ("provider-key list", "GET /admin/v1/provider-keys"),
+            (
+                "provider-key show",
+                "GET /admin/v1/provider-keys/{provider}",
+            ),
+            ("provider-key set", "PUT /admin/v1/provider-keys/{provider}"),
+            (
+                "provider-key remove",
+                "DELETE /admin/v1/provider-keys/{provider}",
+            ),
+        ];
+        const CLI_ONLY: &[&str] = &[
+            "serve",
+            "master-key generate",
+            "rotate-master-key",
+            "completions",
+        ];
+        // Every leaf command of the CLI.
+        let mut leaves = Vec::new();
+        for c in Cli::command().get_subcommands() {
+            let subs: Vec<_> = c.get_subcommands().collect();
+            if subs.is_empty() {
+                leaves.push(c.get_name().to_string());
+            }
+            for s in subs {
+                leaves.push(format!("{} {}", c.get_name(), s.get_name()));
+            }
+        }
+        for leaf in &leaves {
+            assert!(
+                CLI_ONLY.contains(&leaf.as_str()) || PAIRS.iter().any(|(c, _)| c == leaf),
+                "CLI command '{leaf}' has no admin API route"
+            );
+        }
+        // Every admin route and method, from the OpenAPI document (held to the router by
+        // tests/openapi.rs).
+        let doc = serde_json::to_value(crate::http::openapi::document()).unwrap();
+        let mut routes = Vec::new();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            if path.starts_with("/admin/v1/") {
+                for method in item.as_object().unwrap().keys() {
+                    routes.push(format!("{} {path}", method.to_uppercase()));
+                }
+            }
+        }
+        for route in &routes {
+            assert!(
+                PAIRS.iter().any(|(_, r)| r == route),
+                "admin route '{route}' has no CLI command"
+            );
+        }
+        for (cli, route) in PAIRS {
+            assert!(leaves.contains(&cli.to_string()), "no CLI command '{cli}'");
+            assert!(
+                routes.contains(&route.to_string()),
+                "no admin route '{route}'"
+            );
+        }
     }
 
     #[test]

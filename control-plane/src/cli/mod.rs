@@ -176,6 +176,12 @@ where
                         .map_err(e)?,
                 ),
                 OrgCommand::List => print_json(&accounts::list_orgs(&db).await.map_err(e)?),
+                OrgCommand::Show { id } => print_json(
+                    &accounts::get_org(&db, &id)
+                        .await
+                        .map_err(e)?
+                        .ok_or_else(|| format!("organization '{id}' not found"))?,
+                ),
                 OrgCommand::Plan { id, plan } => print_json(
                     &accounts::set_org_plan(&db, &actor(), &id, plan, now)
                         .await
@@ -270,11 +276,16 @@ where
             Ok(())
         }
         Command::ServiceKey(ServiceKeyCommand::Mint { service }) => {
-            let year = opsgate_core::time::date_string(now)
-                .get(..4)
-                .and_then(|y| y.parse::<i64>().ok())
-                .unwrap_or(2026);
+            let year = opsgate_core::time::year(now);
             println!("{}", keys::mint_service_key(&service, year).map_err(e)?);
+            Ok(())
+        }
+        Command::Audit { limit } => {
+            print_json(
+                &crate::analytics::audit_log(&db.open().await?, limit)
+                    .await
+                    .map_err(e)?,
+            );
             Ok(())
         }
         Command::ServiceKey(cmd) => {
@@ -347,6 +358,18 @@ where
             if let Some(r) = replaced {
                 eprintln!("replaced the stored {provider} key {r}");
             }
+            Ok(())
+        }
+        Command::ProviderKey(ProviderKeyCommand::Show { provider }) => {
+            let stored = byok::list(&db.open().await?, Owner::Platform)
+                .await
+                .map_err(e)?
+                .into_iter()
+                .find(|k| k.provider == provider)
+                .ok_or_else(|| {
+                    format!("no stored {provider} key (a key from the environment is shown by GET /admin/v1/provider-keys/{provider} on the running control plane)")
+                })?;
+            print_json(&stored);
             Ok(())
         }
         Command::ProviderKey(ProviderKeyCommand::List) => {

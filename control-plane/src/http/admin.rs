@@ -59,6 +59,10 @@ pub(super) fn router() -> Routes {
                 .get(admin_list_service_keys)
                 .delete(body_first(admin_revoke_service_key)),
         )
+        .route(
+            "/admin/v1/service-keys/mint",
+            post(body_first(admin_mint_service_key)),
+        )
         .route("/admin/v1/audit", get(admin_audit))
         .route("/admin/v1/analytics/{report}", get(admin_analytics))
         .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
@@ -89,7 +93,7 @@ struct NewOrg {
     credits: Option<serde_json::Number>,
 }
 
-#[utoipa::path(post, path = "/admin/v1/orgs", tag = "admin", summary = "Create an organisation (optionally with credits)", request_body = NewOrg, responses((status = 201, description = "Created", body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 409, description = "Exists", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+#[utoipa::path(post, path = "/admin/v1/orgs", tag = "admin", summary = "Create an organisation (optionally with credits)", request_body = NewOrg, responses((status = 201, description = "Created", body = OrganizationView), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 400, description = "Invalid, or the id exists", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_create_org(
     State(state): State<AppState>,
     admin: Admin,
@@ -191,7 +195,7 @@ fn default_role() -> String {
     "member".into()
 }
 
-#[utoipa::path(post, path = "/admin/v1/users", tag = "admin", summary = "Create a user or a service user", request_body = NewUserReq, responses((status = 201, body = User), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+#[utoipa::path(post, path = "/admin/v1/users", tag = "admin", summary = "Create a user or a service user", request_body = NewUserReq, responses((status = 201, body = User), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 400, description = "Invalid, the id exists, or the plan is above the organisation's", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_create_user(
     State(state): State<AppState>,
     admin: Admin,
@@ -303,6 +307,8 @@ async fn admin_issue_key(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct UserFilter {
+    /// `?user=` too: the CLI's name for it.
+    #[serde(alias = "user")]
     user_id: Option<String>,
 }
 
@@ -360,14 +366,62 @@ async fn admin_add_service_key(
     Ok((StatusCode::CREATED, Json(out)))
 }
 
-#[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", summary = "The audit log, newest first", responses((status = 200, body = Data<Vec<AuditEntry>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    /// Entries, newest first (default 100, at most 10000), as `opsgate audit --limit`.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "admin", summary = "The audit log, newest first", params(AuditQuery), responses((status = 200, body = Data<Vec<AuditEntry>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_audit(
     State(state): State<AppState>,
+    Q(q): Q<AuditQuery>,
     _: Admin,
 ) -> AppResult<Json<Data<Vec<AuditEntry>>>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=10_000).contains(&limit) {
+        return Err(AppError::bad_request("'limit' must be between 1 and 10000"));
+    }
     Ok(Json(Data {
-        data: crate::analytics::audit_log(&state.db, 500).await?,
+        data: crate::analytics::audit_log(&state.db, limit).await?,
     }))
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct MintReq {
+    /// The service's name (letters, digits, '-' and '_').
+    service: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Minted {
+    key: String,
+    note: &'static str,
+}
+
+/// A strong service key for a service, as `opsgate service-key mint` prints it; nothing is
+/// stored (bind it with `POST /admin/v1/service-keys`).
+#[utoipa::path(post, path = "/admin/v1/service-keys/mint", tag = "admin", summary = "A strong new service key (not stored; bind it next)", request_body = MintReq, responses((status = 200, body = Minted), (status = 400, body = ErrorEnvelope), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+async fn admin_mint_service_key(
+    State(state): State<AppState>,
+    _: Admin,
+    body: Bytes,
+) -> AppResult<Response> {
+    let req: MintReq = parse(&body)?;
+    let key = keys::mint_service_key(&req.service, opsgate_core::time::year(state.clock.now()))?;
+    let mut resp = Json(Minted {
+        key,
+        note: "Not stored: bind it with POST /admin/v1/service-keys, then keep it secret.",
+    })
+    .into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+    Ok(resp)
 }
 
 // ---- platform provider keys -----------------------------------------------------------
@@ -636,6 +690,7 @@ async fn admin_revoke_service_key(
     admin_set_user_plan,
     admin_set_org_plan,
     admin_audit,
+    admin_mint_service_key,
     admin_list_service_keys,
     admin_revoke_service_key
 ))]

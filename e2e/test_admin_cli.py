@@ -66,3 +66,34 @@ def test_guessable_service_keys_are_bound_with_a_warning_and_strong_ones_minted(
     again = run("service-key", "add", strong, "--user", "keys-service")
     assert again.returncode != 0 and "--allow-revoked" in again.stderr
     assert run("service-key", "add", strong, "--user", "keys-service", "--allow-revoked").returncode == 0
+
+
+def test_every_envoy_worker_switches_together(stack):
+    """One snapshot per Envoy (shared data): once a new key works, it works on every worker;
+    once a revoked key is refused, it is refused on every worker — no 200/401 alternation.
+    Each request opens its own connection, so Envoy spreads them over its workers."""
+    import httpx
+
+    key = "sk-workers-service-key-2025"
+    stack.cli("org", "create", "org_workers", "--name", "Workers", "--plan", "enterprise", "--credits", "100")
+    stack.cli("user", "create", "workers-service", "--org", "org_workers", "--plan", "enterprise",
+              "--kind", "service", "--service-key", key)
+
+    def statuses(until_stable: int) -> list[int]:
+        seen, deadline = [], time.time() + 15
+        while time.time() < deadline:
+            with httpx.Client(base_url=stack.api, timeout=10) as c:  # a new connection each time
+                seen.append(c.post("/chat/completions", headers=auth(key), json=CHAT).status_code)
+            if len(seen) >= until_stable and len(set(seen[-until_stable:])) == 1 and seen[-1] != seen[0]:
+                break
+            time.sleep(0.02)
+        return seen
+
+    seen = statuses(40)
+    first_ok = next(i for i, s in enumerate(seen) if s != 401)
+    assert all(s == 200 for s in seen[first_ok:]), seen
+
+    stack.cli("service-key", "revoke", key)
+    seen = statuses(40)
+    first_refused = next(i for i, s in enumerate(seen) if s == 401)
+    assert all(s == 401 for s in seen[first_refused:]), seen

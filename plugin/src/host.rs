@@ -124,6 +124,20 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
 }
 
 /// Native builds (clippy, unit tests of the pure parts) have no host: every call fails.
@@ -209,6 +223,24 @@ mod native {
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
         super::UNIMPLEMENTED
     }
+    pub unsafe fn proxy_get_shared_data(
+        _: *const u8,
+        _: usize,
+        _: *mut *mut u8,
+        _: *mut usize,
+        _: *mut u32,
+    ) -> u32 {
+        super::UNIMPLEMENTED
+    }
+    pub unsafe fn proxy_set_shared_data(
+        _: *const u8,
+        _: usize,
+        _: *const u8,
+        _: usize,
+        _: u32,
+    ) -> u32 {
+        super::UNIMPLEMENTED
+    }
 }
 #[cfg(not(target_arch = "wasm32"))]
 use native::*;
@@ -280,6 +312,30 @@ pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, HostErr
 /// A buffer's bytes, or empty when the host cannot give them.
 pub fn buffer_or_empty(kind: Buffer, start: usize, max: usize) -> Vec<u8> {
     buffer(kind, start, max).unwrap_or_default()
+}
+
+/// The status Envoy gives a shared-data write whose compare-and-swap value is stale.
+pub const CAS_MISMATCH: HostError = HostError(8);
+
+/// A value every worker VM of this plugin's VM id shares (Envoy keeps one map per VM id,
+/// across workers), with its compare-and-swap version; `None` when the key is absent.
+pub fn shared_data(key: &str) -> Option<(Vec<u8>, u32)> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: the host writes a pointer it allocated, its size and the cas.
+    let code =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    (code == OK).then(|| (unsafe { take_host_bytes(data, size) }, cas))
+}
+
+/// Writes a shared value: unconditionally with `cas == 0`, else only if the stored value's
+/// version is still `cas` ([`CAS_MISMATCH`] otherwise).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), HostError> {
+    // SAFETY: pointers and lengths of live slices.
+    status(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 /// Replaces `size` bytes from `start` with `data`.

@@ -5,7 +5,10 @@ use crate::config::FilterConfig;
 use crate::filter::Filter;
 use crate::host::{self, Buffer, LogLevel};
 use crate::metrics::Metrics;
-use crate::shared::{call_control_plane, callout_status, log, Shared, SharedRef};
+use crate::shared::{
+    call_control_plane, callout_status, log, Shared, SharedRef, REACHABLE_KEY,
+    SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY, SNAPSHOT_VERSION_KEY,
+};
 use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -17,7 +20,6 @@ use std::time::{Duration, SystemTime};
 pub struct Root {
     shared: Option<SharedRef>,
     snapshot_call: Option<u32>,
-    last_snapshot: Option<SystemTime>,
     settle_call: Option<(u32, Vec<Settlement>)>,
     shutting_down: bool,
     /// The last poll failed: log the next failure only after a success.
@@ -25,21 +27,16 @@ pub struct Root {
 }
 
 impl Root {
+    /// Takes up this worker's part in the Envoy-wide snapshot: switch to the shared one if it
+    /// moved, and poll the control plane when this worker wins the lease (one poll per
+    /// interval per Envoy, whichever worker ticks first).
     fn poll_snapshot(&mut self, shared: &SharedRef) {
+        shared.borrow_mut().sync_snapshot();
         if self.snapshot_call.is_some() {
             return;
         }
-        let (loaded, interval) = {
-            let s = shared.borrow();
-            (s.snapshot.is_some(), s.config.snapshot_interval)
-        };
-        let now = host::now();
-        let due = !loaded
-            || self
-                .last_snapshot
-                .and_then(|t| now.duration_since(t).ok())
-                .is_none_or(|d| d >= interval);
-        if !due {
+        let timeout = shared.borrow().config.cp_timeout;
+        if !take_lease(host::now(), timeout) {
             return;
         }
         let result = {
@@ -121,6 +118,51 @@ impl Root {
     }
 }
 
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Claims the snapshot poll for this worker when the Envoy-wide lease has run out: one
+/// compare-and-swap, so two workers ticking together do not both poll. The lease is held for
+/// the poll's timeout, then set to the next poll's time by whoever answers it.
+fn take_lease(now: SystemTime, hold: Duration) -> bool {
+    let (deadline, cas) = match host::shared_data(SNAPSHOT_LEASE_KEY) {
+        Some((v, cas)) => (
+            std::str::from_utf8(&v)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0),
+            cas,
+        ),
+        None => (0, 0),
+    };
+    if millis(now) < deadline {
+        return false;
+    }
+    match host::set_shared_data(
+        SNAPSHOT_LEASE_KEY,
+        after(now, hold).to_string().as_bytes(),
+        cas,
+    ) {
+        Ok(()) => true,
+        Err(e) if e == host::CAS_MISMATCH => false,
+        // No shared data on this host: every worker polls for itself, as each has its own.
+        Err(_) => true,
+    }
+}
+
+/// `now` plus `d`, in milliseconds since the epoch (saturating).
+fn after(now: SystemTime, d: Duration) -> u64 {
+    millis(now).saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// The next poll is due `from_now` from now, by whichever worker ticks first.
+fn set_lease(from_now: Duration) {
+    let until = after(host::now(), from_now);
+    let _ = host::set_shared_data(SNAPSHOT_LEASE_KEY, until.to_string().as_bytes(), 0);
+}
+
 /// Puts a batch that did not go through back at the front, oldest first.
 fn requeue(shared: &SharedRef, batch: Vec<Settlement>) {
     let mut s = shared.borrow_mut();
@@ -144,31 +186,43 @@ impl Context for Root {
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
             let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
+            let interval = shared.borrow().config.snapshot_interval;
             match (status, serde_json::from_slice::<Snapshot>(&body)) {
                 (200, Ok(snap)) => {
                     self.snapshot_failing = false;
-                    self.last_snapshot = Some(host::now());
+                    // The body first, then its version: a worker that sees the version
+                    // finds the body it names (or a newer one).
+                    let published =
+                        host::set_shared_data(SHARED_SNAPSHOT, &body, 0).and_then(|()| {
+                            host::set_shared_data(SNAPSHOT_VERSION_KEY, snap.version.as_bytes(), 0)
+                        });
+                    let _ = host::set_shared_data(REACHABLE_KEY, b"1", 0);
+                    set_lease(interval);
                     let mut s = shared.borrow_mut();
                     s.control_plane_reachable = true;
-                    let changed = s
-                        .snapshot
-                        .as_ref()
-                        .is_none_or(|old| old.version != snap.version);
-                    if changed {
-                        log(
-                            LogLevel::Info,
-                            &format!(
-                                "opsgate: snapshot {} loaded ({} service keys)",
-                                snap.version,
-                                snap.service_keys.len()
-                            ),
-                        );
-                        s.snapshot = Some(Rc::new(snap));
+                    match published {
+                        Ok(()) => s.sync_snapshot(),
+                        // No shared data (a host without it): this worker keeps its own.
+                        Err(_) => {
+                            if s.snapshot
+                                .as_ref()
+                                .is_none_or(|old| old.version != snap.version)
+                            {
+                                s.snapshot = Some(Rc::new(snap));
+                            }
+                        }
                     }
                 }
                 (status, parsed) => {
-                    self.last_snapshot = Some(host::now());
-                    shared.borrow_mut().control_plane_reachable = false;
+                    let _ = host::set_shared_data(REACHABLE_KEY, b"0", 0);
+                    let loaded = {
+                        let mut s = shared.borrow_mut();
+                        s.control_plane_reachable = false;
+                        s.snapshot.is_some()
+                    };
+                    // Until a first snapshot is loaded, any worker polls again on its next
+                    // tick; after, the last good one serves until the next interval.
+                    set_lease(if loaded { interval } else { Duration::ZERO });
                     if !self.snapshot_failing {
                         self.snapshot_failing = true;
                         log(

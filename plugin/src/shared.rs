@@ -3,7 +3,7 @@
 
 use crate::cache::BoundedCache;
 use crate::config::FilterConfig;
-use crate::host::{self, Headers, HostError};
+use crate::host::{self, Headers, HostError, LogLevel};
 use crate::metrics::Metrics;
 use opsgate_core::contract::{Settlement, Snapshot};
 use opsgate_core::ApiError;
@@ -21,6 +21,14 @@ pub enum CredentialState {
     Bad(ApiError),
 }
 
+/// Envoy-wide keys (shared data is one map per VM id, across every worker): the snapshot's
+/// body as the control plane sent it, its version, the lease that lets one worker at a time
+/// poll, and whether that poll reached the control plane.
+pub const SNAPSHOT_KEY: &str = "opsgate.snapshot";
+pub const SNAPSHOT_VERSION_KEY: &str = "opsgate.snapshot.version";
+pub const SNAPSHOT_LEASE_KEY: &str = "opsgate.snapshot.lease";
+pub const REACHABLE_KEY: &str = "opsgate.control_plane.reachable";
+
 pub struct Shared {
     pub config: FilterConfig,
     /// The last good snapshot; `None` until the first one arrives.
@@ -32,6 +40,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The control plane answered the last snapshot poll (the health path reports it).
     pub control_plane_reachable: bool,
+    /// A shared snapshot version whose body did not parse: not read again.
+    bad_version: Option<Vec<u8>>,
 }
 
 impl Shared {
@@ -44,6 +54,58 @@ impl Shared {
             credentials: BoundedCache::new(bound),
             metrics,
             control_plane_reachable: false,
+            bad_version: None,
+        }
+    }
+
+    /// Switches to the Envoy-wide snapshot when its version differs from this worker's: one
+    /// read of a short value per request and tick; the body is read and parsed only when the
+    /// version moved. Every worker thus switches on its next request after one poll, instead
+    /// of each on its own poll (workers once disagreed for up to a poll interval: 200 and
+    /// 401 alternating after a key was added or revoked).
+    pub fn sync_snapshot(&mut self) {
+        let Some((version, _)) = host::shared_data(SNAPSHOT_VERSION_KEY) else {
+            return;
+        };
+        let current = self
+            .snapshot
+            .as_ref()
+            .is_some_and(|s| s.version.as_bytes() == version.as_slice());
+        if current || self.bad_version.as_deref() == Some(version.as_slice()) {
+            return;
+        }
+        let Some((body, _)) = host::shared_data(SNAPSHOT_KEY) else {
+            return;
+        };
+        match serde_json::from_slice::<Snapshot>(&body) {
+            Ok(snap) => {
+                log(
+                    LogLevel::Info,
+                    &format!(
+                        "opsgate: snapshot {} loaded ({} service keys)",
+                        snap.version,
+                        snap.service_keys.len()
+                    ),
+                );
+                self.snapshot = Some(Rc::new(snap));
+            }
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: the shared snapshot does not parse ({e}); keeping this worker's"
+                    ),
+                );
+                self.bad_version = Some(version);
+            }
+        }
+    }
+
+    /// Whether the last poll, by any worker, reached the control plane.
+    pub fn control_plane_reachable(&self) -> bool {
+        match host::shared_data(REACHABLE_KEY) {
+            Some((v, _)) => v == b"1",
+            None => self.control_plane_reachable,
         }
     }
 

@@ -614,7 +614,14 @@ impl Host {
 
     /// A shared-data entry and its CAS.
     pub fn shared_data(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.state().shared_data.get(key.as_bytes()).cloned()
+        self.state().get_shared_data(key.as_bytes())
+    }
+
+    /// Makes this host another worker of `other`'s Envoy: the two VMs share one shared-data
+    /// map, as Envoy's worker threads do for one VM id. Call before configuring.
+    pub fn worker_of(&mut self, other: &Host) {
+        let shared = other.state().shared_data.clone();
+        self.state_mut().shared_data = shared;
     }
 
     /// Writes shared data unconditionally, as another VM would (new CAS).

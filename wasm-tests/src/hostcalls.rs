@@ -584,9 +584,7 @@ fn get_shared_data(
 ) -> HResult {
     let key = read(c, kp, ks)?;
     let (value, cas) = state(c)
-        .shared_data
-        .get(&key)
-        .cloned()
+        .get_shared_data(&key)
         .ok_or(Status::NotFound)?;
     copy_out(c, &value, ptr_ptr, size_ptr)?;
     write_u32(c, cas_ptr, cas)

@@ -381,8 +381,9 @@ pub(crate) struct HostState {
     pub log_level: u32,
     pub logs: Vec<(u32, String)>,
     pub echo_logs: bool,
-    pub shared_data: BTreeMap<Vec<u8>, (Vec<u8>, u32)>,
-    pub next_cas: u32,
+    /// Envoy keeps one shared-data map per VM id, across worker threads: hosts made with
+    /// [`crate::Host::worker_of`] hold the same map.
+    pub shared_data: SharedDataRef,
     pub queues: BTreeMap<u32, Queue>,
     pub next_queue_token: u32,
     pub properties: BTreeMap<Vec<u8>, Vec<u8>>,
@@ -424,8 +425,7 @@ impl HostState {
             log_level: 0,
             logs: Vec::new(),
             echo_logs: std::env::var_os("OPSGATE_WASM_LOG").is_some(),
-            shared_data: BTreeMap::new(),
-            next_cas: 1,
+            shared_data: SharedDataRef::default(),
             queues: BTreeMap::new(),
             next_queue_token: 1,
             properties: BTreeMap::new(),
@@ -476,27 +476,24 @@ impl HostState {
         self.logs.push((level, message));
     }
 
-    /// `SharedData::nextCas`: never 0.
-    pub fn take_cas(&mut self) -> u32 {
-        let cas = self.next_cas;
-        self.next_cas = self.next_cas.wrapping_add(1);
-        if self.next_cas == 0 {
-            self.next_cas = 1;
-        }
-        cas
+    /// A shared-data entry and its CAS.
+    pub fn get_shared_data(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+        self.shared_data.lock().ok()?.map.get(key).cloned()
     }
 
     /// `SharedData::set` with Envoy's compare-and-swap rule: `cas == 0`
     /// writes unconditionally, otherwise it must match the stored value's cas.
     pub fn set_shared_data(&mut self, key: &[u8], value: &[u8], cas: u32) -> Status {
-        if let Some((_, current)) = self.shared_data.get(key) {
+        let Ok(mut data) = self.shared_data.lock() else {
+            return Status::InternalFailure;
+        };
+        if let Some((_, current)) = data.map.get(key) {
             if cas != 0 && cas != *current {
                 return Status::CasMismatch;
             }
         }
-        let new_cas = self.take_cas();
-        self.shared_data
-            .insert(key.to_vec(), (value.to_vec(), new_cas));
+        let new_cas = data.take_cas();
+        data.map.insert(key.to_vec(), (value.to_vec(), new_cas));
         Status::Ok
     }
 
@@ -531,3 +528,33 @@ pub(crate) fn level_name(level: u32) -> &'static str {
         _ => "critical",
     }
 }
+
+/// Envoy's `SharedData`: values by key, each with its compare-and-swap version.
+#[derive(Debug)]
+pub struct SharedData {
+    pub map: BTreeMap<Vec<u8>, (Vec<u8>, u32)>,
+    next_cas: u32,
+}
+
+impl Default for SharedData {
+    fn default() -> Self {
+        SharedData {
+            map: BTreeMap::new(),
+            next_cas: 1,
+        }
+    }
+}
+
+impl SharedData {
+    /// `SharedData::nextCas`: never 0.
+    fn take_cas(&mut self) -> u32 {
+        let cas = self.next_cas;
+        self.next_cas = self.next_cas.wrapping_add(1);
+        if self.next_cas == 0 {
+            self.next_cas = 1;
+        }
+        cas
+    }
+}
+
+pub type SharedDataRef = std::sync::Arc<std::sync::Mutex<SharedData>>;

@@ -217,7 +217,7 @@ impl Filter {
         let (reachable, snapshot) = {
             let s = self.shared.borrow();
             (
-                s.control_plane_reachable,
+                s.control_plane_reachable(),
                 s.snapshot.as_ref().map(|snap| snap.version.clone()),
             )
         };
@@ -433,6 +433,8 @@ impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "crash-trigger")]
         crash_trigger();
+        // Every worker serves the snapshot the last poll (by any worker) brought.
+        self.shared.borrow_mut().sync_snapshot();
         self.take_jwt_payload();
         self.strip_internal_headers();
         // Read as bytes: a path that is not ours passes whatever it holds.

@@ -583,9 +583,7 @@ fn get_shared_data(
     cas_ptr: i32,
 ) -> HResult {
     let key = read(c, kp, ks)?;
-    let (value, cas) = state(c)
-        .get_shared_data(&key)
-        .ok_or(Status::NotFound)?;
+    let (value, cas) = state(c).get_shared_data(&key).ok_or(Status::NotFound)?;
     copy_out(c, &value, ptr_ptr, size_ptr)?;
     write_u32(c, cas_ptr, cas)
 }

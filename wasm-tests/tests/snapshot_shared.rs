@@ -76,7 +76,10 @@ fn one_worker_polls_and_every_worker_switches_on_its_next_request() {
     b.tick().unwrap();
     let poll = snapshot_call(&mut b).expect("B won the lease");
     a.tick().unwrap();
-    assert!(snapshot_call(&mut a).is_none(), "one poll per Envoy per interval");
+    assert!(
+        snapshot_call(&mut a).is_none(),
+        "one poll per Envoy per interval"
+    );
     answer_snapshot(&mut b, &poll, &rotated("v2"));
 
     // The old key was revoked and a new one added: both workers agree at once, on their very
@@ -112,8 +115,15 @@ fn a_failed_poll_keeps_the_shared_snapshot_and_health_says_so_at_every_worker() 
     .unwrap();
     let reply = b.local_reply(id).expect("the health answer");
     assert_eq!(reply.status, 503, "{}", reply.body_str());
-    assert!(reply.body_str().contains("unreachable"), "{}", reply.body_str());
-    assert!(known(&mut b, SERVICE_KEY), "the last good snapshot still serves");
+    assert!(
+        reply.body_str().contains("unreachable"),
+        "{}",
+        reply.body_str()
+    );
+    assert!(
+        known(&mut b, SERVICE_KEY),
+        "the last good snapshot still serves"
+    );
 }
 
 #[test]

@@ -30,6 +30,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+import envoy_config  # noqa: E402  (scripts/envoy_config.py)
 
 SERVICE_KEY = "sk-loopnet-service-key-2025"
 PROVIDER_KEY = "e2e-platform-key-canary-7f3a"
@@ -61,10 +63,7 @@ def free_port() -> int:
 
 
 def render(template: str, values: dict) -> str:
-    def sub(m):
-        return str(values[m.group(1)])
-
-    return re.sub(r"\$\{([A-Z_]+)\}", sub, template)
+    return envoy_config.render(template, values)
 
 
 def test_catalogue() -> str:
@@ -160,36 +159,6 @@ class IdentityProvider:
         return self.sign(self.claims(sub, **kw))
 
 
-JWT_AUTHN = """\
-          - name: envoy.filters.http.jwt_authn
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
-              providers:
-                opsgate:
-                  issuer: "{issuer}"
-                  audiences: ["{audience}"]
-                  remote_jwks:
-                    http_uri: {{ uri: "{jwks_uri}", cluster: jwks, timeout: 2s }}
-                    cache_duration: {cache_secs}s
-                    async_fetch: {{ fast_listener: false, failed_refetch_duration: 1s }}
-                    retry_policy:
-                      num_retries: 3
-                      retry_back_off: {{ base_interval: 0.2s, max_interval: 2s }}
-                  clock_skew_seconds: 60
-                  require_expiration: true
-                  from_headers: [{{ name: Authorization, value_prefix: "Bearer " }}]
-                  forward: true
-                  forward_payload_header: x-opsgate-jwt-payload
-                  pad_forward_payload_header: false
-                  failed_status_in_metadata: opsgate_jwt_failure
-              rules:
-              - match: {{ prefix: "/" }}
-                requires:
-                  requires_any:
-                    requirements:
-                    - provider_name: opsgate
-                    - allow_missing_or_failed: {{}}
-"""
 # How long jwt_authn keeps the JWKS before refreshing it: short here, so the rotation and
 # outage tests see refreshes within seconds.
 JWKS_CACHE_SECS = 3
@@ -198,37 +167,12 @@ JWKS_CACHE_SECS = 3
 def e2e_envoy_config(config: str, idp: IdentityProvider) -> str:
     """The rendered development config plus what the end-to-end tests exercise: Envoy's
     jwt_authn with its JWKS cluster, the filter's `jwt`, `cors` and `admin_prefix` settings,
-    and a route sending the admin prefix to the control plane. Each insertion point must be
-    found exactly once."""
-
-    def insert(text: str, anchor: str, new: str, before: bool = False) -> str:
-        assert text.count(anchor) == 1, f"the Envoy template changed: {anchor!r} found {text.count(anchor)} times"
-        return text.replace(anchor, new + anchor if before else anchor + new)
-
-    plugin = {
-        "jwt": {"issuer": idp.issuer, "audiences": [AUDIENCE]},
-        "cors": {"allowed_origins": [APP_ORIGIN], "allow_credentials": True, "max_age_secs": 600},
-        "admin_prefix": ADMIN_PREFIX,
-    }
-    config = insert(config, '"max_body_bytes": 1048576', ", " + json.dumps(plugin)[1:-1])
-    route = (f'              - match: {{ prefix: "{ADMIN_PREFIX}/" }}\n'
-             "                route: { cluster: opsgate_control_plane, timeout: 30s }\n")
-    config = insert(config, '              - match: { prefix: "/api/v1/llm/" }', route, before=True)
-    jwt_authn = JWT_AUTHN.format(issuer=idp.issuer, audience=AUDIENCE, cache_secs=JWKS_CACHE_SECS,
-                                 jwks_uri=f"http://127.0.0.1:{idp.port}{idp.jwks_path}")
-    config = insert(config, "          - name: envoy.filters.http.wasm\n", jwt_authn, before=True)
-    cluster = f"""  - name: jwks
-    type: STATIC
-    connect_timeout: 1s
-    load_assignment:
-      cluster_name: jwks
-      endpoints:
-      - lb_endpoints:
-        - endpoint:
-            address:
-              socket_address: {{ address: 127.0.0.1, port_value: {idp.port} }}
-"""
-    return insert(config, "\n  clusters:\n", cluster)
+    and a route sending the admin prefix to the control plane — built by the same code as
+    `scripts/run --jwt --cors-origin … --admin-prefix …` (scripts/envoy_config.py)."""
+    return envoy_config.with_extras(
+        config, jwt_issuer=idp.issuer, jwt_audiences=[AUDIENCE],
+        jwks_uri=f"http://127.0.0.1:{idp.port}{idp.jwks_path}", jwks_cache_secs=JWKS_CACHE_SECS,
+        cors_origins=[APP_ORIGIN], admin_prefix=ADMIN_PREFIX)
 
 
 class Stack:

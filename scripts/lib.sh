@@ -35,6 +35,29 @@ ensure_venv() {
   cp "$req" "$stamp"
 }
 
+# ensure_node_sdk: the official OpenAI Node SDK pinned in e2e/node/package.json, installed
+# beside the venv (NODE_MODULES); skipped, with a note, when node or npm is missing.
+NODE_SDK_DIR="$VENV/node-sdk"
+NODE_MODULES=""
+ensure_node_sdk() {
+  if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    say "node/npm not found: the Node SDK test will be skipped"
+    return
+  fi
+  local pkg="$ROOT/e2e/node/package.json" stamp="$NODE_SDK_DIR/.opsgate-package"
+  if ! { [ -d "$NODE_SDK_DIR/node_modules/openai" ] && cmp -s "$pkg" "$stamp"; }; then
+    say "installing the OpenAI Node SDK into $NODE_SDK_DIR"
+    mkdir -p "$NODE_SDK_DIR"
+    cp "$pkg" "$NODE_SDK_DIR/package.json"
+    (cd "$NODE_SDK_DIR" && npm install --silent --no-audit --no-fund >&2) || {
+      say "npm install failed: the Node SDK test will be skipped"
+      return
+    }
+    cp "$pkg" "$stamp"
+  fi
+  NODE_MODULES="$NODE_SDK_DIR/node_modules"
+}
+
 # build_filter: the filter as shipped (profile `filter`: LTO, size-optimised, stripped).
 build_filter() {
   say "building the filter (wasm32-wasip1, profile filter)"

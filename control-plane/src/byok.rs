@@ -68,16 +68,20 @@ impl StoredSecret {
 
     /// Decrypts. A failure is logged (naming the row, never the secret) and returned.
     pub fn open(&self, keyring: &Keyring) -> Result<Secret, OpenError> {
-        crypto::open(keyring, &self.binding(), &self.sealed).inspect_err(|e| {
-            tracing::error!(
-                provider = %self.info.provider,
-                key_id = %self.info.id,
-                scope = %self.scope,
-                owner = %self.owner,
-                error = %e,
-                "a stored provider key cannot be used"
-            );
-        })
+        crypto::open(keyring, &self.binding(), &self.sealed)
+            .inspect_err(|e| self.log_failure("a stored provider key cannot be used", e))
+    }
+
+    /// Logs a failure on this row: which key of whom, never the secret.
+    fn log_failure(&self, what: &str, e: &dyn std::fmt::Display) {
+        tracing::error!(
+            provider = %self.info.provider,
+            key_id = %self.info.id,
+            scope = %self.scope,
+            owner = %self.owner,
+            error = %e,
+            "{what}"
+        );
     }
 }
 
@@ -533,14 +537,7 @@ pub async fn rotate_master_key(
         let wrapped = match crypto::rewrap(old, new, &s.binding(), &s.sealed.wrapped_key) {
             Ok(w) => w,
             Err(e) => {
-                tracing::error!(
-                    provider = %s.info.provider,
-                    key_id = %s.info.id,
-                    scope = %s.scope,
-                    owner = %s.owner,
-                    error = %e,
-                    "cannot rewrap a stored provider key"
-                );
+                s.log_failure("cannot rewrap a stored provider key", &e);
                 report.failed.push(s.info.id.clone());
                 continue;
             }

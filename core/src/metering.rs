@@ -87,28 +87,21 @@ pub fn hold_for(
         });
     }
     match req.endpoint {
-        Endpoint::ImageGenerations => {
-            let cost = MilliCredits(rate.cost(&Usage {
-                images: req.images.max(1),
-                ..Usage::default()
-            }));
-            if cost > spendable {
-                return Err(Unaffordable {
-                    needed: cost,
-                    explicit_bound: false,
-                });
-            }
-            Ok(Hold {
-                amount: cost,
-                max_tokens: None,
-                chosen: false,
-            })
-        }
-        Endpoint::Embeddings => {
-            let cost = MilliCredits(rate.cost(&Usage {
-                prompt_tokens: req.prompt_bytes,
-                ..Usage::default()
-            }));
+        // Calls whose whole cost is known before they run: images by count, embeddings by
+        // their inputs' token bound (no output tokens).
+        Endpoint::ImageGenerations | Endpoint::Embeddings => {
+            let usage = if req.endpoint == Endpoint::ImageGenerations {
+                Usage {
+                    images: req.images.max(1),
+                    ..Usage::default()
+                }
+            } else {
+                Usage {
+                    prompt_tokens: req.prompt_bytes,
+                    ..Usage::default()
+                }
+            };
+            let cost = MilliCredits(rate.cost(&usage));
             if cost > spendable {
                 return Err(Unaffordable {
                     needed: cost,

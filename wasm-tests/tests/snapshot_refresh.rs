@@ -10,31 +10,6 @@ use std::time::Duration;
 
 const NEW_KEY: &str = "sk-bolt-diy-service-key-2025";
 
-fn chat_is_authorized(host: &mut Host, key: &str) -> bool {
-    let (id, _) = chat(host, key, QUICKSTART);
-    match host.local_reply(id) {
-        None => {
-            let call = authorize_call(host);
-            host.respond(
-                call.token,
-                200,
-                &[],
-                br#"{"decision":"deny","kind":"forbidden","message":"test"}"#,
-            )
-            .unwrap();
-            true
-        }
-        Some(reply) => {
-            assert_eq!(reply.status, 401, "{}", reply.body_str());
-            assert_eq!(
-                envelope(&reply.body)["error"]["message"],
-                "Invalid service key"
-            );
-            false
-        }
-    }
-}
-
 fn with_new_key(version: &str, keep_old: bool) -> Snapshot {
     let mut snap = snapshot();
     snap.version = version.into();
@@ -79,11 +54,11 @@ fn polled_only_after_the_interval_with_the_internal_token() {
 #[test]
 fn a_new_key_works_after_the_next_poll() {
     let mut host = gateway();
-    assert!(!chat_is_authorized(&mut host, NEW_KEY));
+    assert!(!service_key_known(&mut host, NEW_KEY));
     let call = next_poll(&mut host);
     answer_snapshot(&mut host, &call, &with_new_key("v2", true));
-    assert!(chat_is_authorized(&mut host, NEW_KEY));
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, NEW_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     let (id, _) = chat(&mut host, NEW_KEY, QUICKSTART);
     let call = authorize_call(&mut host);
     assert_eq!(
@@ -98,11 +73,11 @@ fn a_new_key_works_after_the_next_poll() {
 #[test]
 fn a_revoked_key_is_refused_after_the_next_poll() {
     let mut host = gateway();
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     let call = next_poll(&mut host);
     answer_snapshot(&mut host, &call, &with_new_key("v3", false));
-    assert!(!chat_is_authorized(&mut host, SERVICE_KEY));
-    assert!(chat_is_authorized(&mut host, NEW_KEY));
+    assert!(!service_key_known(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, NEW_KEY));
     // Non-metered calls are refused as well.
     let auth = bearer(SERVICE_KEY);
     let (id, _) = send_headers_only(
@@ -120,24 +95,24 @@ fn a_failed_poll_keeps_the_last_good_snapshot() {
     // Reset.
     let call = next_poll(&mut host);
     host.fail_call(call.token).unwrap();
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     // An error status.
     let call = next_poll(&mut host);
     host.respond(call.token, 503, &[], b"no healthy upstream")
         .unwrap();
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     // A timeout.
     let call = next_poll(&mut host);
     host.timeout_call(call.token).unwrap();
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     // A 200 that is not a snapshot.
     let call = next_poll(&mut host);
     host.respond(call.token, 200, &[], b"<html></html>")
         .unwrap();
-    assert!(chat_is_authorized(&mut host, SERVICE_KEY));
+    assert!(service_key_known(&mut host, SERVICE_KEY));
     assert!(has_log_at(&host, 3, "keeping the last good one"));
     // And it recovers.
     let call = next_poll(&mut host);
     answer_snapshot(&mut host, &call, &with_new_key("v4", true));
-    assert!(chat_is_authorized(&mut host, NEW_KEY));
+    assert!(service_key_known(&mut host, NEW_KEY));
 }

@@ -13,29 +13,6 @@ use std::time::Duration;
 
 const NEW_KEY: &str = "sk-bolt-diy-service-key-2025";
 
-/// Whether a chat with `key` reaches the authorize step (the key is known) or is refused at
-/// the edge with 401.
-fn known(host: &mut Host, key: &str) -> bool {
-    let (id, _) = chat(host, key, QUICKSTART);
-    match host.local_reply(id) {
-        None => {
-            let call = authorize_call(host);
-            host.respond(
-                call.token,
-                200,
-                &[],
-                br#"{"decision":"deny","kind":"forbidden","message":"test"}"#,
-            )
-            .unwrap();
-            true
-        }
-        Some(reply) => {
-            assert_eq!(reply.status, 401, "{}", reply.body_str());
-            false
-        }
-    }
-}
-
 /// A second worker of `first`'s Envoy, configured the same way.
 fn second_worker(first: &Host, config: &str) -> Host {
     let mut host = Host::plugin().expect("load the opsgate filter");
@@ -67,8 +44,8 @@ fn one_worker_polls_and_every_worker_switches_on_its_next_request() {
         "the lease is held: the second worker does not poll"
     );
     // B never polled, yet serves A's snapshot.
-    assert!(known(&mut b, SERVICE_KEY));
-    assert!(!known(&mut b, NEW_KEY));
+    assert!(service_key_known(&mut b, SERVICE_KEY));
+    assert!(!service_key_known(&mut b, NEW_KEY));
 
     // Next interval: whichever worker ticks first polls; the other does not.
     a.advance(Duration::from_millis(5_000));
@@ -85,8 +62,11 @@ fn one_worker_polls_and_every_worker_switches_on_its_next_request() {
     // The old key was revoked and a new one added: both workers agree at once, on their very
     // next request, without a tick in between.
     for host in [&mut a, &mut b] {
-        assert!(!known(host, SERVICE_KEY), "revoked everywhere at once");
-        assert!(known(host, NEW_KEY), "added everywhere at once");
+        assert!(
+            !service_key_known(host, SERVICE_KEY),
+            "revoked everywhere at once"
+        );
+        assert!(service_key_known(host, NEW_KEY), "added everywhere at once");
     }
 }
 
@@ -121,7 +101,7 @@ fn a_failed_poll_keeps_the_shared_snapshot_and_health_says_so_at_every_worker() 
         reply.body_str()
     );
     assert!(
-        known(&mut b, SERVICE_KEY),
+        service_key_known(&mut b, SERVICE_KEY),
         "the last good snapshot still serves"
     );
 }
@@ -131,6 +111,6 @@ fn a_worker_whose_shared_snapshot_does_not_parse_keeps_its_own() {
     let mut a = gateway();
     a.set_shared_data("opsgate.snapshot", b"{not json");
     a.set_shared_data("opsgate.snapshot.version", b"v9");
-    assert!(known(&mut a, SERVICE_KEY), "v1 still serves");
+    assert!(service_key_known(&mut a, SERVICE_KEY), "v1 still serves");
     assert!(has_log_at(&a, 3, "does not parse"));
 }

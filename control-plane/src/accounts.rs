@@ -470,6 +470,27 @@ pub async fn get_allocation(
     .transpose()
 }
 
+/// The allocations (caps inside the pool) of an organisation's users, by user id.
+pub async fn list_allocations(db: &Db, org_id: &str) -> Result<Vec<Allocation>, AppError> {
+    let rows = sqlx::query(
+        "SELECT org_id, user_id, allocated, used, held FROM allocations WHERE org_id = $1 ORDER BY user_id",
+    )
+    .bind(org_id)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(Allocation {
+                org_id: r.try_get("org_id")?,
+                user_id: r.try_get("user_id")?,
+                allocated: r.try_get("allocated")?,
+                used: r.try_get("used")?,
+                held: r.try_get("held")?,
+            })
+        })
+        .collect()
+}
+
 /// Sets a user's allocation inside their organisation to `allocated_mc` (it may not go below
 /// what the user has already used and has on hold).
 /// When an organisation's allocations (caps inside its pool) add up to more than the pool:

@@ -231,3 +231,71 @@ pub async fn report(
         _ => return Ok(None),
     }))
 }
+
+/// What a daily usage series is broken down by.
+pub const DAILY_BY: [&str; 4] = ["org", "user", "model", "provider"];
+
+/// One day of one group's usage (a point of a series): calls and credits charged, by UTC day.
+#[derive(Debug, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct DailyUsage {
+    /// The day's start, unix seconds (00:00 UTC).
+    pub day: i64,
+    /// The organisation, user, model or provider.
+    pub key: String,
+    pub calls: i64,
+    pub tokens: i64,
+    pub credits: f64,
+    pub credits_mc: i64,
+}
+
+/// The start (00:00 UTC) of the day `now` falls in.
+pub fn day_start(now: i64) -> i64 {
+    now - now.rem_euclid(86_400)
+}
+
+/// Calls and credits per UTC day and per `by` (org, user, model or provider) over the `days`
+/// days ending with today (`now`'s day), oldest first. Failed calls are not usage. `None` for
+/// an unknown `by`.
+pub async fn daily_usage(
+    db: &Db,
+    by: &str,
+    days: i64,
+    now: i64,
+) -> Result<Option<Vec<DailyUsage>>, AppError> {
+    let column = match by {
+        "org" => "org_id",
+        "user" => "user_id",
+        "model" => "model",
+        "provider" => "provider",
+        _ => return Ok(None),
+    };
+    let start = day_start(now) - (days - 1) * 86_400;
+    // `created_at - created_at % 86400`: the day's start on both backends (integer arithmetic).
+    let rows = sqlx::query(&format!(
+        "SELECT CAST(created_at - created_at % 86400 AS BIGINT) AS d, {column} AS k, \
+         CAST(COUNT(*) AS BIGINT) AS n, \
+         CAST(COALESCE(SUM(prompt_tokens + completion_tokens), 0) AS BIGINT) AS t, \
+         CAST(COALESCE(SUM(cost), 0) AS BIGINT) AS c \
+         FROM usage_logs WHERE created_at >= $1 AND created_at < $2 AND outcome <> $3 \
+         GROUP BY d, k ORDER BY d, k"
+    ))
+    .bind(start)
+    .bind(day_start(now) + 86_400)
+    .bind(FAILED)
+    .fetch_all(&db.pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            let c: i64 = r.try_get("c")?;
+            Ok(DailyUsage {
+                day: r.try_get("d")?,
+                key: r.try_get("k")?,
+                calls: r.try_get("n")?,
+                tokens: r.try_get("t")?,
+                credits: MilliCredits(c).to_credits_f64(),
+                credits_mc: c,
+            })
+        })
+        .collect::<Result<Vec<_>, AppError>>()
+        .map(Some)
+}

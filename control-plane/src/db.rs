@@ -164,6 +164,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         include_str!("../migrations/004_service_key_strength.sql"),
     ),
+    (5, include_str!("../migrations/005_console_sessions.sql")),
 ];
 
 impl Db {

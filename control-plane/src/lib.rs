@@ -8,6 +8,7 @@ pub mod byok;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;
+pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod error;

@@ -18,6 +18,8 @@ pub struct Settings {
     pub hold_ttl_secs: i64,
     /// How long a browser session lasts.
     pub session_ttl_secs: i64,
+    /// How long an admin console session (`/console/`) lasts.
+    pub console_session_ttl_secs: i64,
     /// Mark the session cookie `Secure` (off only for plain-HTTP development).
     pub cookie_secure: bool,
     /// The JWT role that grants the admin API.

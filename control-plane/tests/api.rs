@@ -602,6 +602,7 @@ async fn admin_routes_need_the_admin_token() {
             platform_keys: Default::default(),
             hold_ttl_secs: HOLD_TTL,
             session_ttl_secs: 3600,
+            console_session_ttl_secs: 3600,
             cookie_secure: true,
             admin_role: "opsgate-admin".into(),
         });
@@ -1071,6 +1072,7 @@ async fn local_models_need_no_platform_key() {
             platform_keys: [("openai".to_string(), "platform-key-openai".to_string())].into(),
             hold_ttl_secs: HOLD_TTL,
             session_ttl_secs: 3600,
+            console_session_ttl_secs: 3600,
             cookie_secure: true,
             admin_role: "opsgate-admin".into(),
         });

@@ -67,6 +67,9 @@ pub enum Command {
     ServiceKey(ServiceKeyCommand),
     /// The integration guide's Appendix C reports
     Analytics(AnalyticsArgs),
+    /// Usage over time (the console's charts)
+    #[command(subcommand)]
+    Usage(UsageCommand),
     /// The audit log, newest first
     Audit {
         /// Entries to show
@@ -126,6 +129,9 @@ pub struct ServeArgs {
     /// How long a browser session lasts, in seconds
     #[arg(long, env = "OPSGATE_SESSION_TTL_SECS", default_value_t = 8 * 3600)]
     pub session_ttl_secs: i64,
+    /// How long an admin console session (/console/) lasts, in seconds
+    #[arg(long, env = "OPSGATE_CONSOLE_SESSION_TTL_SECS", default_value_t = 2 * 3600, value_parser = clap::value_parser!(i64).range(1..=7 * 86_400))]
+    pub console_session_ttl_secs: i64,
     /// Log format [default: text with --demo, json otherwise]
     #[arg(long, env = "OPSGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -171,6 +177,8 @@ pub enum OrgCommand {
     List,
     /// One organisation with its balance
     Show { id: String },
+    /// The allocations of the organisation's users, and how much of each is used
+    Allocations { id: String },
     /// Change the organisation's plan (its tier)
     Plan {
         id: String,
@@ -280,6 +288,19 @@ pub struct AnalyticsArgs {
     /// Rows
     #[arg(long, default_value_t = 10)]
     pub limit: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsageCommand {
+    /// Calls and credits per UTC day, by organisation, user, model or provider
+    Daily {
+        /// Days, ending with today
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=366))]
+        days: i64,
+        /// The breakdown
+        #[arg(long, default_value = "org", value_parser = clap::builder::PossibleValuesParser::new(crate::analytics::DAILY_BY))]
+        by: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +424,7 @@ mod tests {
             ("org create", "POST /admin/v1/orgs"),
             ("org list", "GET /admin/v1/orgs"),
             ("org show", "GET /admin/v1/orgs/{id}"),
+            ("org allocations", "GET /admin/v1/orgs/{id}/allocations"),
             ("org grant", "POST /admin/v1/orgs/{id}/grants"),
             ("org plan", "PUT /admin/v1/orgs/{id}/plan"),
             ("user create", "POST /admin/v1/users"),
@@ -418,6 +440,7 @@ mod tests {
             ("service-key mint", "POST /admin/v1/service-keys/mint"),
             ("audit", "GET /admin/v1/audit"),
             ("analytics", "GET /admin/v1/analytics/{report}"),
+            ("usage daily", "GET /admin/v1/usage/daily"),
             ("provider-key list", "GET /admin/v1/provider-keys"),
             (
                 "provider-key show",

@@ -17,7 +17,7 @@ use crate::db::Db;
 use crate::keys;
 use args::{
     Command, DbArgs, KeyCommand, MasterKeyArgs, MasterKeyCommand, OrgCommand, ProviderKeyCommand,
-    Role, ServiceKeyCommand, UserCommand, UserKind,
+    Role, ServiceKeyCommand, UsageCommand, UserCommand, UserKind,
 };
 use clap::{CommandFactory, Parser};
 
@@ -182,6 +182,13 @@ where
                         .map_err(e)?
                         .ok_or_else(|| format!("organization '{id}' not found"))?,
                 ),
+                OrgCommand::Allocations { id } => {
+                    accounts::get_org(&db, &id)
+                        .await
+                        .map_err(e)?
+                        .ok_or_else(|| format!("organization '{id}' not found"))?;
+                    print_json(&accounts::list_allocations(&db, &id).await.map_err(e)?)
+                }
                 OrgCommand::Plan { id, plan } => print_json(
                     &accounts::set_org_plan(&db, &actor(), &id, plan, now)
                         .await
@@ -327,6 +334,14 @@ where
                 crate::analytics::report(&db, &a.report, now - days * 86_400, now + 1, a.limit)
                     .await
                     .map_err(e)?;
+            print_json(&rows);
+            Ok(())
+        }
+        Command::Usage(UsageCommand::Daily { days, by }) => {
+            let rows = crate::analytics::daily_usage(&db.open().await?, &by, days, now)
+                .await
+                .map_err(e)?
+                .ok_or_else(|| format!("unknown breakdown '{by}'"))?;
             print_json(&rows);
             Ok(())
         }

@@ -239,6 +239,7 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
             platform_keys,
             hold_ttl_secs: s.hold_ttl_secs,
             session_ttl_secs: s.session_ttl_secs,
+            console_session_ttl_secs: s.console_session_ttl_secs,
             // Plain-HTTP development (demo) cannot keep a Secure cookie.
             cookie_secure: !demo,
             admin_role: s.admin_role.clone(),

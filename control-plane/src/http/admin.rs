@@ -6,8 +6,8 @@ use super::extract::{body_first, parse, parse_secret_body, Q};
 use super::identity::Admin;
 use super::Routes;
 use crate::accounts::{self, AllocationView, Organization, OrganizationView, User};
-use crate::analytics::AuditEntry;
 use crate::analytics::Report;
+use crate::analytics::{AuditEntry, DailyUsage};
 use crate::byok::{self, Owner, Which};
 use crate::error::{AppError, AppResult, ErrorEnvelope};
 use crate::keys::{self, ApiKeyInfo, ServiceKeyInfo};
@@ -31,6 +31,10 @@ pub(super) fn router() -> Routes {
         )
         .route("/admin/v1/orgs/{id}", get(admin_get_org))
         .route("/admin/v1/orgs/{id}/grants", post(body_first(admin_grant)))
+        .route(
+            "/admin/v1/orgs/{id}/allocations",
+            get(admin_org_allocations),
+        )
         .route(
             "/admin/v1/orgs/{id}/plan",
             put(body_first(admin_set_org_plan)),
@@ -65,6 +69,7 @@ pub(super) fn router() -> Routes {
         )
         .route("/admin/v1/audit", get(admin_audit))
         .route("/admin/v1/analytics/{report}", get(admin_analytics))
+        .route("/admin/v1/usage/daily", get(admin_daily_usage))
         .route("/admin/v1/provider-keys", get(admin_list_provider_keys))
         .route(
             "/admin/v1/provider-keys/{provider}",
@@ -606,6 +611,51 @@ async fn admin_analytics(
     Ok(Json(Data { data: rows }))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+struct DailyQuery {
+    /// Days, ending with today (UTC): 1-366, default 30.
+    days: Option<i64>,
+    /// The breakdown: org (default), user, model or provider.
+    by: Option<String>,
+}
+
+/// `GET /admin/v1/usage/daily?days=&by=`: calls and credits per UTC day and per group — the
+/// console's charts, `opsgate usage daily` on the command line.
+#[utoipa::path(get, path = "/admin/v1/usage/daily", tag = "admin", summary = "Calls and credits per day, by organisation, user, model or provider", params(DailyQuery), responses((status = 200, description = "One row per day and group that had usage, oldest first", body = Data<Vec<DailyUsage>>), (status = 400, body = ErrorEnvelope), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+async fn admin_daily_usage(
+    State(state): State<AppState>,
+    Q(q): Q<DailyQuery>,
+    _: Admin,
+) -> AppResult<Json<Data<Vec<DailyUsage>>>> {
+    let days = q.days.unwrap_or(30);
+    if !(1..=366).contains(&days) {
+        return Err(AppError::bad_request("'days' must be 1-366"));
+    }
+    let by = q.by.as_deref().unwrap_or("org");
+    let rows = crate::analytics::daily_usage(&state.db, by, days, state.clock.now())
+        .await?
+        .ok_or_else(|| AppError::bad_request("'by' must be org, user, model or provider"))?;
+    Ok(Json(Data { data: rows }))
+}
+
+#[utoipa::path(get, path = "/admin/v1/orgs/{id}/allocations", tag = "admin", summary = "The allocations of an organisation's users, and how much of each is used", params(("id" = String, Path)), responses((status = 200, body = Data<Vec<AllocationView>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+async fn admin_org_allocations(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: Admin,
+) -> AppResult<Json<Data<Vec<accounts::Allocation>>>> {
+    if accounts::get_org(&state.db, &id).await?.is_none() {
+        return Err(AppError::not_found(format!(
+            "organization '{id}' not found"
+        )));
+    }
+    Ok(Json(Data {
+        data: accounts::list_allocations(&state.db, &id).await?,
+    }))
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PlanReq {
@@ -687,6 +737,8 @@ async fn admin_revoke_service_key(
     admin_set_provider_key,
     admin_remove_provider_key,
     admin_analytics,
+    admin_daily_usage,
+    admin_org_allocations,
     admin_set_user_plan,
     admin_set_org_plan,
     admin_audit,

@@ -8,6 +8,7 @@
 
 use super::observe::Who;
 use crate::accounts::{self, User};
+use crate::console::{self, CONSOLE_COOKIE, CONSOLE_HEADER};
 use crate::error::{AppError, AppResult};
 use crate::keys;
 use crate::state::AppState;
@@ -113,6 +114,79 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
     }
 }
 
+/// The CSRF rule of every write authenticated by the console's cookie (and of signing in and
+/// out): the request carries `X-Opsgate-Console: 1`, which an HTML form cannot send and a
+/// cross-origin script cannot without a CORS preflight the control plane never grants; and,
+/// when the browser says where it comes from (`Sec-Fetch-Site`, `Origin`), it is this origin.
+/// `host` is the request's own authority (its `Host`).
+pub(super) fn same_origin_write(headers: &HeaderMap, host: Option<&str>) -> AppResult<()> {
+    let refuse = |why: &str| {
+        Err(AppError::forbidden(format!(
+            "Refused: {why}. Console writes are accepted only from the console's own pages."
+        )))
+    };
+    if headers.get(CONSOLE_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
+        return refuse("the request lacks the 'X-Opsgate-Console: 1' header");
+    }
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if site.as_bytes() != b"same-origin" {
+            return refuse("the request comes from another site");
+        }
+    }
+    if let Some(origin) = headers.get("origin") {
+        let from = origin
+            .to_str()
+            .ok()
+            .and_then(|o| o.split_once("://"))
+            .map(|(_, authority)| authority);
+        if from.is_none() || from != host {
+            return refuse("the request comes from another origin");
+        }
+    }
+    Ok(())
+}
+
+/// The request's own authority: its `Host` header, else the URI's (HTTP/2).
+pub(super) fn own_host(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+}
+
+/// The console session's token in the request's cookies, if any.
+pub(super) fn console_token(headers: &HeaderMap) -> Option<&str> {
+    let cookie = headers.get("cookie")?.to_str().ok()?;
+    credentials::cookie_value(cookie, CONSOLE_COOKIE).filter(|t| !t.is_empty())
+}
+
+/// The admin behind a console session cookie: `console:<who signed in>`. Writes must pass
+/// [`same_origin_write`]. A session opened with the admin token ends when the token changes.
+async fn console_admin(state: &AppState, parts: &Parts, token: &str) -> AppResult<String> {
+    if !parts.method.is_safe() {
+        same_origin_write(&parts.headers, own_host(parts))?;
+    }
+    let expired = || {
+        AppError::unauthorized("The console session has expired or was signed out: sign in again.")
+    };
+    let session = console::active(&state.db, token, state.clock.now())
+        .await?
+        .ok_or_else(expired)?;
+    if !session.credential.is_empty() {
+        let current = state
+            .settings
+            .admin_token
+            .as_deref()
+            .map(credentials::digest)
+            .unwrap_or_default();
+        if !credentials::constant_time_eq(current.as_bytes(), session.credential.as_bytes()) {
+            return Err(expired());
+        }
+    }
+    Ok(console::console_actor(&session.actor))
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get("authorization")?.to_str().ok()?;
     let (scheme, token) = v.trim().split_once(' ')?;
@@ -150,14 +224,16 @@ pub struct Internal(());
 #[derive(Debug)]
 pub struct Caller(pub User);
 
-/// An admin: the admin token, or an edge-verified JWT with the admin role.
+/// An admin: the admin token, an edge-verified JWT with the admin role, or the admin
+/// console's session cookie (writes with the console's CSRF header, from its own origin).
 #[derive(Debug)]
 pub struct Admin {
     actor: String,
 }
 
 impl Admin {
-    /// Who the audit log records as having acted: `admin-token` or `jwt:<subject>`.
+    /// Who the audit log records as having acted: `admin-token`, `jwt:<subject>`, or
+    /// `console:admin-token` / `console:jwt:<subject>` through the console.
     pub fn actor(&self) -> &str {
         &self.actor
     }
@@ -192,7 +268,13 @@ impl FromRequestParts<AppState> for Admin {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<Self> {
-        let actor = require_admin(state, &parts.headers)?;
+        // Credentials the request states outright win over a cookie the browser attached.
+        let stated = parts.headers.contains_key("authorization")
+            || edge_identity(state, &parts.headers).is_some();
+        let actor = match console_token(&parts.headers) {
+            Some(token) if !stated => console_admin(state, parts, token).await?,
+            _ => require_admin(state, &parts.headers)?,
+        };
         Who::of(&parts.extensions).note("admin", &actor, "");
         Ok(Admin { actor })
     }

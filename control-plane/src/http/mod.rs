@@ -6,6 +6,7 @@
 
 mod admin;
 mod byok;
+mod console;
 mod extract;
 pub mod identity;
 mod internal;
@@ -43,7 +44,7 @@ impl Routes {
     }
 }
 
-fn surfaces() -> [Routes; 7] {
+fn surfaces() -> [Routes; 8] {
     [
         ops::router(),
         openapi::router(),
@@ -52,6 +53,7 @@ fn surfaces() -> [Routes; 7] {
         byok::router(),
         sessions::router(),
         admin::router(),
+        console::router(),
     ]
 }
 

@@ -40,6 +40,7 @@ pub const GATEWAY_TAG: &str = "gateway";
         (name = "byok", description = "Your own provider keys (bring your own key)"),
         (name = "sessions", description = "Browser sessions from a JWT"),
         (name = "admin", description = "Organisations, users, keys, plans, provider keys, audit and reports"),
+        (name = "console", description = "The admin console (/console/): its page, files and sessions; it acts through the admin API"),
         (name = "internal", description = "The filter's calls to the control plane"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
     )
@@ -76,7 +77,14 @@ impl Modify for Security {
         );
         c.add_security_scheme(
             "admin_token",
-            bearer("The admin token (OPSGATE_ADMIN_TOKEN); or a JWT with the admin role"),
+            bearer("The admin token (OPSGATE_ADMIN_TOKEN); or a JWT with the admin role; or the console's session cookie (opsgate_console), with `X-Opsgate-Console: 1` on writes"),
+        );
+        c.add_security_scheme(
+            "console_session",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
+                "opsgate_console",
+                "The admin console's HttpOnly session cookie from POST /console/session",
+            ))),
         );
         c.add_security_scheme(
             "internal_token",
@@ -94,6 +102,7 @@ pub fn document() -> Document {
         super::byok::Api::openapi(),
         super::sessions::Api::openapi(),
         super::admin::Api::openapi(),
+        super::console::Api::openapi(),
         super::internal::Api::openapi(),
     ] {
         doc.merge(part);

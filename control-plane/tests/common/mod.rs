@@ -305,6 +305,7 @@ pub fn state(db: &Db, clock: &ManualClock, catalogue: Catalogue) -> AppState {
             platform_keys,
             hold_ttl_secs: HOLD_TTL,
             session_ttl_secs: 3600,
+            console_session_ttl_secs: 3600,
             cookie_secure: true,
             admin_role: "opsgate-admin".into(),
         }),

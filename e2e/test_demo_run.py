@@ -57,7 +57,7 @@ def demo(tmp_path_factory):
 def test_the_banner_says_how_to_try_each_feature(demo):
     b = demo["banner"]
     for needle in ["/byok/keys", "demo-user.jwt", "demo-admin.jwt", "/auth/session", ORIGIN,
-                   "/admin/v1/", "/docs"]:
+                   "/admin/v1/", "/docs", "/console/"]:
         assert needle in b, needle
 
 

@@ -387,6 +387,29 @@ async function usersPage(page) {
       },
     }, `Revoke ${k.id}`))],
   ], keys.data, { id: "keys-table", sortable: true }));
+  page.append(el("h3", {}, "A user's own (BYOK) provider keys"));
+  page.append(el("div", { id: "byok-keys" }));
+  page.append(form("byok-lookup", "Show a user's own provider keys (masked)", [{ name: "user", label: "User" }], "Show", async (v) => {
+    await showByok(page, v.user);
+    return false;
+  }));
+}
+
+/** A user's own keys, masked, each removable (adding or rotating them is the user's act). */
+async function showByok(page, user) {
+  const out = await act(`BYOK keys of ${user}`, () => api("GET", `/admin/v1/users/${encodeURIComponent(user)}/byok-keys`));
+  if (!out) return;
+  page.querySelector("#byok-keys").replaceChildren(table(`${user}'s own provider keys`, [
+    ["Provider", (k) => k.provider], ["Key", (k) => k.masked_key], ["Description", (k) => k.description || ""],
+    ["Stored", (k) => when(k.rotated_at || k.created_at)],
+    ["", (k) => el("button", {
+      type: "button", class: "danger",
+      onclick: async () => {
+        if (!confirm(`Remove ${user}'s ${k.provider} key?`)) return;
+        if (await act(`Remove ${k.id}`, () => api("DELETE", `/admin/v1/users/${encodeURIComponent(user)}/byok-keys/${encodeURIComponent(k.id)}`)) !== undefined) await showByok(page, user);
+      },
+    }, `Remove ${k.provider}`)],
+  ], out.data, { id: "byok-table", sortable: true }));
 }
 
 async function issueKey(page, user) {
@@ -445,7 +468,7 @@ async function providerKeysPage(page) {
     if (v.description) body.description = v.description;
     if (await act(`Store the ${v.provider} key`, () => api("PUT", `/admin/v1/provider-keys/${encodeURIComponent(v.provider)}`, body))) await rerender();
   }));
-  page.append(el("p", {}, "Users' own (BYOK) keys are theirs to manage through /api/v1/llm/byok/keys; they are never shown here."));
+  page.append(el("p", {}, "Users' own (BYOK) keys are theirs to add and rotate (/api/v1/llm/byok/keys); the Users page shows a user's, masked, and can remove one."));
 }
 
 // ---- usage --------------------------------------------------------------------------------

@@ -37,7 +37,7 @@ impl<'a> Owner<'a> {
 }
 
 /// A stored secret as listings show it: masked, never the secret.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SecretInfo {
     pub id: String,
     pub provider: String,

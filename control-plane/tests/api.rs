@@ -1321,3 +1321,69 @@ async fn the_admin_api_speaks_the_clis_names() {
     assert_eq!(by_user.json["data"], json!([]), "{}", by_user.text);
     t.close().await;
 }
+
+#[tokio::test]
+async fn admins_see_a_users_own_keys_masked_and_may_remove_one() {
+    let t = TestDb::sqlite().await;
+    let api = api(&t.db);
+    let admin = Some(ADMIN_TOKEN);
+    let uc_key = fixture(&t.db).await;
+    let secret = "sk-or-v1-admin-view-canary-0123456789";
+    let r = api
+        .post(
+            "/api/v1/llm/byok/keys",
+            Some(&uc_key),
+            json!({"provider": "openrouter", "api_key": secret}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let user = "pro_api"; // the fixture's uc_ key holder
+    let listed = api
+        .get(&format!("/admin/v1/users/{user}/byok-keys"), admin)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text);
+    assert!(
+        !listed.text.contains(secret),
+        "masked only: {}",
+        listed.text
+    );
+    let key_id = listed.json["data"][0]["id"]
+        .as_str()
+        .expect("a key")
+        .to_string();
+    assert_eq!(listed.json["data"][0]["provider"], "openrouter");
+    // Not for a user or without the admin token.
+    assert_eq!(
+        api.get(&format!("/admin/v1/users/{user}/byok-keys"), Some(&uc_key))
+            .await
+            .status
+            .as_u16(),
+        403
+    );
+    assert_envelope(
+        &api.get("/admin/v1/users/nobody/byok-keys", admin).await,
+        404,
+        "not_found",
+    );
+    let gone = api
+        .send(
+            Method::DELETE,
+            &format!("/admin/v1/users/{user}/byok-keys/{key_id}"),
+            admin,
+            None,
+        )
+        .await;
+    assert_eq!(gone.status, StatusCode::NO_CONTENT, "{}", gone.text);
+    let listed = api
+        .get(&format!("/admin/v1/users/{user}/byok-keys"), admin)
+        .await;
+    assert_eq!(listed.json["data"], json!([]));
+    let audit = api.get("/admin/v1/audit?limit=1", admin).await;
+    assert_eq!(
+        audit.json["data"][0]["action"], "byok.remove",
+        "{}",
+        audit.text
+    );
+    assert_eq!(audit.json["data"][0]["actor"], "admin-token");
+    t.close().await;
+}

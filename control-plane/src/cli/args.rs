@@ -79,6 +79,9 @@ pub enum Command {
     /// The platform's own provider keys, stored encrypted
     #[command(subcommand, name = "provider-key")]
     ProviderKey(ProviderKeyCommand),
+    /// Users' own (BYOK) provider keys: list them masked, remove one
+    #[command(subcommand)]
+    Byok(ByokCommand),
     /// The master key that encrypts stored provider keys
     #[command(subcommand, name = "master-key")]
     MasterKey(MasterKeyCommand),
@@ -328,6 +331,14 @@ pub enum ProviderKeyCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ByokCommand {
+    /// A user's own provider keys, masked
+    List { user: String },
+    /// Remove one of a user's own keys (adding or rotating them is the user's own act)
+    Remove { user: String, key_id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum MasterKeyCommand {
     /// Write a new random master key (mode 0600)
     Generate {
@@ -450,6 +461,11 @@ mod tests {
             (
                 "provider-key remove",
                 "DELETE /admin/v1/provider-keys/{provider}",
+            ),
+            ("byok list", "GET /admin/v1/users/{id}/byok-keys"),
+            (
+                "byok remove",
+                "DELETE /admin/v1/users/{id}/byok-keys/{key_id}",
             ),
         ];
         const CLI_ONLY: &[&str] = &[

@@ -16,8 +16,8 @@ use crate::crypto::{Keyring, MasterKey};
 use crate::db::Db;
 use crate::keys;
 use args::{
-    Command, DbArgs, KeyCommand, MasterKeyArgs, MasterKeyCommand, OrgCommand, ProviderKeyCommand,
-    Role, ServiceKeyCommand, UsageCommand, UserCommand, UserKind,
+    ByokCommand, Command, DbArgs, KeyCommand, MasterKeyArgs, MasterKeyCommand, OrgCommand,
+    ProviderKeyCommand, Role, ServiceKeyCommand, UsageCommand, UserCommand, UserKind,
 };
 use clap::{CommandFactory, Parser};
 
@@ -406,6 +406,27 @@ where
             .await
             .map_err(e)?;
             println!("removed the stored {provider} key {}", info.id);
+            Ok(())
+        }
+        Command::Byok(ByokCommand::List { user }) => {
+            let db = db.open().await?;
+            if accounts::get_user(&db, &user).await.map_err(e)?.is_none() {
+                return Err(format!("user '{user}' not found"));
+            }
+            print_json(&byok::list(&db, Owner::User(&user)).await.map_err(e)?);
+            Ok(())
+        }
+        Command::Byok(ByokCommand::Remove { user, key_id }) => {
+            let info = byok::remove(
+                &db.open().await?,
+                Owner::User(&user),
+                Which::Id(&key_id),
+                &actor(),
+                now,
+            )
+            .await
+            .map_err(e)?;
+            println!("removed {user}'s {} key {}", info.provider, info.id);
             Ok(())
         }
         Command::MasterKey(MasterKeyCommand::Generate { out }) => {

@@ -55,6 +55,11 @@ pub(super) fn router() -> Routes {
             "/admin/v1/users/{id}/plan",
             put(body_first(admin_set_user_plan)),
         )
+        .route("/admin/v1/users/{id}/byok-keys", get(admin_list_byok_keys))
+        .route(
+            "/admin/v1/users/{id}/byok-keys/{key_id}",
+            delete(admin_remove_byok_key),
+        )
         .route("/admin/v1/api-keys", get(admin_list_keys))
         .route("/admin/v1/api-keys/{id}", delete(admin_revoke_key))
         .route(
@@ -663,6 +668,40 @@ struct PlanReq {
     plan: Plan,
 }
 
+/// A user's own provider keys, masked: an admin sees which they stored and may remove one
+/// (a key the user reports leaked, say); adding or rotating them is the user's own act
+/// (`/api/v1/llm/byok/keys`).
+#[utoipa::path(get, path = "/admin/v1/users/{id}/byok-keys", tag = "admin", summary = "A user's own (BYOK) provider keys, masked", params(("id" = String, Path)), responses((status = 200, body = Data<Vec<byok::SecretInfo>>), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+async fn admin_list_byok_keys(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    _: Admin,
+) -> AppResult<Json<Data<Vec<byok::SecretInfo>>>> {
+    if accounts::get_user(&state.db, &id).await?.is_none() {
+        return Err(AppError::not_found(format!("user '{id}' not found")));
+    }
+    Ok(Json(Data {
+        data: byok::list(&state.db, Owner::User(&id)).await?,
+    }))
+}
+
+#[utoipa::path(delete, path = "/admin/v1/users/{id}/byok-keys/{key_id}", tag = "admin", summary = "Remove one of a user's own (BYOK) provider keys", params(("id" = String, Path), ("key_id" = String, Path)), responses((status = 204, description = "Removed"), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
+async fn admin_remove_byok_key(
+    State(state): State<AppState>,
+    Path((id, key_id)): Path<(String, String)>,
+    admin: Admin,
+) -> AppResult<StatusCode> {
+    byok::remove(
+        &state.db,
+        Owner::User(&id),
+        Which::Id(&key_id),
+        admin.actor(),
+        state.clock.now(),
+    )
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 #[utoipa::path(put, path = "/admin/v1/users/{id}/plan", tag = "admin", summary = "Change the user's plan", params(("id" = String, Path)), request_body = PlanReq, responses((status = 200, body = User), (status = 401, description = "No admin token", body = ErrorEnvelope), (status = 403, description = "Not an admin (code admin_required)", body = ErrorEnvelope)), security(("admin_token" = []), ("jwt" = [])))]
 async fn admin_set_user_plan(
     State(state): State<AppState>,
@@ -736,6 +775,8 @@ async fn admin_revoke_service_key(
     admin_get_provider_key,
     admin_set_provider_key,
     admin_remove_provider_key,
+    admin_list_byok_keys,
+    admin_remove_byok_key,
     admin_analytics,
     admin_daily_usage,
     admin_org_allocations,

@@ -78,17 +78,31 @@ pub(super) async fn observe(
     state.metrics.route(&method, &route, status, took);
     let caller = who.0.lock().map(|c| (c.kind, c.id.clone(), c.org.clone()));
     let (caller_kind, caller_id, org) = caller.unwrap_or_default();
-    tracing::info!(
-        target: "opsgate::request",
-        method = %method,
-        route = %route,
-        status,
-        latency_ms = took.as_secs_f64() * 1000.0,
-        request_id = request_id.as_deref().unwrap_or(""),
-        caller_kind,
-        caller_id = %caller_id,
-        org = %org,
-        "request"
-    );
+    macro_rules! line {
+        ($level:expr) => {
+            tracing::event!(
+                target: "opsgate::request",
+                $level,
+                method = %method,
+                route = %route,
+                status,
+                latency_ms = took.as_secs_f64() * 1000.0,
+                request_id = request_id.as_deref().unwrap_or(""),
+                caller_kind,
+                caller_id = %caller_id,
+                org = %org,
+                "request"
+            )
+        };
+    }
+    // Probes and scrapes (Envoy's health check every second, Prometheus) only at debug.
+    if QUIET_ROUTES.contains(&route.as_str()) && status < 500 {
+        line!(tracing::Level::DEBUG);
+    } else {
+        line!(tracing::Level::INFO);
+    }
     response
 }
+
+/// Routes whose successful requests are logged at debug level only.
+const QUIET_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];

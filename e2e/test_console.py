@@ -130,7 +130,7 @@ def fetch_status(driver, method: str, path: str) -> int:
     """A request from the console's own page, with its cookie and header."""
     return driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "fetch(arguments[1], {method: arguments[0], headers: {'X-Opsgate-Console': '1'}})"
+        "fetch(arguments[1], {method: arguments[0], headers: {'X-Console-Request': '1'}})"
         ".then(r => done(r.status), e => done(String(e)));", method, path)
 
 

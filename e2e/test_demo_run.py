@@ -103,6 +103,32 @@ def test_jwts_from_the_local_issuer_sessions_cors_and_the_admin_prefix(demo):
         assert r.status_code == 403 and r.json()["error"]["code"] == "admin_required"
 
 
+def test_the_console_through_the_gateway_signs_in_an_admin_jwt(demo):
+    admin_jwt = (demo["data"] / "demo-admin.jwt").read_text().strip()
+    user_jwt = (demo["data"] / "demo-user.jwt").read_text().strip()
+    console = {"X-Console-Request": "1"}
+    with httpx.Client(base_url=demo["base"], timeout=30) as c:
+        page = c.get("/console/")
+        assert page.status_code == 200 and "opsgate" in page.text.lower()
+        refused = c.post("/admin/v1/console/session", headers={**console, "Authorization": f"Bearer {user_jwt}"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "admin_required", refused.text
+        s = c.post("/admin/v1/console/session", headers={**console, "Authorization": f"Bearer {admin_jwt}"})
+        assert s.status_code == 201, s.text
+        assert s.json()["actor"] == "console:jwt:demo-admin"
+        session = s.cookies.get("opsgate_console")
+        assert session and "HttpOnly" in s.headers["set-cookie"] and "SameSite=Strict" in s.headers["set-cookie"]
+    # The cookie alone (no Authorization) reaches the admin API through the filter.
+    with httpx.Client(base_url=demo["base"], timeout=30, headers={"Cookie": f"opsgate_console={session}"}) as c:
+        orgs = c.get("/admin/v1/orgs")
+        assert orgs.status_code == 200 and "org_demo" in orgs.text, orgs.text
+        unsafe = c.post("/admin/v1/orgs/org_demo/grants", json={"credits": 1})
+        assert unsafe.status_code == 403, "a write without the console's header is refused (CSRF)"
+        grant = c.post("/admin/v1/orgs/org_demo/grants", headers=console, json={"credits": 1})
+        assert grant.status_code == 200, grant.text
+        audit = c.get("/admin/v1/audit?limit=1").json()["data"][0]
+        assert audit["actor"] == "console:jwt:demo-admin" and audit["action"] == "org.grant", audit
+
+
 def test_zz_ctrl_c_drains_and_leaves_no_hold(demo):
     os.killpg(demo["proc"].pid, signal.SIGINT)
     demo["proc"].wait(timeout=90)

@@ -89,7 +89,11 @@ def with_extras(config: str, *, jwt_issuer: str | None = None, jwt_audiences: li
     if plugin:
         config = _insert(config, '"max_body_bytes": 1048576', ", " + json.dumps(plugin)[1:-1])
     if admin_prefix:
+        # The admin API, and the console that drives it, through the gateway (a JWT is
+        # verified by jwt_authn on the way).
         route = (f'              - match: {{ prefix: "{admin_prefix.rstrip("/")}/" }}\n'
+                 "                route: { cluster: opsgate_control_plane, timeout: 30s }\n"
+                 '              - match: { prefix: "/console" }\n'
                  "                route: { cluster: opsgate_control_plane, timeout: 30s }\n")
         config = _insert(config, '              - match: { prefix: "/api/v1/llm/" }', route, before=True)
     if jwt_issuer:

@@ -1,6 +1,6 @@
 // The opsgate admin console. Plain JavaScript, no framework: every action is a call to the
 // admin API (/admin/v1/*) with the console's HttpOnly session cookie and the
-// X-Opsgate-Console header (the CSRF rule). Nothing secret is stored in the browser.
+// X-Console-Request header (the CSRF rule). Nothing secret is stored in the browser.
 "use strict";
 
 const PLANS = ["trial", "starter", "professional", "enterprise", "vip_founder", "byok"];
@@ -58,8 +58,8 @@ class ApiError extends Error {
 }
 
 /** A call to the control plane, with the console's header; JSON in and out. */
-async function api(method, path, body) {
-  const headers = { "X-Opsgate-Console": "1" };
+async function api(method, path, body, extra) {
+  const headers = { "X-Console-Request": "1", ...(extra || {}) };
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, {
     method,
@@ -75,7 +75,7 @@ async function api(method, path, body) {
     json = null;
   }
   if (!r.ok) {
-    if (r.status === 401 && !path.startsWith("/console/session")) showSignIn("Your session has ended: sign in again.");
+    if (r.status === 401 && !path.startsWith("/admin/v1/console/session")) showSignIn("Your session has ended: sign in again.");
     throw new ApiError(r.status, (json && json.error && json.error.message) || `HTTP ${r.status}`);
   }
   return json;
@@ -232,7 +232,12 @@ async function start() {
     const token = input.value;
     input.value = "";
     try {
-      const s = await api("POST", "/console/session", { token });
+      // An admin JWT (three dot-separated parts) goes as a bearer, for the gateway's
+      // jwt_authn to verify; the admin token goes in the body. Neither is kept.
+      const jwt = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*$/.test(token);
+      const s = jwt
+        ? await api("POST", "/admin/v1/console/session", undefined, { Authorization: `Bearer ${token}` })
+        : await api("POST", "/admin/v1/console/session", { token });
       status("");
       await signedIn(s);
     } catch (e) {
@@ -240,12 +245,12 @@ async function start() {
     }
   });
   document.getElementById("sign-out").addEventListener("click", async () => {
-    await act("Sign out", () => api("DELETE", "/console/session"));
+    await act("Sign out", () => api("DELETE", "/admin/v1/console/session"));
     showSignIn("Signed out.");
   });
   window.addEventListener("hashchange", route);
   try {
-    await signedIn(await api("GET", "/console/session"));
+    await signedIn(await api("GET", "/admin/v1/console/session"));
   } catch (_) {
     showSignIn("");
   }

@@ -10,10 +10,11 @@ use opsgate_core::credentials;
 use sqlx::Row;
 
 /// The console's cookie (distinct from users' `session_token`).
-pub const CONSOLE_COOKIE: &str = "opsgate_console";
+pub use opsgate_core::credentials::CONSOLE_COOKIE;
 /// The header every console write carries: a cross-site form cannot send it, and a
-/// cross-origin script cannot without a CORS preflight the control plane never grants.
-pub const CONSOLE_HEADER: &str = "x-opsgate-console";
+/// cross-origin script cannot without a CORS preflight the control plane never grants. Not
+/// under `x-opsgate-`: the filter strips those from every client request.
+pub const CONSOLE_HEADER: &str = "x-console-request";
 
 /// Opens a console session for `actor` (`admin-token` or `jwt:<sub>`) that lasts `ttl`
 /// seconds; `credential` is the digest of the admin token used ("" for a JWT). Audited.

@@ -60,7 +60,7 @@ async fn send(
     }
 }
 
-const CONSOLE: (&str, &str) = ("x-opsgate-console", "1");
+const CONSOLE: (&str, &str) = ("x-console-request", "1");
 const SAME_ORIGIN: (&str, &str) = ("origin", "http://cp.example:8085");
 
 /// Signs in with the admin token; returns the `Cookie` header value and the Set-Cookie line.
@@ -68,7 +68,7 @@ async fn sign_in(state: &AppState) -> (String, String) {
     let r = send(
         state,
         Method::POST,
-        "/console/session",
+        "/admin/v1/console/session",
         &[CONSOLE, SAME_ORIGIN, ("sec-fetch-site", "same-origin")],
         Some(json!({"token": ADMIN_TOKEN})),
     )
@@ -99,7 +99,7 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_never_returns_the_token() {
     let r = send(
         &st,
         Method::POST,
-        "/console/session",
+        "/admin/v1/console/session",
         &[CONSOLE, SAME_ORIGIN],
         Some(json!({"token": ADMIN_TOKEN})),
     )
@@ -137,7 +137,7 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_never_returns_the_token() {
     let r = send(
         &st,
         Method::GET,
-        "/console/session",
+        "/admin/v1/console/session",
         &[("cookie", &pair)],
         None,
     )
@@ -163,7 +163,7 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_never_returns_the_token() {
         .to_str()
         .expect("ct")
         .starts_with("text/javascript"));
-    assert!(r.text.contains("X-Opsgate-Console"));
+    assert!(r.text.contains("X-Console-Request"));
     let r = send(&st, Method::GET, "/console/nothing-here.js", &[], None).await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     t.close().await;
@@ -176,7 +176,7 @@ async fn a_wrong_token_or_a_cross_site_sign_in_is_refused() {
     let wrong = send(
         &st,
         Method::POST,
-        "/console/session",
+        "/admin/v1/console/session",
         &[CONSOLE, SAME_ORIGIN],
         Some(json!({"token": "not-the-admin-token"})),
     )
@@ -193,7 +193,7 @@ async fn a_wrong_token_or_a_cross_site_sign_in_is_refused() {
         let r = send(
             &st,
             Method::POST,
-            "/console/session",
+            "/admin/v1/console/session",
             &headers,
             Some(json!({"token": ADMIN_TOKEN})),
         )
@@ -345,7 +345,7 @@ async fn sessions_expire_sign_out_and_end_when_the_admin_token_changes() {
     let r = send(
         &st,
         Method::GET,
-        "/console/session",
+        "/admin/v1/console/session",
         &[("cookie", &cookie)],
         None,
     )
@@ -358,7 +358,7 @@ async fn sessions_expire_sign_out_and_end_when_the_admin_token_changes() {
     let r = send(
         &st,
         Method::DELETE,
-        "/console/session",
+        "/admin/v1/console/session",
         &[("cookie", &cookie)],
         None,
     )
@@ -371,7 +371,7 @@ async fn sessions_expire_sign_out_and_end_when_the_admin_token_changes() {
     let r = send(
         &st,
         Method::DELETE,
-        "/console/session",
+        "/admin/v1/console/session",
         &[("cookie", &cookie), CONSOLE, SAME_ORIGIN],
         None,
     )

@@ -3,6 +3,11 @@
 
 use sha2::{Digest, Sha256};
 
+/// The admin console's session cookie (HttpOnly, SameSite=Strict): the control plane checks
+/// it, with its CSRF rule, on the admin API; the filter passes admin requests that carry it
+/// (and no `Authorization`) to the control plane untouched.
+pub const CONSOLE_COOKIE: &str = "opsgate_console";
+
 /// Where a request's credential came from and what shape it has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential<'a> {

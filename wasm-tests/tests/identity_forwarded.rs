@@ -311,6 +311,41 @@ fn admin_token_passes_untouched() {
 }
 
 #[test]
+fn the_consoles_session_cookie_passes_to_the_admin_api_untouched() {
+    let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
+    let cookie = "theme=dark; opsgate_console=c0ffee";
+    for (method, path) in [
+        ("GET", "/admin/v1/orgs"),
+        ("POST", "/admin/v1/orgs/o1/grants"),
+        ("DELETE", "/admin/v1/console/session"),
+    ] {
+        let (id, action) = send_headers_only(
+            &mut host,
+            method,
+            path,
+            &[("cookie", cookie), ("x-opsgate-identity", "forged")],
+        );
+        assert_eq!(action, Action::Continue, "{method} {path}");
+        assert!(host.local_reply(id).is_none(), "{method} {path}");
+        assert_eq!(host.header(id, "cookie").as_deref(), Some(cookie));
+        no_identity(&host, id);
+    }
+    // Without it (or with an empty one), an admin path still needs a credential here.
+    for cookie in ["theme=dark", "opsgate_console="] {
+        let (id, _) = send_headers_only(&mut host, "GET", "/admin/v1/orgs", &[("cookie", cookie)]);
+        expect_reply(&host, id, 401, "invalid_api_key");
+    }
+    // Outside the admin prefix the console's cookie is no credential.
+    let (id, _) = send_headers_only(
+        &mut host,
+        "GET",
+        "/api/v1/llm/models",
+        &[("cookie", "opsgate_console=c0ffee")],
+    );
+    expect_reply(&host, id, 401, "invalid_api_key");
+}
+
+#[test]
 fn admin_jwts_are_verified_and_carry_the_identity() {
     let mut host = jwt_gateway_with(ADMIN, &["rsa-1"]);
     let mut c = claims("ops-1");

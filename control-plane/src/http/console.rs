@@ -30,7 +30,7 @@ pub(super) fn router() -> Routes {
         .route("/console/", get(console_index))
         .route("/console/{*path}", get(console_asset))
         .route(
-            "/console/session",
+            "/admin/v1/console/session",
             get(console_whoami)
                 .post(body_first(console_sign_in))
                 .delete(console_sign_out),
@@ -139,9 +139,9 @@ fn parts_of(headers: &HeaderMap) -> Parts {
     req.into_parts().0
 }
 
-/// `POST /console/session`: signs in with the admin token (`{"token": "…"}`), or with an admin
+/// `POST /admin/v1/console/session`: signs in with the admin token (`{"token": "…"}`), or with an admin
 /// JWT verified at the edge; sets the console's HttpOnly, SameSite=Strict session cookie.
-#[utoipa::path(post, path = "/console/session", tag = "console", summary = "Sign in to the console: the admin token (or an admin JWT) for a session cookie", description = "Needs the header `X-Opsgate-Console: 1`, and is refused from another origin. The token is never stored in the browser: only the HttpOnly cookie `opsgate_console` is.", request_body(content = Option<SignIn>), responses((status = 201, description = "Signed in; Set-Cookie: opsgate_console (HttpOnly; SameSite=Strict; Path=/)", body = ConsoleSessionView), (status = 401, description = "Not the admin token", body = ErrorEnvelope), (status = 403, description = "Cross-site, or without the console's header; or a JWT without the admin role", body = ErrorEnvelope)), security((), ("jwt" = [])))]
+#[utoipa::path(post, path = "/admin/v1/console/session", tag = "console", summary = "Sign in to the console: the admin token (or an admin JWT) for a session cookie", description = "Needs the header `X-Console-Request: 1`, and is refused from another origin. The token is never stored in the browser: only the HttpOnly cookie `opsgate_console` is.", request_body(content = Option<SignIn>), responses((status = 201, description = "Signed in; Set-Cookie: opsgate_console (HttpOnly; SameSite=Strict; Path=/)", body = ConsoleSessionView), (status = 401, description = "Not the admin token", body = ErrorEnvelope), (status = 403, description = "Cross-site, or without the console's header; or a JWT without the admin role", body = ErrorEnvelope)), security((), ("jwt" = [])))]
 async fn console_sign_in(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -161,6 +161,18 @@ async fn console_sign_in(
         }
         (format!("jwt:{}", id.subject), String::new())
     } else {
+        let jwt_bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().split_once(' '))
+            .is_some_and(|(scheme, t)| {
+                scheme.eq_ignore_ascii_case("bearer") && t.trim().split('.').count() == 3
+            });
+        if jwt_bearer {
+            return Err(AppError::unauthorized(
+                "JWTs are verified by the gateway: open the console through it (its admin prefix routes here), or sign in with the admin token.",
+            ));
+        }
         let req: SignIn = if body.is_empty() {
             SignIn::default()
         } else {
@@ -195,8 +207,8 @@ async fn console_sign_in(
     Ok(no_store(resp))
 }
 
-/// `GET /console/session`: who is signed in (401 when no session is active).
-#[utoipa::path(get, path = "/console/session", tag = "console", summary = "The console session: who is signed in, until when", responses((status = 200, body = ConsoleSessionView), (status = 401, description = "No active session", body = ErrorEnvelope)), security(("console_session" = [])))]
+/// `GET /admin/v1/console/session`: who is signed in (401 when no session is active).
+#[utoipa::path(get, path = "/admin/v1/console/session", tag = "console", summary = "The console session: who is signed in, until when", responses((status = 200, body = ConsoleSessionView), (status = 401, description = "No active session", body = ErrorEnvelope)), security(("console_session" = [])))]
 async fn console_whoami(State(state): State<AppState>, headers: HeaderMap) -> AppResult<Response> {
     let session = match console_token(&headers) {
         Some(t) => console::active(&state.db, t, state.clock.now()).await?,
@@ -214,8 +226,8 @@ async fn console_whoami(State(state): State<AppState>, headers: HeaderMap) -> Ap
     ))
 }
 
-/// `DELETE /console/session`: signs out (ends the session, clears the cookie).
-#[utoipa::path(delete, path = "/console/session", tag = "console", summary = "Sign out of the console", description = "Needs the header `X-Opsgate-Console: 1`.", responses((status = 204, description = "Signed out; the cookie is cleared"), (status = 403, description = "Cross-site, or without the console's header", body = ErrorEnvelope)), security(("console_session" = [])))]
+/// `DELETE /admin/v1/console/session`: signs out (ends the session, clears the cookie).
+#[utoipa::path(delete, path = "/admin/v1/console/session", tag = "console", summary = "Sign out of the console", description = "Needs the header `X-Console-Request: 1`.", responses((status = 204, description = "Signed out; the cookie is cleared"), (status = 403, description = "Cross-site, or without the console's header", body = ErrorEnvelope)), security(("console_session" = [])))]
 async fn console_sign_out(
     State(state): State<AppState>,
     headers: HeaderMap,

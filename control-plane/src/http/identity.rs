@@ -115,18 +115,21 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> AppResult<String> {
 }
 
 /// The CSRF rule of every write authenticated by the console's cookie (and of signing in and
-/// out): the request carries `X-Opsgate-Console: 1`, which an HTML form cannot send and a
+/// out): the request carries `X-Console-Request: 1`, which an HTML form cannot send and a
 /// cross-origin script cannot without a CORS preflight the control plane never grants; and,
 /// when the browser says where it comes from (`Sec-Fetch-Site`, `Origin`), it is this origin.
 /// `host` is the request's own authority (its `Host`).
 pub(super) fn same_origin_write(headers: &HeaderMap, host: Option<&str>) -> AppResult<()> {
     let refuse = |why: &str| {
-        Err(AppError::forbidden(format!(
-            "Refused: {why}. Console writes are accepted only from the console's own pages."
-        )))
+        Err(AppError::new(
+            opsgate_core::ErrorKind::OriginNotAllowed,
+            format!(
+                "Refused: {why}. Console writes are accepted only from the console's own pages."
+            ),
+        ))
     };
     if headers.get(CONSOLE_HEADER).and_then(|v| v.to_str().ok()) != Some("1") {
-        return refuse("the request lacks the 'X-Opsgate-Console: 1' header");
+        return refuse("the request lacks the 'X-Console-Request: 1' header");
     }
     if let Some(site) = headers.get("sec-fetch-site") {
         if site.as_bytes() != b"same-origin" {

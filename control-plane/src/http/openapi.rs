@@ -77,13 +77,13 @@ impl Modify for Security {
         );
         c.add_security_scheme(
             "admin_token",
-            bearer("The admin token (OPSGATE_ADMIN_TOKEN); or a JWT with the admin role; or the console's session cookie (opsgate_console), with `X-Opsgate-Console: 1` on writes"),
+            bearer("The admin token (OPSGATE_ADMIN_TOKEN); or a JWT with the admin role; or the console's session cookie (opsgate_console), with `X-Console-Request: 1` on writes"),
         );
         c.add_security_scheme(
             "console_session",
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
                 "opsgate_console",
-                "The admin console's HttpOnly session cookie from POST /console/session",
+                "The admin console's HttpOnly session cookie from POST /admin/v1/console/session",
             ))),
         );
         c.add_security_scheme(

@@ -125,7 +125,14 @@ impl Filter {
                 .as_deref()
                 .and_then(|a| a.trim().split_once(' '))
                 .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
-            if bearer && !matches!(extracted, Ok(Credential::Jwt(_))) {
+            // So is the admin console's session cookie, when nothing else is presented (the
+            // control plane applies the console's CSRF rule).
+            let console = auth.is_none()
+                && cookie.as_deref().is_some_and(|c| {
+                    credentials::cookie_value(c, credentials::CONSOLE_COOKIE)
+                        .is_some_and(|v| !v.is_empty())
+                });
+            if (bearer && !matches!(extracted, Ok(Credential::Jwt(_)))) || console {
                 self.count(Counter::Passed);
                 self.pass_to_control_plane();
                 return Ok(Action::Continue);

@@ -135,6 +135,10 @@ pub struct ServeArgs {
     /// How long an admin console session (/console/) lasts, in seconds
     #[arg(long, env = "OPSGATE_CONSOLE_SESSION_TTL_SECS", default_value_t = 2 * 3600, value_parser = clap::value_parser!(i64).range(1..=7 * 86_400))]
     pub console_session_ttl_secs: i64,
+    /// Threads running requests: 0 runs them all on one thread (the cheapest per call on a
+    /// small machine; add replicas on PostgreSQL for more), N > 0 a pool of N
+    #[arg(long, env = "OPSGATE_WORKER_THREADS", default_value_t = 0)]
+    pub worker_threads: usize,
     /// Log format [default: text with --demo, json otherwise]
     #[arg(long, env = "OPSGATE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,

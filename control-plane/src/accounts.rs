@@ -458,16 +458,17 @@ pub async fn get_allocation(
         .bind(user_id)
         .fetch_optional(&db.pool)
         .await?;
-    row.map(|r| {
-        Ok(Allocation {
-            org_id: r.try_get("org_id")?,
-            user_id: r.try_get("user_id")?,
-            allocated: r.try_get("allocated")?,
-            used: r.try_get("used")?,
-            held: r.try_get("held")?,
-        })
+    row.as_ref().map(allocation_of).transpose()
+}
+
+fn allocation_of(r: &AnyRow) -> Result<Allocation, AppError> {
+    Ok(Allocation {
+        org_id: r.try_get("org_id")?,
+        user_id: r.try_get("user_id")?,
+        allocated: r.try_get("allocated")?,
+        used: r.try_get("used")?,
+        held: r.try_get("held")?,
     })
-    .transpose()
 }
 
 /// The allocations (caps inside the pool) of an organisation's users, by user id.
@@ -478,17 +479,7 @@ pub async fn list_allocations(db: &Db, org_id: &str) -> Result<Vec<Allocation>, 
     .bind(org_id)
     .fetch_all(&db.pool)
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(Allocation {
-                org_id: r.try_get("org_id")?,
-                user_id: r.try_get("user_id")?,
-                allocated: r.try_get("allocated")?,
-                used: r.try_get("used")?,
-                held: r.try_get("held")?,
-            })
-        })
-        .collect()
+    rows.iter().map(allocation_of).collect()
 }
 
 /// Sets a user's allocation inside their organisation to `allocated_mc` (it may not go below

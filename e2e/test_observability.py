@@ -54,7 +54,8 @@ def test_one_request_id_names_the_call_everywhere(stack, client):
             break
         time.sleep(0.25)
     assert entries, "Envoy's access log has no line with the request id"
-    assert entries[0]["status"] == 200 and entries[0]["path"].endswith("/chat/completions")
+    assert entries[0]["status"] == 200 and entries[0]["path"] == "/api/v1/llm/chat/completions"
+    assert entries[0]["upstream_path"] == "/v1/chat/completions"
 
 
 def test_control_plane_metrics_have_latency_histograms(stack, client):

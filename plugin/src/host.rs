@@ -124,6 +124,12 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_set_property(
+        path_data: *const u8,
+        path_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_get_shared_data(
         key_data: *const u8,
         key_size: usize,
@@ -223,6 +229,9 @@ mod native {
     pub unsafe fn proxy_record_metric(_: u32, _: u64) -> u32 {
         super::UNIMPLEMENTED
     }
+    pub unsafe fn proxy_set_property(_: *const u8, _: usize, _: *const u8, _: usize) -> u32 {
+        super::UNIMPLEMENTED
+    }
     pub unsafe fn proxy_get_shared_data(
         _: *const u8,
         _: usize,
@@ -312,6 +321,14 @@ pub fn buffer(kind: Buffer, start: usize, max: usize) -> Result<Vec<u8>, HostErr
 /// A buffer's bytes, or empty when the host cannot give them.
 pub fn buffer_or_empty(kind: Buffer, start: usize, max: usize) -> Vec<u8> {
     buffer(kind, start, max).unwrap_or_default()
+}
+
+/// Sets a property of the current stream (Envoy keeps it in the stream's filter state as
+/// `wasm.<path>`, where its access log can read it).
+pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), HostError> {
+    let path = path.join("\0");
+    // SAFETY: pointers and lengths of live buffers.
+    status(unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) })
 }
 
 /// The status Envoy gives a shared-data write whose compare-and-swap value is stale.

@@ -101,6 +101,16 @@ fn one_request_id_names_the_call_on_the_callout_and_the_provider_request() {
         Some(hold.as_str()),
         "the provider sees the same id, never the client's"
     );
+    // Envoy's access log reads the client's path from the stream's filter state: the
+    // request's own `:path` is now the provider's.
+    assert_eq!(
+        host.header(id, ":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    assert_eq!(
+        host.stream_property(id, &["opsgate_path"]).as_deref(),
+        Some(&b"/api/v1/llm/chat/completions"[..])
+    );
 }
 
 #[test]

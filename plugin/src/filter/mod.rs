@@ -323,6 +323,9 @@ fn strip_request_headers(matches: impl Fn(&[u8]) -> bool) {
 }
 
 /// Sets a header; a refusal (the map is gone in this phase) is logged, not fatal.
+/// The stream property holding the client's path (`%FILTER_STATE(wasm.opsgate_path:PLAIN)%`).
+const ACCESS_LOG_PATH: &str = "opsgate_path";
+
 fn set_header(map: Headers, name: &str, value: &str) {
     if host::set_header(map, name, value).is_err() {
         log(
@@ -446,6 +449,10 @@ impl HttpContext for Filter {
         let Some((area, route)) = self.route(&path) else {
             return Action::Continue;
         };
+        // The path as the client sent it (without its query), for Envoy's access log: a
+        // metered call's `:path` becomes the provider's.
+        let asked = path.split(|b| *b == b'?').next().unwrap_or_default();
+        let _ = host::set_property(&[ACCESS_LOG_PATH], asked);
         let result = route
             .ok_or_else(|| ApiError::invalid_param(":path", "The request path is not valid UTF-8."))
             .and_then(|route| self.request_headers(area, route, end_of_stream));

@@ -19,12 +19,16 @@ fn usage_of(v: &Value) -> Option<Usage> {
     })
 }
 
-/// Usage of a non-streamed chat completion body.
-pub fn chat_usage(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<Value>(body)
-        .ok()
-        .as_ref()
-        .and_then(usage_of)
+/// Sets `v`'s `model` to `model` (the catalogue id the client can send back) when the
+/// provider named it otherwise; whether it changed.
+fn rename_model(v: &mut Value, model: &str) -> bool {
+    match v.as_object_mut() {
+        Some(obj) if matches!(obj.get("model"), Some(Value::String(m)) if m != model) => {
+            obj.insert("model".into(), Value::String(model.into()));
+            true
+        }
+        _ => false,
+    }
 }
 
 /// A non-streamed chat completion body, read once: its usage, and the body as the client
@@ -35,13 +39,9 @@ pub fn chat_response(body: &[u8], model: &str) -> (Option<Usage>, Option<Vec<u8>
         return (None, None);
     };
     let usage = usage_of(&v);
-    let renamed = match v.as_object_mut() {
-        Some(obj) if matches!(obj.get("model"), Some(Value::String(m)) if m != model) => {
-            obj.insert("model".into(), Value::String(model.into()));
-            serde_json::to_vec(&v).ok()
-        }
-        _ => None,
-    };
+    let renamed = rename_model(&mut v, model)
+        .then(|| serde_json::to_vec(&v).ok())
+        .flatten();
     (usage, renamed)
 }
 
@@ -72,13 +72,13 @@ pub fn embeddings_response(body: &[u8], model: &str) -> (Option<Usage>, Option<V
         })
     });
     let renamed = match head.model {
-        Some(Value::String(m)) if m != model => {
-            let mut v = serde_json::from_slice::<Value>(body).ok();
-            v.as_mut()
-                .and_then(Value::as_object_mut)
-                .map(|obj| obj.insert("model".into(), Value::String(model.into())));
-            v.and_then(|v| serde_json::to_vec(&v).ok())
-        }
+        Some(Value::String(m)) if m != model => serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|mut v| {
+                rename_model(&mut v, model)
+                    .then(|| serde_json::to_vec(&v).ok())
+                    .flatten()
+            }),
         _ => None,
     };
     (usage, renamed)
@@ -114,20 +114,6 @@ pub struct SseMeter {
 }
 
 impl SseMeter {
-    /// Sets the event's `model` to the catalogue id; whether it changed.
-    fn rename_model(&self, v: &mut Value) -> bool {
-        let (Some(model), Some(obj)) = (self.model.as_deref(), v.as_object_mut()) else {
-            return false;
-        };
-        match obj.get("model") {
-            Some(Value::String(m)) if m != model => {
-                obj.insert("model".into(), Value::String(model.into()));
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Feeds one chunk of the stream; returns the bytes to forward now. `before_done` is
     /// called once, when the `[DONE]` line is reached, and its bytes are forwarded before it.
     /// At `end_of_stream` everything held back is released.
@@ -177,7 +163,10 @@ impl SseMeter {
                         out.extend_from_slice(&before_done(self));
                     }
                 } else if let Ok(mut v) = serde_json::from_slice::<Value>(data) {
-                    let renamed = self.rename_model(&mut v);
+                    let renamed = self
+                        .model
+                        .as_deref()
+                        .is_some_and(|model| rename_model(&mut v, model));
                     if let Some(u) = usage_of(&v) {
                         self.usage = Some(u);
                         let no_choices = v
@@ -282,13 +271,15 @@ mod tests {
 
     #[test]
     fn plain_usage() {
-        let u = chat_usage(
+        let u = chat_response(
             br#"{"usage":{"prompt_tokens":45,"completion_tokens":23,"total_tokens":68}}"#,
+            "m",
         )
+        .0
         .unwrap();
         assert_eq!((u.prompt_tokens, u.completion_tokens), (45, 23));
-        assert_eq!(chat_usage(b"{}"), None);
-        assert_eq!(chat_usage(b"garbage"), None);
+        assert_eq!(chat_response(b"{}", "m").0, None);
+        assert_eq!(chat_response(b"garbage", "m").0, None);
         assert_eq!(images_returned(br#"{"data":[{},{}]}"#), Some(2));
     }
 

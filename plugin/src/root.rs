@@ -6,7 +6,7 @@ use crate::filter::Filter;
 use crate::host::{self, Buffer, LogLevel};
 use crate::metrics::Metrics;
 use crate::shared::{
-    call_control_plane, callout_status, log, Shared, SharedRef, REACHABLE_KEY,
+    after, call_control_plane, callout_status, log, Shared, SharedRef, REACHABLE_KEY,
     SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY, SNAPSHOT_VERSION_KEY,
 };
 use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
@@ -142,7 +142,7 @@ fn take_lease(now: SystemTime, hold: Duration) -> bool {
     }
     match host::set_shared_data(
         SNAPSHOT_LEASE_KEY,
-        after(now, hold).to_string().as_bytes(),
+        millis(after(now, hold)).to_string().as_bytes(),
         cas,
     ) {
         Ok(()) => true,
@@ -152,14 +152,9 @@ fn take_lease(now: SystemTime, hold: Duration) -> bool {
     }
 }
 
-/// `now` plus `d`, in milliseconds since the epoch (saturating).
-fn after(now: SystemTime, d: Duration) -> u64 {
-    millis(now).saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
 /// The next poll is due `from_now` from now, by whichever worker ticks first.
 fn set_lease(from_now: Duration) {
-    let until = after(host::now(), from_now);
+    let until = millis(after(host::now(), from_now));
     let _ = host::set_shared_data(SNAPSHOT_LEASE_KEY, until.to_string().as_bytes(), 0);
 }
 
@@ -191,27 +186,16 @@ impl Context for Root {
                 (200, Ok(snap)) => {
                     self.snapshot_failing = false;
                     // The body first, then its version: a worker that sees the version
-                    // finds the body it names (or a newer one).
-                    let published =
-                        host::set_shared_data(SHARED_SNAPSHOT, &body, 0).and_then(|()| {
-                            host::set_shared_data(SNAPSHOT_VERSION_KEY, snap.version.as_bytes(), 0)
-                        });
+                    // finds the body it names (or a newer one). This worker serves the one
+                    // it parsed (also on a host without shared data).
+                    let _ = host::set_shared_data(SHARED_SNAPSHOT, &body, 0).and_then(|()| {
+                        host::set_shared_data(SNAPSHOT_VERSION_KEY, snap.version.as_bytes(), 0)
+                    });
                     let _ = host::set_shared_data(REACHABLE_KEY, b"1", 0);
                     set_lease(interval);
                     let mut s = shared.borrow_mut();
                     s.control_plane_reachable = true;
-                    match published {
-                        Ok(()) => s.sync_snapshot(),
-                        // No shared data (a host without it): this worker keeps its own.
-                        Err(_) => {
-                            if s.snapshot
-                                .as_ref()
-                                .is_none_or(|old| old.version != snap.version)
-                            {
-                                s.snapshot = Some(Rc::new(snap));
-                            }
-                        }
-                    }
+                    s.install(snap);
                 }
                 (status, parsed) => {
                     let _ = host::set_shared_data(REACHABLE_KEY, b"0", 0);

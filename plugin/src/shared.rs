@@ -78,17 +78,7 @@ impl Shared {
             return;
         };
         match serde_json::from_slice::<Snapshot>(&body) {
-            Ok(snap) => {
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "opsgate: snapshot {} loaded ({} service keys)",
-                        snap.version,
-                        snap.service_keys.len()
-                    ),
-                );
-                self.snapshot = Some(Rc::new(snap));
-            }
+            Ok(snap) => self.install(snap),
             Err(e) => {
                 log(
                     LogLevel::Warn,
@@ -99,6 +89,26 @@ impl Shared {
                 self.bad_version = Some(version);
             }
         }
+    }
+
+    /// Serves `snap` from now on, unless this worker already has its version.
+    pub fn install(&mut self, snap: Snapshot) {
+        if self
+            .snapshot
+            .as_ref()
+            .is_some_and(|old| old.version == snap.version)
+        {
+            return;
+        }
+        log(
+            LogLevel::Info,
+            &format!(
+                "opsgate: snapshot {} loaded ({} service keys)",
+                snap.version,
+                snap.service_keys.len()
+            ),
+        );
+        self.snapshot = Some(Rc::new(snap));
     }
 
     /// Whether the last poll, by any worker, reached the control plane.

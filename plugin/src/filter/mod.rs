@@ -128,8 +128,6 @@ pub struct Filter {
     route: String,
     /// The request headers ended the stream (no body).
     headers_eos: bool,
-    /// The request body was complete (this size) while the credential was still pending.
-
     /// The payload `jwt_authn` forwarded for this request's token, read before the
     /// `x-opsgate-*` headers are stripped.
     jwt_payload: Option<Vec<u8>>,
@@ -197,13 +195,12 @@ impl Filter {
         self.send_local(err.status(), pairs, err.to_json().as_bytes());
     }
 
-    /// `GET`/`HEAD` on the configured health path (query ignored).
-    fn is_health_check(&self, path: &[u8]) -> bool {
+    /// `GET`/`HEAD` on the configured health path (`bare`: the path without its query).
+    fn is_health_check(&self, bare: &[u8]) -> bool {
         let s = self.shared.borrow();
         let Some(health) = s.config.health_path.as_deref() else {
             return false;
         };
-        let bare = path.split(|b| *b == b'?').next().unwrap_or_default();
         bare == health.as_bytes()
             && matches!(
                 host::header(Headers::Request, ":method").as_deref(),
@@ -322,10 +319,10 @@ fn strip_request_headers(matches: impl Fn(&[u8]) -> bool) {
     }
 }
 
-/// Sets a header; a refusal (the map is gone in this phase) is logged, not fatal.
 /// The stream property holding the client's path (`%FILTER_STATE(wasm.opsgate_path:PLAIN)%`).
 const ACCESS_LOG_PATH: &str = "opsgate_path";
 
+/// Sets a header; a refusal (the map is gone in this phase) is logged, not fatal.
 fn set_header(map: Headers, name: &str, value: &str) {
     if host::set_header(map, name, value).is_err() {
         log(
@@ -436,23 +433,24 @@ impl HttpContext for Filter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         #[cfg(feature = "crash-trigger")]
         crash_trigger();
-        // Every worker serves the snapshot the last poll (by any worker) brought.
-        self.shared.borrow_mut().sync_snapshot();
         self.take_jwt_payload();
         self.strip_internal_headers();
         // Read as bytes: a path that is not ours passes whatever it holds.
         let path = host::header(Headers::Request, ":path").unwrap_or_default();
-        if self.is_health_check(&path) {
+        let bare = path.split(|b| *b == b'?').next().unwrap_or_default();
+        if self.is_health_check(bare) {
+            self.shared.borrow_mut().sync_snapshot();
             self.health();
             return Action::Pause;
         }
         let Some((area, route)) = self.route(&path) else {
             return Action::Continue;
         };
+        // Every worker serves the snapshot the last poll (by any worker) brought.
+        self.shared.borrow_mut().sync_snapshot();
         // The path as the client sent it (without its query), for Envoy's access log: a
         // metered call's `:path` becomes the provider's.
-        let asked = path.split(|b| *b == b'?').next().unwrap_or_default();
-        let _ = host::set_property(&[ACCESS_LOG_PATH], asked);
+        let _ = host::set_property(&[ACCESS_LOG_PATH], bare);
         let result = route
             .ok_or_else(|| ApiError::invalid_param(":path", "The request path is not valid UTF-8."))
             .and_then(|route| self.request_headers(area, route, end_of_stream));

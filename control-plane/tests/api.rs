@@ -7,19 +7,17 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
-use http_body_util::BodyExt;
 use opsgate_control_plane::accounts;
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::db::Db;
 use opsgate_control_plane::keys;
-use opsgate_control_plane::{app, AppState};
+use opsgate_control_plane::AppState;
 use opsgate_core::contract::{AuthorizeRequest, Outcome, Principal, SettleBatch};
 use opsgate_core::credentials::digest;
 use opsgate_core::plan::Plan;
 use opsgate_core::pricing::Usage;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
-use tower::ServiceExt;
 
 const SERVICE_KEY: &str = "sk-apitest-service-key-2025";
 
@@ -29,13 +27,6 @@ type Seen = Arc<Mutex<Vec<(String, String)>>>;
 struct Api {
     state: AppState,
     seen: Seen,
-}
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-    json: Value,
 }
 
 impl Api {
@@ -56,25 +47,12 @@ impl Api {
         let req = req
             .body(body.map_or_else(Body::empty, Body::from))
             .expect("request");
-        let resp = app(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let reply = oneshot(&self.state, req).await;
         self.seen
             .lock()
             .expect("lock")
-            .push((format!("{method} {path}"), text.clone()));
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            text,
-            json,
-        }
+            .push((format!("{method} {path}"), reply.text.clone()));
+        reply
     }
     async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
         self.send(Method::GET, path, bearer, None).await

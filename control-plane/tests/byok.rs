@@ -7,7 +7,6 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
-use http_body_util::BodyExt;
 use opsgate_control_plane::accounts;
 use opsgate_control_plane::byok::{self, Owner};
 use opsgate_control_plane::clock::ManualClock;
@@ -15,7 +14,7 @@ use opsgate_control_plane::crypto::{Keyring, MasterKey, OpenError};
 use opsgate_control_plane::db::Db;
 use opsgate_control_plane::keys;
 use opsgate_control_plane::ledger::{self, Routing};
-use opsgate_control_plane::{app, AppState};
+use opsgate_control_plane::AppState;
 use opsgate_core::contract::{Endpoint, Outcome, Principal};
 use opsgate_core::credentials::{digest, mask};
 use opsgate_core::headers::UNLIMITED_CALLS;
@@ -23,7 +22,6 @@ use opsgate_core::plan::Plan;
 use opsgate_core::ErrorKind;
 use serde_json::{json, Value};
 use sqlx::Row;
-use tower::ServiceExt;
 
 const OR_KEY: &str = "sk-or-v1-0123456789abcdef0123456789abcdef0123456789abcdef0123456789ab";
 const OR_KEY_2: &str = "sk-or-v1-fedcba9876543210fedcba9876543210fedcba9876543210fedcba98765432";
@@ -36,12 +34,6 @@ struct Api {
     state: AppState,
     /// Every response body, for the leak checks.
     seen: std::sync::Mutex<Vec<String>>,
-}
-
-struct Reply {
-    status: StatusCode,
-    text: String,
-    json: Value,
 }
 
 impl Api {
@@ -68,19 +60,9 @@ impl Api {
         let req = req
             .body(body.map_or_else(Body::empty, Body::from))
             .expect("request");
-        let resp = app(self.state.clone())
-            .oneshot(req)
-            .await
-            .expect("infallible");
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-        let text = String::from_utf8_lossy(&bytes).into_owned();
-        self.seen.lock().expect("lock").push(text.clone());
-        Reply {
-            status,
-            json: serde_json::from_str(&text).unwrap_or(Value::Null),
-            text,
-        }
+        let reply = oneshot(&self.state, req).await;
+        self.seen.lock().expect("lock").push(reply.text.clone());
+        reply
     }
     async fn get(&self, path: &str, bearer: Option<&str>) -> Reply {
         self.send(Method::GET, path, bearer, None).await

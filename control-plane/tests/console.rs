@@ -8,23 +8,14 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
-use http_body_util::BodyExt;
 use opsgate_control_plane::clock::ManualClock;
-use opsgate_control_plane::{app, ledger, AppState};
+use opsgate_control_plane::{ledger, AppState};
 use opsgate_core::contract::Outcome;
 use opsgate_core::plan::Plan;
 use opsgate_core::pricing::Usage;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const HOST: &str = "cp.example:8085";
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    text: String,
-    json: Value,
-}
 
 async fn send(
     state: &AppState,
@@ -46,18 +37,7 @@ async fn send(
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
-    let resp = app(state.clone()).oneshot(req).await.expect("response");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        headers,
-        text,
-        json,
-    }
+    oneshot(state, req).await
 }
 
 const CONSOLE: (&str, &str) = ("x-console-request", "1");

@@ -14,16 +14,14 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
-use http_body_util::BodyExt;
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::db::Db;
-use opsgate_control_plane::{app, AppState};
+use opsgate_control_plane::AppState;
 use opsgate_core::contract::{AuthorizeRequest, Outcome, Principal, SettleBatch};
 use opsgate_core::plan::Plan;
 use opsgate_core::pricing::Usage;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
-use tower::ServiceExt;
 
 const DASHBOARD: &str = include_str!("../../deploy/grafana/opsgate.json");
 const FILTER_METRICS: &str = include_str!("../../plugin/src/metrics.rs");
@@ -204,10 +202,8 @@ async fn send(
     let req = req
         .body(body.map_or_else(Body::empty, Body::from))
         .expect("request");
-    let resp = app(state.clone()).oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
+    let r = oneshot(state, req).await;
+    (r.status, r.text)
 }
 
 #[test]

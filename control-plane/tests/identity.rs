@@ -5,28 +5,19 @@ mod common;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use common::*;
-use http_body_util::BodyExt;
 use opsgate_control_plane::clock::ManualClock;
 use opsgate_control_plane::keys;
-use opsgate_control_plane::{app, AppState};
+use opsgate_control_plane::AppState;
 use opsgate_core::contract::{
     AuthorizeRequest, Identity, Principal, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
 };
 use opsgate_core::credentials::digest;
 use opsgate_core::plan::Plan;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 /// What the filter sends beside an identity.
 static AUTH: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| opsgate_core::contract::identity_auth(INTERNAL_TOKEN));
-
-struct Reply {
-    status: StatusCode,
-    headers: axum::http::HeaderMap,
-    json: Value,
-    text: String,
-}
 
 async fn send(
     state: &AppState,
@@ -42,17 +33,7 @@ async fn send(
     let req = req
         .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
         .expect("request");
-    let resp = app(state.clone()).oneshot(req).await.expect("infallible");
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    Reply {
-        status,
-        headers,
-        json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        text,
-    }
+    oneshot(state, req).await
 }
 
 /// The filter's authorize callout for a metered call by `principal`.

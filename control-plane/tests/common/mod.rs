@@ -695,3 +695,33 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// What a request through `app()` answered: status, headers, the body as text, and as JSON
+/// (`Null` when it is not).
+pub struct Reply {
+    pub status: axum::http::StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+/// Sends `req` through a fresh `app(state)` (`oneshot`) and reads the whole answer.
+pub async fn oneshot(state: &AppState, req: axum::http::Request<axum::body::Body>) -> Reply {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let resp = opsgate_control_plane::app(state.clone())
+        .oneshot(req)
+        .await
+        .expect("infallible");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.expect("body").to_bytes();
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+    Reply {
+        status,
+        headers,
+        text,
+        json,
+    }
+}

@@ -305,11 +305,6 @@ async fn execute(cli: Cli) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::ServiceKey(ServiceKeyCommand::Mint { service }) => {
-            let year = opsgate_core::time::year(now);
-            println!("{}", keys::mint_service_key(&service, year).map_err(e)?);
-            Ok(())
-        }
         Command::Audit { limit } => {
             print_json(
                 &crate::analytics::audit_log(&db.open().await?, limit)
@@ -319,13 +314,18 @@ async fn execute(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::ServiceKey(cmd) => {
-            let db = db.open().await?;
             match cmd {
+                // Minting touches no database.
+                ServiceKeyCommand::Mint { service } => {
+                    let year = opsgate_core::time::year(now);
+                    println!("{}", keys::mint_service_key(&service, year).map_err(e)?);
+                }
                 ServiceKeyCommand::Add {
                     key,
                     user,
                     allow_revoked,
                 } => {
+                    let db = db.open().await?;
                     let bound =
                         keys::bind_service_key(&db, &actor(), &key, &user, now, allow_revoked)
                             .await
@@ -334,15 +334,16 @@ async fn execute(cli: Cli) -> Result<(), String> {
                     println!("service key bound to {user}");
                 }
                 ServiceKeyCommand::Revoke { key } => {
-                    keys::revoke_service_key(&db, &actor(), &key, now)
+                    keys::revoke_service_key(&db.open().await?, &actor(), &key, now)
                         .await
                         .map_err(e)?;
                     println!("revoked");
                 }
-                ServiceKeyCommand::List => {
-                    print_json(&keys::list_service_keys(&db).await.map_err(e)?)
-                }
-                ServiceKeyCommand::Mint { .. } => {}
+                ServiceKeyCommand::List => print_json(
+                    &keys::list_service_keys(&db.open().await?)
+                        .await
+                        .map_err(e)?,
+                ),
             }
             Ok(())
         }

@@ -43,37 +43,24 @@ pub async fn seed_demo(db: &Db, now: i64) -> Result<Option<String>, String> {
     accounts::grant(db, actor, "org_demo", 10_000_000 * 1000, now)
         .await
         .map_err(e)?;
-    accounts::create_user(
-        db,
-        actor,
-        &accounts::NewUser {
-            id: "loopnet-service",
+    for (id, plan, kind) in [
+        ("loopnet-service", Plan::Enterprise, "service"),
+        ("demo-user", Plan::Professional, "user"),
+    ] {
+        let user = accounts::NewUser {
+            id,
             org_id: "org_demo",
-            plan: Plan::Enterprise,
-            kind: "service",
+            plan,
+            kind,
             role: "member",
-        },
-        now,
-    )
-    .await
-    .map_err(e)?;
+        };
+        accounts::create_user(db, actor, &user, now)
+            .await
+            .map_err(e)?;
+    }
     keys::add_service_key(db, actor, DEMO_SERVICE_KEY, "loopnet-service", now)
         .await
         .map_err(e)?;
-    accounts::create_user(
-        db,
-        actor,
-        &accounts::NewUser {
-            id: "demo-user",
-            org_id: "org_demo",
-            plan: Plan::Professional,
-            kind: "user",
-            role: "member",
-        },
-        now,
-    )
-    .await
-    .map_err(e)?;
     accounts::set_allocation(db, actor, "demo-user", 1_000 * 1000, now)
         .await
         .map_err(e)?;

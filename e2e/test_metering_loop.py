@@ -37,3 +37,40 @@ def test_back_to_back_streams_find_the_previous_hold_gone(stack):
         # The stream ended only after its settlement: nothing is held any more.
         credits = httpx.get(f"{stack.api}/credits", headers=auth(key), timeout=30).json()
         assert credits["credits_remaining"] > 11.0, (i, credits)
+
+
+def _settle_counts(stack) -> tuple[int, int]:
+    """(settle requests the control plane served, settlements they carried), from /metrics."""
+    import re
+    text = httpx.get(f"http://127.0.0.1:{stack.cp_port}/metrics", timeout=30).text
+    requests = sum(int(float(n)) for n in re.findall(
+        r'^opsgate_http_request_duration_seconds_count\{[^}]*route="/internal/v1/settle"[^}]*\} (\S+)', text, re.M))
+    carried = int(float(re.search(r"^opsgate_settle_batch_size_sum (\S+)", text, re.M).group(1)))
+    return requests, carried
+
+
+def test_calls_ending_together_share_settle_callouts(stack):
+    # Each Envoy worker's root context sends the settlements of calls that end while one of
+    # its batches is in flight together: fewer settle requests than calls, every settlement
+    # carried exactly once, and no hold left when all have returned.
+    from concurrent.futures import ThreadPoolExecutor
+    _, key = new_user(stack, "professional", credits="1000")
+    calls = 48
+    before = _settle_counts(stack)
+
+    def one(i):
+        with httpx.Client(timeout=60) as c:
+            r = c.post(f"{stack.api}/chat/completions", headers=auth(key),
+                       json={"model": "gpt-4o-mini", "max_tokens": 50,
+                             "messages": [{"role": "user", "content": f"together {i}"}]})
+            return r.status_code, float(r.headers.get("x-cost-incurred", "0"))
+
+    with ThreadPoolExecutor(max_workers=calls) as pool:
+        results = list(pool.map(one, range(calls)))
+    assert all(status == 200 for status, _ in results), results
+    requests, carried = (a - b for a, b in zip(_settle_counts(stack), before))
+    assert carried == calls, "every settlement carried once"
+    assert requests < calls, f"{requests} settle requests for {calls} calls: none shared"
+    credits = httpx.get(f"{stack.api}/credits", headers=auth(key), timeout=30).json()
+    spent = sum(cost for _, cost in results)
+    assert abs(credits["credits_remaining"] - (1000 - spent)) < 0.0005, (credits, spent)

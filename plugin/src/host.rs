@@ -144,6 +144,18 @@ extern "C" {
         value_size: usize,
         cas: u32,
     ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_enqueue_shared_queue(queue_id: u32, value_data: *const u8, value_size: usize) -> u32;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 /// Native builds (clippy, unit tests of the pure parts) have no host: every call fails.
@@ -250,6 +262,18 @@ mod native {
     ) -> u32 {
         super::UNIMPLEMENTED
     }
+    pub unsafe fn proxy_set_effective_context(_: u32) -> u32 {
+        super::UNIMPLEMENTED
+    }
+    pub unsafe fn proxy_register_shared_queue(_: *const u8, _: usize, _: *mut u32) -> u32 {
+        super::UNIMPLEMENTED
+    }
+    pub unsafe fn proxy_enqueue_shared_queue(_: u32, _: *const u8, _: usize) -> u32 {
+        super::UNIMPLEMENTED
+    }
+    pub unsafe fn proxy_dequeue_shared_queue(_: u32, _: *mut *mut u8, _: *mut usize) -> u32 {
+        super::UNIMPLEMENTED
+    }
 }
 #[cfg(not(target_arch = "wasm32"))]
 use native::*;
@@ -353,6 +377,35 @@ pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), HostErro
     status(unsafe {
         proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
     })
+}
+
+/// Makes the following hostcalls act on another live context of this VM (a root context
+/// resuming the requests it answered for); `BadArgument` when that context is gone.
+pub fn set_effective_context(context_id: u32) -> Result<(), HostError> {
+    // SAFETY: no pointers.
+    status(unsafe { proxy_set_effective_context(context_id) })
+}
+
+/// Registers a shared queue owned by the current root context: whatever is enqueued on it
+/// is announced to that root context (`on_queue_ready`) on its own worker thread.
+pub fn register_queue(name: &str) -> Result<u32, HostError> {
+    let mut id: u32 = 0;
+    // SAFETY: pointer and length of a live &str; the host writes one u32.
+    status(unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) }).map(|()| id)
+}
+
+pub fn enqueue(queue: u32, value: &[u8]) -> Result<(), HostError> {
+    // SAFETY: pointer and length of a live slice.
+    status(unsafe { proxy_enqueue_shared_queue(queue, value.as_ptr(), value.len()) })
+}
+
+/// The next item of a queue; `None` when it is empty (or unknown).
+pub fn dequeue(queue: u32) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the host writes a pointer it allocated and its size.
+    let code = unsafe { proxy_dequeue_shared_queue(queue, &mut data, &mut size) };
+    (code == OK).then(|| unsafe { take_host_bytes(data, size) })
 }
 
 /// Replaces `size` bytes from `start` with `data`.

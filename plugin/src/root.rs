@@ -1,15 +1,21 @@
-//! The root context of a worker VM: configuration, the snapshot poll, the JWKS fetch and
-//! the settle queue.
+//! The root context of a worker VM: configuration, the snapshot poll, the settle queue, and
+//! the batches of held calls' settlements (sent when its wake-up queue or a batch's answer
+//! calls it, and resumed from here).
 
 use crate::config::FilterConfig;
 use crate::filter::Filter;
-use crate::host::{self, Buffer, LogLevel};
+use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::metrics::Metrics;
 use crate::shared::{
-    after, call_control_plane, callout_status, log, Shared, SharedRef, REACHABLE_KEY,
-    SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY, SNAPSHOT_VERSION_KEY,
+    after, call_control_plane, call_control_plane_within, callout_status, log, random_u64, Shared,
+    SharedRef, REACHABLE_KEY, SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY,
+    SNAPSHOT_VERSION_KEY,
 };
-use opsgate_core::contract::{SettleBatch, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH};
+use opsgate_core::contract::{
+    SettleBatch, SettleResponse, Settlement, Snapshot, SETTLE_PATH, SNAPSHOT_PATH,
+};
+use opsgate_core::headers;
+use opsgate_core::money::MilliCredits;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
@@ -18,7 +24,11 @@ use std::time::{Duration, SystemTime};
 
 #[derive(Default)]
 pub struct Root {
+    /// This root context's id: hostcalls act on it again after it resumed held calls.
+    id: u32,
     shared: Option<SharedRef>,
+    /// The batch of held calls' settlements in flight: its token and the calls' contexts.
+    held_call: Option<(u32, Vec<u32>)>,
     snapshot_call: Option<u32>,
     settle_call: Option<(u32, Vec<Settlement>)>,
     shutting_down: bool,
@@ -27,6 +37,100 @@ pub struct Root {
 }
 
 impl Root {
+    pub fn new(id: u32) -> Self {
+        Root {
+            id,
+            ..Root::default()
+        }
+    }
+
+    /// Sends the settlements of every held call not yet sent, in one callout, unless a batch
+    /// is in flight (its answer sends the next). The answer resumes each call
+    /// ([`Root::held_answered`]); a batch that cannot be sent releases its calls at once and
+    /// queues their settlements for the tick's retries.
+    fn send_held(&mut self, shared: &SharedRef) {
+        if self.held_call.is_some() {
+            return;
+        }
+        let (ids, settlements): (Vec<u32>, Vec<Settlement>) = {
+            let mut s = shared.borrow_mut();
+            s.held
+                .iter_mut()
+                .filter(|h| !h.sent)
+                .map(|h| {
+                    h.sent = true;
+                    (h.context_id, h.settlement.clone())
+                })
+                .unzip()
+        };
+        if ids.is_empty() {
+            return;
+        }
+        let sent = serde_json::to_vec(&SettleBatch {
+            settlements,
+            with_balances: true,
+        })
+        .ok()
+        .and_then(|body| {
+            let s = shared.borrow();
+            call_control_plane_within(
+                &s.config,
+                "POST",
+                SETTLE_PATH,
+                Some(&body),
+                s.config.settle_wait,
+                None,
+            )
+            .ok()
+        });
+        match sent {
+            Some(token) => {
+                shared.borrow_mut().held_in_flight = true;
+                self.held_call = Some((token, ids));
+            }
+            None => {
+                log(
+                    LogLevel::Warn,
+                    "opsgate: held settlements not sent; queued for retry",
+                );
+                self.held_answered(shared, &ids, None);
+            }
+        }
+    }
+
+    /// The answer to a batch of held calls (`None`: none, or not readable): each call still
+    /// waiting gets its settled balance as `X-Credits-Remaining` (left at the estimate
+    /// without an answer, its settlement then queued for retry), and its response leaves.
+    fn held_answered(&mut self, shared: &SharedRef, ids: &[u32], answer: Option<SettleResponse>) {
+        for &id in ids {
+            let held = {
+                let mut s = shared.borrow_mut();
+                let Some(i) = s.held.iter().position(|h| h.context_id == id) else {
+                    continue;
+                };
+                s.held.remove(i)
+            };
+            let balance = answer.as_ref().map(|a| {
+                a.results
+                    .iter()
+                    .find(|r| r.hold_id == held.settlement.hold_id)
+                    .and_then(|r| r.balance_mc)
+            });
+            let Some(balance) = balance else {
+                shared.borrow_mut().enqueue(held.settlement);
+                if !held.gone {
+                    resume_held(id, None);
+                }
+                continue;
+            };
+            if !held.gone {
+                resume_held(id, balance);
+            }
+        }
+        // Hostcalls act on this root context again.
+        let _ = host::set_effective_context(self.id);
+    }
+
     /// Takes up this worker's part in the Envoy-wide snapshot: switch to the shared one if it
     /// moved, and poll the control plane when this worker wins the lease (one poll per
     /// interval per Envoy, whichever worker ticks first).
@@ -94,7 +198,7 @@ impl Root {
     }
 
     fn maybe_finish_shutdown(&mut self) {
-        if !self.shutting_down || self.settle_call.is_some() {
+        if !self.shutting_down || self.settle_call.is_some() || self.held_call.is_some() {
             return;
         }
         let pending = self
@@ -115,6 +219,28 @@ impl Root {
                 "opsgate: the host refused the end of shutdown",
             );
         }
+    }
+}
+
+/// Resumes a held response from the root context: the settled balance (when known) replaces
+/// the estimate in `X-Credits-Remaining`, then the response leaves. A context that is gone
+/// is skipped.
+fn resume_held(context_id: u32, balance: Option<MilliCredits>) {
+    if host::set_effective_context(context_id).is_err() {
+        return;
+    }
+    if let Some(balance) = balance {
+        let _ = host::set_header(
+            Headers::Response,
+            headers::X_CREDITS_REMAINING,
+            &balance.to_credits_string(),
+        );
+    }
+    if host::resume(Stream::Response).is_err() {
+        log(
+            LogLevel::Debug,
+            "opsgate: the host refused to resume a held response",
+        );
     }
 }
 
@@ -178,6 +304,31 @@ impl Context for Root {
             return;
         };
         let status = callout_status(num_headers);
+        if let Some((t, ids)) = self.held_call.take() {
+            if t != token {
+                self.held_call = Some((t, ids));
+            } else {
+                let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
+                let answer = (status == 200)
+                    .then(|| serde_json::from_slice::<SettleResponse>(&body).ok())
+                    .flatten();
+                if answer.is_none() {
+                    log(
+                        LogLevel::Warn,
+                        &format!(
+                            "opsgate: {} held settlements not acknowledged (status {status}); queued for retry",
+                            ids.len()
+                        ),
+                    );
+                }
+                shared.borrow_mut().held_in_flight = false;
+                self.held_answered(&shared, &ids, answer);
+                // Calls that ended while this batch was in flight go now, together.
+                self.send_held(&shared);
+                self.maybe_finish_shutdown();
+                return;
+            }
+        }
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
             let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
@@ -249,8 +400,8 @@ impl Context for Root {
             return true;
         };
         self.flush_settlements(&shared);
-        // Wait for the last batch to be acknowledged, then call done().
-        self.settle_call.is_none()
+        // Wait for the last batches to be acknowledged, then call done().
+        self.settle_call.is_none() && self.held_call.is_none()
     }
 }
 
@@ -267,10 +418,12 @@ impl RootContext for Root {
                     );
                     return false;
                 }
-                self.shared = Some(Rc::new(RefCell::new(Shared::new(
-                    config,
-                    Metrics::define(),
-                ))));
+                let mut shared = Shared::new(config, Metrics::define());
+                // One queue per worker (a name no other worker uses): it wakes this root
+                // context to send held settlements. Without it, each call sends its own.
+                let name = format!("opsgate.settle.{:016x}", random_u64());
+                shared.wake_queue = host::register_queue(&name).ok();
+                self.shared = Some(Rc::new(RefCell::new(shared)));
                 true
             }
             Err(e) => {
@@ -278,6 +431,18 @@ impl RootContext for Root {
                 false
             }
         }
+    }
+
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        if shared.borrow().wake_queue != Some(queue_id) {
+            return;
+        }
+        while host::dequeue(queue_id).is_some() {}
+        shared.borrow_mut().wake_pending = false;
+        self.send_held(&shared);
     }
 
     fn on_tick(&mut self) {
@@ -288,10 +453,10 @@ impl RootContext for Root {
         self.flush_settlements(&shared);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         self.shared
             .clone()
-            .map(|s| Box::new(Filter::new(s)) as Box<dyn HttpContext>)
+            .map(|s| Box::new(Filter::new(s, context_id)) as Box<dyn HttpContext>)
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -29,6 +29,18 @@ pub const SNAPSHOT_VERSION_KEY: &str = "opsgate.snapshot.version";
 pub const SNAPSHOT_LEASE_KEY: &str = "opsgate.snapshot.lease";
 pub const REACHABLE_KEY: &str = "opsgate.control_plane.reachable";
 
+/// A call whose response is held until its settlement is acknowledged (see
+/// [`Shared::hold`]).
+#[derive(Debug)]
+pub struct Held {
+    pub context_id: u32,
+    pub settlement: Settlement,
+    /// In the batch the root context has sent.
+    pub sent: bool,
+    /// The client left: its settlement still goes, nothing is resumed.
+    pub gone: bool,
+}
+
 pub struct Shared {
     pub config: FilterConfig,
     /// The last good snapshot; `None` until the first one arrives.
@@ -42,6 +54,16 @@ pub struct Shared {
     pub control_plane_reachable: bool,
     /// A shared snapshot version whose body did not parse: not read again.
     bad_version: Option<Vec<u8>>,
+    /// Calls held for their settlement, in the order they ended; the root context sends
+    /// them in one batch while none of its batches is in flight, else in the next.
+    pub held: Vec<Held>,
+    /// The root context's batch of held calls is in flight.
+    pub held_in_flight: bool,
+    /// This worker's queue that wakes its root context (`on_queue_ready`) to send the held
+    /// calls now; `None` on a host without shared queues (each call then sends its own).
+    pub wake_queue: Option<u32>,
+    /// A wake-up is queued and not yet seen by the root context.
+    pub wake_pending: bool,
 }
 
 impl Shared {
@@ -55,6 +77,56 @@ impl Shared {
             metrics,
             control_plane_reachable: false,
             bad_version: None,
+            held: Vec::new(),
+            held_in_flight: false,
+            wake_queue: None,
+            wake_pending: false,
+        }
+    }
+
+    /// Holds a finished call's response for its settlement, which the root context sends
+    /// with those of the other calls that end while a batch is in flight: calls that end
+    /// together share one callout, and a batch goes as soon as the one before it is answered
+    /// (no tick in the path). `false` when this worker cannot batch (no wake-up queue, or the
+    /// host refused the wake-up): the caller sends its own settlement.
+    pub fn hold(&mut self, context_id: u32, settlement: Settlement) -> bool {
+        let Some(queue) = self.wake_queue else {
+            return false;
+        };
+        if !self.held_in_flight && !self.wake_pending {
+            if host::enqueue(queue, b"").is_err() {
+                return false;
+            }
+            self.wake_pending = true;
+        }
+        self.held.push(Held {
+            context_id,
+            settlement,
+            sent: false,
+            gone: false,
+        });
+        true
+    }
+
+    /// The call's response is still held for its settlement.
+    pub fn is_held(&self, context_id: u32) -> bool {
+        self.held.iter().any(|h| h.context_id == context_id)
+    }
+
+    /// The client of a held call left: a settlement not yet sent moves to the settle queue
+    /// (nothing waits for it now); one in flight stays with its batch, which retries it.
+    pub fn held_call_ended(&mut self, context_id: u32) {
+        let Some(i) = self.held.iter().position(|h| h.context_id == context_id) else {
+            return;
+        };
+        let sent = self.held.get(i).is_some_and(|h| h.sent);
+        if sent {
+            if let Some(h) = self.held.get_mut(i) {
+                h.gone = true;
+            }
+        } else {
+            let h = self.held.remove(i);
+            self.enqueue(h.settlement);
         }
     }
 
@@ -183,6 +255,14 @@ pub fn callout_status(num_headers: usize) -> u16 {
 }
 
 pub use crate::host::log;
+
+/// 64 random bits (std seeds its hash keys from WASI's random source).
+pub fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
+}
 
 /// `now + by`; `now` itself if the sum does not fit a `SystemTime` (an entry that expires
 /// at once, a fetch that is due at once: never a panic).

@@ -1,5 +1,6 @@
 //! [`Host`]: drives one filter instance the way Envoy's HTTP filter does.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -709,6 +710,16 @@ impl Host {
     /// Whether any log message contains `needle`.
     pub fn has_log(&self, needle: &str) -> bool {
         self.state().logs.iter().any(|(_, m)| m.contains(needle))
+    }
+
+    /// Hostcalls the guest made since the last [`Host::clear_hostcalls`], by import name,
+    /// with the host's guest allocations as `proxy_on_memory_allocate`.
+    pub fn hostcalls(&self) -> BTreeMap<&'static str, u64> {
+        self.state().hostcalls.clone()
+    }
+
+    pub fn clear_hostcalls(&mut self) {
+        self.state_mut().hostcalls.clear();
     }
 
     pub fn clear_logs(&mut self) {

@@ -138,6 +138,10 @@ fn alloc(c: &mut C<'_>, size: usize) -> Result<u32, Fail> {
         .ok_or(Fail::Status(Status::InvalidMemoryAccess))?;
     let func = func.typed::<i32, i32>(&*c)?;
     let size = i32::try_from(size).map_err(|_| Fail::Status(Status::InvalidMemoryAccess))?;
+    *state(c)
+        .hostcalls
+        .entry("proxy_on_memory_allocate")
+        .or_default() += 1;
     match func.call(&mut *c, size)? {
         0 => Err(Status::InvalidMemoryAccess.into()),
         addr => Ok(addr as u32),
@@ -854,6 +858,7 @@ pub(crate) fn define(linker: &mut Linker<StoreData>, module: &Module) -> Result<
         ($($name:literal => $f:ident($($arg:ident: $ty:ty),*);)*) => {$(
             linker
                 .func_wrap("env", $name, |mut caller: C<'_>, $($arg: $ty),*| {
+                    *state(&mut caller).hostcalls.entry($name).or_default() += 1;
                     finish($f(&mut caller, $($arg),*))
                 })
                 .map_err(crate::wasm_error)?;

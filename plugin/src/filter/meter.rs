@@ -90,7 +90,7 @@ impl Filter {
             return Action::Continue;
         }
         if self.replacement.is_none() && self.streaming {
-            if self.settle_wait.is_some() {
+            if self.waits_for_settlement() {
                 // The stream's end is held for its settlement: whatever else arrives waits in
                 // Envoy's buffer, untouched, and leaves with it.
                 return Action::Pause;
@@ -154,8 +154,10 @@ impl Filter {
     pub(super) fn call_ended(&mut self) {
         // The client left while its settlement was on its way: it is queued again (settling
         // is idempotent, so a second delivery changes nothing).
-        if let Some((_, settlement)) = self.settle_wait.take() {
-            self.shared.borrow_mut().enqueue(settlement);
+        match self.settle_wait.take() {
+            Some(SettleWait::Own(_, settlement)) => self.shared.borrow_mut().enqueue(settlement),
+            Some(SettleWait::Batched) => self.shared.borrow_mut().held_call_ended(self.context_id),
+            None => {}
         }
         // The stream is over, however it ended: whatever is still open is settled now.
         if matches!(self.phase, Phase::Authorizing { .. }) {
@@ -264,8 +266,11 @@ impl Filter {
     /// A plain response's hold ends with the call: its settlement is sent now, and the
     /// response waits (body and headers held) for the acknowledgement, so its
     /// `X-Credits-Remaining` is the settled balance and the client's next call finds the hold
-    /// gone. The wait is bounded (`settle_wait_ms`): a slow control plane never holds the
-    /// client for long; the settlement is then retried from the queue.
+    /// gone. The settlement goes with those of this worker's other calls that end while a
+    /// batch is in flight, in one callout sent by the root context, which resumes each
+    /// response ([`crate::shared::Shared::hold`]); on a host without shared queues, in a
+    /// callout of its own. The wait is bounded (`settle_wait_ms` per batch): a slow control
+    /// plane never holds the client for long; the settlement is then retried from the queue.
     fn settle_and_wait(&mut self, outcome: Outcome, usage: Usage) -> Action {
         if self.shared.borrow().config.settle_wait.is_zero() {
             self.settle(outcome, usage);
@@ -274,6 +279,14 @@ impl Filter {
         let Some(settlement) = self.settlement(outcome, usage) else {
             return Action::Continue;
         };
+        if self
+            .shared
+            .borrow_mut()
+            .hold(self.context_id, settlement.clone())
+        {
+            self.settle_wait = Some(SettleWait::Batched);
+            return Action::Pause;
+        }
         let batch = SettleBatch {
             settlements: vec![settlement.clone()],
             with_balances: true,
@@ -292,7 +305,7 @@ impl Filter {
         });
         match sent {
             Some(token) => {
-                self.settle_wait = Some((token, settlement));
+                self.settle_wait = Some(SettleWait::Own(token, settlement));
                 Action::Pause
             }
             None => {
@@ -302,10 +315,19 @@ impl Filter {
         }
     }
 
+    /// The response is still held for this call's settlement.
+    fn waits_for_settlement(&self) -> bool {
+        match self.settle_wait {
+            Some(SettleWait::Own(..)) => true,
+            Some(SettleWait::Batched) => self.shared.borrow().is_held(self.context_id),
+            None => false,
+        }
+    }
+
     /// The acknowledgement of this call's own settlement (or its failure): the settled
     /// balance replaces the estimate in `X-Credits-Remaining`, then the response leaves.
     pub(super) fn settle_answered(&mut self, status: u16, body: &[u8]) {
-        let Some((_, settlement)) = self.settle_wait.take() else {
+        let Some(SettleWait::Own(_, settlement)) = self.settle_wait.take() else {
             return;
         };
         let answer = (status == 200)

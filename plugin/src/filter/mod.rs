@@ -92,6 +92,15 @@ enum Authn {
     Refused(ApiError),
 }
 
+/// How a held response's settlement travels.
+enum SettleWait {
+    /// In this worker's next batch, sent by the root context, which resumes the response
+    /// when the batch is answered ([`crate::shared::Shared::hold`]).
+    Batched,
+    /// In a callout of its own (token), answered here.
+    Own(u32, Settlement),
+}
+
 struct Parsed {
     body: Map<String, Value>,
     body_len: usize,
@@ -140,17 +149,19 @@ pub struct Filter {
     /// CORS headers for the response: the full set for an allowed origin, else only
     /// `vary: origin` when CORS is configured.
     cors_headers: Vec<(&'static str, String)>,
-    /// This call's own settlement, sent when its plain response completed, awaiting its
-    /// acknowledgement (callout token) while the response is held.
-    settle_wait: Option<(u32, Settlement)>,
+    /// The response is held for this call's settlement, sent when it completed.
+    settle_wait: Option<SettleWait>,
+    /// This request's context id (the root context resumes it by this id).
+    context_id: u32,
     /// Passed on to the control plane (a non-metered route): its body is bounded and an
     /// error Envoy answers in plain text (control plane down or hung) becomes an envelope.
     to_control_plane: bool,
 }
 
 impl Filter {
-    pub fn new(shared: SharedRef) -> Self {
+    pub fn new(shared: SharedRef, context_id: u32) -> Self {
         Filter {
+            context_id,
             shared,
             phase: Phase::Pass,
             endpoint: None,
@@ -381,7 +392,7 @@ impl Context for Filter {
         body_size: usize,
         _: usize,
     ) {
-        if self.settle_wait.as_ref().is_some_and(|(t, _)| *t == token) {
+        if matches!(self.settle_wait, Some(SettleWait::Own(t, _)) if t == token) {
             let status = callout_status(num_headers);
             let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
             self.settle_answered(status, &body);

@@ -411,12 +411,9 @@ impl Filter {
 /// A unique id for one call: the time and 64 random bits (std seeds its hash keys from
 /// WASI's random source).
 pub(super) fn new_request_id(now: SystemTime) -> String {
-    use std::hash::{BuildHasher, Hasher};
     let nanos = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
+    let random = crate::shared::random_u64();
     format!("req_{nanos:016x}{random:016x}")
 }

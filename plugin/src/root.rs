@@ -66,6 +66,11 @@ impl Root {
         if ids.is_empty() {
             return;
         }
+        // A batch of one call carries that call's id (its hold id) for the request log.
+        let request_id = match settlements.as_slice() {
+            [one] => Some(one.hold_id.clone()),
+            _ => None,
+        };
         let sent = serde_json::to_vec(&SettleBatch {
             settlements,
             with_balances: true,
@@ -79,7 +84,7 @@ impl Root {
                 SETTLE_PATH,
                 Some(&body),
                 s.config.settle_wait,
-                None,
+                request_id.as_deref(),
             )
             .ok()
         });

@@ -74,6 +74,11 @@ fn calls_ending_while_a_batch_is_in_flight_ride_together_in_the_next() {
     finish(&mut host, a);
     let first = settle_call(&mut host).expect("the first goes at once");
     assert_eq!(holds(&first), ["hold_a"]);
+    assert_eq!(
+        header(&first.headers, "x-request-id"),
+        Some("hold_a"),
+        "a batch of one names its call"
+    );
     assert!(settle_batch(&first).with_balances);
     assert_eq!(first.timeout, std::time::Duration::from_millis(1000));
 
@@ -92,6 +97,11 @@ fn calls_ending_while_a_batch_is_in_flight_ride_together_in_the_next() {
     assert_eq!(remaining(&host, a).as_deref(), Some("9000.000"));
     let second = settle_call(&mut host).expect("sent as the first is answered");
     assert_eq!(holds(&second), ["hold_b", "hold_c"], "one callout for both");
+    assert_eq!(
+        header(&second.headers, "x-request-id"),
+        None,
+        "a batch names its holds in the body"
+    );
     assert!(settle_batch(&second).with_balances);
     assert_eq!(host.resumed(b, StreamKind::Response), 0);
 

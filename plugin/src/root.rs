@@ -44,6 +44,16 @@ impl Root {
         }
     }
 
+    /// Takes this worker's wake-ups and sends what is held.
+    fn wake_up(&mut self, shared: &SharedRef) {
+        let queue = shared.borrow().wake_queue;
+        if let Some(queue) = queue {
+            while host::dequeue(queue).is_some() {}
+        }
+        shared.borrow_mut().wake_pending = false;
+        self.send_held(shared);
+    }
+
     /// Sends the settlements of every held call not yet sent, in one callout, unless a batch
     /// is in flight (its answer sends the next). The answer resumes each call
     /// ([`Root::held_answered`]); a batch that cannot be sent releases its calls at once and
@@ -404,6 +414,7 @@ impl Context for Root {
         let Some(shared) = self.shared.clone() else {
             return true;
         };
+        self.send_held(&shared);
         self.flush_settlements(&shared);
         // Wait for the last batches to be acknowledged, then call done().
         self.settle_call.is_none() && self.held_call.is_none()
@@ -445,9 +456,7 @@ impl RootContext for Root {
         if shared.borrow().wake_queue != Some(queue_id) {
             return;
         }
-        while host::dequeue(queue_id).is_some() {}
-        shared.borrow_mut().wake_pending = false;
-        self.send_held(&shared);
+        self.wake_up(&shared);
     }
 
     fn on_tick(&mut self) {
@@ -456,6 +465,8 @@ impl RootContext for Root {
         };
         self.poll_snapshot(&shared);
         self.flush_settlements(&shared);
+        // A safety net: held calls whose wake-up never came go on the next tick.
+        self.wake_up(&shared);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

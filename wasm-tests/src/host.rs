@@ -718,6 +718,12 @@ impl Host {
         self.state().hostcalls.clone()
     }
 
+    /// Stops delivering `proxy_on_queue_ready` (the items stay queued): a host that loses
+    /// wake-ups, for the filter's safety nets.
+    pub fn drop_queue_ready(&mut self, drop: bool) {
+        self.state_mut().drop_queue_ready = drop;
+    }
+
     pub fn clear_hostcalls(&mut self) {
         self.state_mut().hostcalls.clear();
     }
@@ -1111,7 +1117,7 @@ impl Host {
                 Deferred::Continue { context, kind } => self.resume(context, kind)?,
                 Deferred::LocalReply { context } => self.send_local_reply(context)?,
                 Deferred::QueueReady { context, token } => {
-                    if self.state().context_alive(context) {
+                    if self.state().context_alive(context) && !self.state().drop_queue_ready {
                         self.call::<(i32, i32), ()>(
                             context,
                             "proxy_on_queue_ready",

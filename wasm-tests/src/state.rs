@@ -407,6 +407,8 @@ pub(crate) struct HostState {
     /// to return data (`proxy_on_memory_allocate`): each is a crossing between the VM and
     /// Envoy, the filter's dominant cost in V8.
     pub hostcalls: BTreeMap<&'static str, u64>,
+    /// Tests only: `onQueueReady` is not delivered (a wake-up the host lost).
+    pub drop_queue_ready: bool,
 }
 
 impl HostState {
@@ -445,6 +447,7 @@ impl HostState {
             root_pending_done: false,
             done_called: false,
             hostcalls: BTreeMap::new(),
+            drop_queue_ready: false,
         }
     }
 

@@ -225,3 +225,40 @@ fn each_worker_batches_its_own_calls() {
     assert_eq!(two.resumed(b, StreamKind::Response), 1);
     assert_eq!(one.resumed(a, StreamKind::Response), 0);
 }
+
+#[test]
+fn a_lost_wake_up_is_covered_by_the_next_tick() {
+    let mut host = gateway_with(&config_with(r#""settle_wait_ms":1000"#));
+    host.drop_queue_ready(true);
+    let a = forwarded(&mut host, "hold_a");
+    finish(&mut host, a);
+    assert!(settle_call(&mut host).is_none(), "the wake-up was lost");
+    host.advance(std::time::Duration::from_millis(250));
+    host.tick().unwrap();
+    let batch = settle_call(&mut host).expect("sent on the tick");
+    assert_eq!(holds(&batch), ["hold_a"]);
+    assert!(settle_batch(&batch).with_balances);
+    ack(&mut host, &batch, &[("hold_a", 9_000_000)]);
+    assert_eq!(host.resumed(a, StreamKind::Response), 1);
+    assert_eq!(remaining(&host, a).as_deref(), Some("9000.000"));
+    // Later calls still batch: the worker is not stuck waiting for a wake-up.
+    host.drop_queue_ready(false);
+    let b = forwarded(&mut host, "hold_b");
+    finish(&mut host, b);
+    let batch = settle_call(&mut host).expect("woken at once again");
+    assert_eq!(holds(&batch), ["hold_b"]);
+}
+
+#[test]
+fn held_calls_are_sent_before_the_worker_shuts_down() {
+    let mut host = gateway_with(&config_with(r#""settle_wait_ms":1000"#));
+    host.drop_queue_ready(true);
+    let a = forwarded(&mut host, "hold_a");
+    finish(&mut host, a);
+    assert!(!host.shutdown().unwrap(), "waits for the held call's batch");
+    let batch = settle_call(&mut host).expect("sent as the worker drains");
+    assert_eq!(holds(&batch), ["hold_a"]);
+    ack(&mut host, &batch, &[("hold_a", 9_000_000)]);
+    assert_eq!(host.resumed(a, StreamKind::Response), 1);
+    assert!(host.done_called(), "done once the batch is answered");
+}

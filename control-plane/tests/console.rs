@@ -601,3 +601,83 @@ async fn the_daily_usage_series_by_org_user_model_and_provider() {
     })
     .await;
 }
+
+/// A console session opened with a JWT (verified at the edge) ends when the token does, if
+/// that is before the console's own TTL; an expired token opens none.
+#[tokio::test]
+async fn a_jwt_console_session_ends_no_later_than_its_token() {
+    use opsgate_core::contract::{identity_auth, Identity, IDENTITY_AUTH_HEADER, IDENTITY_HEADER};
+    let t = TestDb::sqlite().await;
+    let clock = ManualClock::at(T0);
+    let st = state(&t.db, &clock, catalogue());
+    let auth = identity_auth(INTERNAL_TOKEN);
+    let sign_in_with = |expires_at: Option<i64>| {
+        let id = Identity {
+            subject: "root".into(),
+            email: None,
+            roles: vec!["opsgate-admin".into()],
+            expires_at,
+        }
+        .encode();
+        let (st, auth) = (st.clone(), auth.clone());
+        async move {
+            send(
+                &st,
+                Method::POST,
+                "/admin/v1/console/session",
+                &[
+                    CONSOLE,
+                    SAME_ORIGIN,
+                    (IDENTITY_HEADER, &id),
+                    (IDENTITY_AUTH_HEADER, &auth),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+
+    let r = sign_in_with(Some(T0 + 600)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let body: Value = serde_json::from_str(&r.text).expect("json");
+    assert_eq!(
+        body["expires_at"],
+        T0 + 600,
+        "the token's exp, not the 1 h TTL"
+    );
+    let set = r.headers["set-cookie"].to_str().expect("ascii").to_string();
+    assert!(set.contains("Max-Age=600"), "{set}");
+    let cookie = set.split(';').next().expect("pair").to_string();
+    let orgs = || async {
+        send(
+            &st,
+            Method::GET,
+            "/admin/v1/orgs",
+            &[("cookie", cookie.as_str())],
+            None,
+        )
+        .await
+        .status
+    };
+    assert_eq!(orgs().await, StatusCode::OK);
+    clock.advance(600);
+    assert_eq!(
+        orgs().await,
+        StatusCode::UNAUTHORIZED,
+        "ended with the token"
+    );
+
+    let expired = sign_in_with(Some(T0 + 599)).await;
+    assert_eq!(expired.status, StatusCode::UNAUTHORIZED, "{}", expired.text);
+    assert!(expired.headers.get("set-cookie").is_none());
+
+    let r = sign_in_with(None).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text);
+    let body: Value = serde_json::from_str(&r.text).expect("json");
+    assert_eq!(
+        body["expires_at"],
+        T0 + 600 + 3600,
+        "no exp: the console's own TTL"
+    );
+    t.close().await;
+}

@@ -60,6 +60,7 @@ fn identity(sub: &str, roles: &[&str]) -> String {
         subject: sub.into(),
         email: Some(format!("{sub}@example.com")),
         roles: roles.iter().map(|r| r.to_string()).collect(),
+        expires_at: None,
     }
     .encode()
 }

@@ -316,6 +316,10 @@ pub struct Identity {
     pub email: Option<String>,
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The token's `exp` (Unix seconds): what the control plane grants on the strength of
+    /// this token (a console session) ends no later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<i64>,
 }
 
 impl Identity {
@@ -360,6 +364,7 @@ mod tests {
             subject: "f3a1-uuid".into(),
             email: Some("zoë@example.com".into()),
             roles: vec!["opsgate-admin".into()],
+            expires_at: Some(1_900_000_000),
         };
         let v = id.encode();
         assert!(v

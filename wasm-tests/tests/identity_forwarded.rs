@@ -1,6 +1,6 @@
 //! Non-metered calls authenticated at the edge by a verified JWT reach the control plane
 //! with the identity the filter verified: `x-opsgate-identity` (base64url JSON of subject,
-//! email and roles) and `x-opsgate-identity-auth` (the internal token). Every `x-opsgate-*`
+//! email, roles and the token's exp) and `x-opsgate-identity-auth` (the internal token). Every `x-opsgate-*`
 //! header a client sends is removed first, so a client can never claim an identity. Service
 //! keys, `uc_` keys and sessions pass with their own credential and no identity. Metered
 //! calls never carry the identity (or the internal token) to a provider. Under the optional
@@ -42,6 +42,8 @@ fn expected(sub: &str) -> Identity {
         subject: sub.into(),
         email: Some(format!("{sub}@example.com")),
         roles: vec!["offline_access".into(), "pro".into()],
+        // The token's exp: the control plane ends a console session no later.
+        expires_at: Some(T0 + 300),
     }
 }
 
@@ -137,7 +139,8 @@ fn identity_without_email_or_roles() {
         Some(Identity {
             subject: "svc-account".into(),
             email: None,
-            roles: vec![]
+            roles: vec![],
+            expires_at: Some(T0 + 300),
         })
     );
 }
@@ -149,6 +152,7 @@ fn a_client_cannot_claim_an_identity() {
         subject: "admin".into(),
         email: None,
         roles: vec!["opsgate-admin".into()],
+        expires_at: None,
     }
     .encode();
     let spoof = [
@@ -364,6 +368,7 @@ fn admin_jwts_are_verified_and_carry_the_identity() {
             subject: "ops-1".into(),
             email: Some("ops-1@example.com".into()),
             roles: vec!["opsgate-admin".into()],
+            expires_at: Some(T0 + 300),
         })
     );
     // A bad JWT never reaches the admin API.

@@ -149,7 +149,7 @@ async fn console_sign_in(
 ) -> AppResult<Response> {
     let parts = parts_of(&headers);
     same_origin_write(&headers, own_host(&parts))?;
-    let (actor, credential) = if let Some(id) = edge_identity(&state, &headers) {
+    let (actor, credential, token_expires) = if let Some(id) = edge_identity(&state, &headers) {
         if !id.roles.iter().any(|r| *r == state.settings.admin_role) {
             return Err(AppError::new(
                 opsgate_core::ErrorKind::AdminRequired,
@@ -159,7 +159,7 @@ async fn console_sign_in(
                 ),
             ));
         }
-        (format!("jwt:{}", id.subject), String::new())
+        (format!("jwt:{}", id.subject), String::new(), id.expires_at)
     } else {
         let jwt_bearer = headers
             .get(header::AUTHORIZATION)
@@ -185,14 +185,25 @@ async fn console_sign_in(
             ));
         };
         match req.token.as_deref() {
-            Some(t) if credentials::constant_time_eq(t.as_bytes(), expected.as_bytes()) => {
-                ("admin-token".to_string(), credentials::digest(expected))
-            }
+            Some(t) if credentials::constant_time_eq(t.as_bytes(), expected.as_bytes()) => (
+                "admin-token".to_string(),
+                credentials::digest(expected),
+                None,
+            ),
             _ => return Err(AppError::unauthorized("That is not the admin token.")),
         }
     };
     let now = state.clock.now();
-    let ttl = state.settings.console_session_ttl_secs;
+    // A session opened with a JWT ends when the token does, if that is sooner.
+    let ttl = match token_expires {
+        Some(exp) => state.settings.console_session_ttl_secs.min(exp - now),
+        None => state.settings.console_session_ttl_secs,
+    };
+    if ttl <= 0 {
+        return Err(AppError::unauthorized(
+            "This token has expired: sign in again with a fresh one.",
+        ));
+    }
     let token = console::open(&state.db, &actor, &credential, now, ttl).await?;
     let mut resp = (
         StatusCode::CREATED,

@@ -114,6 +114,7 @@ impl Filter {
         ) {
             Ok(claims) => {
                 self.count(Counter::JwtVerified);
+                self.jwt_expires_at = Some(claims.expires_at);
                 Authn::Ready(Principal::Jwt {
                     subject: claims.subject,
                     email: claims.email,
@@ -146,6 +147,7 @@ impl Filter {
             subject: subject.clone(),
             email: email.clone(),
             roles: roles.clone(),
+            expires_at: self.jwt_expires_at,
         };
         let auth = self.shared.borrow().config.identity_auth.clone();
         set_header(Headers::Request, IDENTITY_HEADER, &identity.encode());

@@ -140,6 +140,8 @@ pub struct Filter {
     /// The payload `jwt_authn` forwarded for this request's token, read before the
     /// `x-opsgate-*` headers are stripped.
     jwt_payload: Option<Vec<u8>>,
+    /// The verified JWT's `exp`, forwarded with its identity.
+    jwt_expires_at: Option<i64>,
     /// The credential-cache key of a `uc_` key or session, updated from authorize's answer.
     credential_key: Option<String>,
     authorize_sent: Option<SystemTime>,
@@ -184,6 +186,7 @@ impl Filter {
             route: String::new(),
             headers_eos: false,
             jwt_payload: None,
+            jwt_expires_at: None,
             credential_key: None,
             authorize_sent: None,
             cors_headers: Vec::new(),

@@ -127,3 +127,27 @@ def test_a_users_own_openai_key_is_used_never_platform_credits(stack, client):
     assert dict(seen["headers"])["authorization"] == f"Bearer {own}"
     assert own not in e.value.response.text
     assert quiet(lambda: credits_mc(client, key)) == before
+
+
+def test_a_batch_too_large_for_one_answer_is_a_400_before_the_provider_is_paid(stack, client):
+    # 1,000 vectors of text-embedding-3-large's 3,072 floats would come to ~65 MiB, over the
+    # 32 MiB Envoy holds: without the check the provider answered, was paid, and the client
+    # got Envoy's bare 500 (which the SDK retries, each one charged).
+    _, key = new_user(stack, "enterprise", credits="10")
+    before = quiet(lambda: credits_mc(client, key))
+    stack.clear_provider_requests()
+    texts = [f"text {i}" for i in range(1_000)]
+    with pytest.raises(openai.BadRequestError) as e:
+        sdk(stack, key).embeddings.create(model="text-embedding-3-large", input=texts, encoding_format="float")
+    body = e.value.body
+    assert body["param"] == "input", body
+    assert "at most 496 inputs" in body["message"], body
+    # With its own `dimensions`, refused before the control plane is even asked.
+    r = client.post("/embeddings", headers=auth(key),
+                    json={"model": "text-embedding-3-large", "input": texts * 2, "dimensions": 3072})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input", r.text
+    assert stack.provider_requests() == []
+    assert quiet(lambda: credits_mc(client, key)) == before, "nothing charged, no hold left"
+    # What fits goes through: base64 is a third of the size.
+    ok = sdk(stack, key).embeddings.create(model="text-embedding-3-large", input=texts)
+    assert len(ok.data) == 1_000

@@ -82,6 +82,10 @@ struct RawModel {
     /// The model's id on OpenRouter, for callers whose own OpenRouter key serves it.
     #[serde(default)]
     openrouter_model: Option<String>,
+    /// Embedding models: the vector size when a request sets no `dimensions` (the filter
+    /// refuses a batch whose answer could not pass Envoy's buffer).
+    #[serde(default)]
+    dimensions: Option<u64>,
 }
 
 fn chat_kind() -> ModelKind {
@@ -159,6 +163,8 @@ pub struct Model {
     pub local: bool,
     /// Explicit OpenRouter id (see [`Catalogue::openrouter_model`]).
     pub openrouter_model: Option<String>,
+    /// Embedding models: the default vector size.
+    pub dimensions: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +251,15 @@ impl Catalogue {
                     "{at}.image_input_tokens must be at most {MAX_IMAGE_INPUT_TOKENS}"
                 ));
             }
+            if let Some(d) = m.dimensions {
+                let max = opsgate_core::request::MAX_EMBEDDING_DIMENSIONS;
+                if m.kind != ModelKind::Embedding {
+                    return Err(format!("{at}.dimensions: only embedding models have one"));
+                }
+                if d == 0 || d > max {
+                    return Err(format!("{at}.dimensions must be from 1 to {max}"));
+                }
+            }
             if let Some(o) = &m.openrouter_model {
                 if o.is_empty() || o.len() > 128 || !o.bytes().all(|b| b.is_ascii_graphic()) {
                     return Err(format!(
@@ -279,6 +294,7 @@ impl Catalogue {
                 quality: m.quality,
                 tasks: m.tasks,
                 openrouter_model: m.openrouter_model,
+                dimensions: m.dimensions,
             });
         }
         let mut plans = BTreeMap::new();
@@ -590,6 +606,16 @@ mod tests {
             e.contains("gpt-4o-mini") && e.contains("output_per_million"),
             "{e}"
         );
+        let bad = DEFAULT_CATALOGUE.replacen("dimensions = 3072", "dimensions = 0", 1);
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(e.contains("dimensions must be from 1"), "{e}");
+        let bad = DEFAULT_CATALOGUE.replacen(
+            "output_per_million = 600000",
+            "output_per_million = 600000\ndimensions = 8",
+            1,
+        );
+        let e = Catalogue::from_toml("x.toml", &bad).unwrap_err();
+        assert!(e.contains("only embedding models"), "{e}");
     }
 
     #[test]

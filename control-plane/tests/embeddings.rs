@@ -53,6 +53,11 @@ async fn embeddings_hold_and_charge_input_tokens_only() {
         assert_eq!(g.upstream.model, "text-embedding-3-large");
         assert_eq!(g.upstream.api_key, "platform-key-openai");
         assert!(!g.upstream.takes_temperature);
+        assert_eq!(
+            g.dimensions,
+            Some(3072),
+            "the catalogue's vector size, for the filter's answer-size check"
+        );
         let o = org(&db, "org_e1").await;
         assert_eq!(o.credits_held, 1_560);
 

@@ -204,6 +204,9 @@ pub struct Grant {
     /// output: `max_tokens` is the bound the gateway chose (the client is told).
     #[serde(default)]
     pub max_tokens_chosen: bool,
+    /// An embedding model's default vector size (catalogue), for the response-size check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<u64>,
 }
 
 /// A refusal, rendered by the filter as the client's error.

@@ -46,6 +46,63 @@ pub struct EmbeddingsRequest {
     pub inputs: u64,
     /// An upper bound of the input tokens (see [`embedding_input_tokens`]).
     pub input_tokens: u64,
+    /// The vector size asked for (`dimensions`); `None`: the model's own.
+    pub dimensions: Option<u64>,
+    /// `encoding_format: "base64"` (else floats as JSON numbers).
+    pub base64: bool,
+}
+
+/// An upper bound of the size of an embeddings answer: per input, a vector of `dimensions`
+/// components — as JSON numbers (OpenAI's floats take up to ~22 characters with their comma)
+/// or as base64 little-endian `f32`s — and its object's few fields.
+pub fn embeddings_response_bound(inputs: u64, dimensions: u64, base64: bool) -> u64 {
+    const PER_INPUT: u64 = 64;
+    let vector = if base64 {
+        dimensions.saturating_mul(4).div_ceil(3).saturating_mul(4)
+    } else {
+        dimensions.saturating_mul(22)
+    };
+    inputs
+        .saturating_mul(vector.saturating_add(PER_INPUT))
+        .saturating_add(1024)
+}
+
+impl EmbeddingsRequest {
+    /// A request whose answer could not pass the gateway: Envoy holds a metered answer whole
+    /// (to read its usage) within `max_response_bytes`, and one larger would reach the
+    /// client as a bare 500 after the provider was paid for it. Refused before the call,
+    /// saying how many inputs fit. `model_dimensions`: the model's vector size (catalogue).
+    pub fn too_large_for(
+        &self,
+        model_dimensions: Option<u64>,
+        max_response_bytes: u64,
+    ) -> Option<ApiError> {
+        let dimensions = self.dimensions.or(model_dimensions)?;
+        let bound = embeddings_response_bound(self.inputs, dimensions, self.base64);
+        if bound <= max_response_bytes {
+            return None;
+        }
+        let per_input = embeddings_response_bound(1, dimensions, self.base64).saturating_sub(1024);
+        let fit = max_response_bytes
+            .saturating_sub(1024)
+            .checked_div(per_input)
+            .unwrap_or(0);
+        let mib = |b: u64| b.div_ceil(1024 * 1024);
+        let hint = if self.base64 {
+            "fewer 'dimensions'"
+        } else {
+            "fewer 'dimensions', or encoding_format \"base64\" (a third of the size)"
+        };
+        Some(ApiError::invalid_param(
+            "input",
+            format!(
+                "The answer to these {} inputs of {dimensions} dimensions could reach {} MiB, more than this gateway passes in one response ({} MiB): send at most {fit} inputs per request, or ask for {hint}.",
+                self.inputs,
+                mib(bound),
+                mib(max_response_bytes),
+            ),
+        ))
+    }
 }
 
 /// The most inputs one embeddings request may carry (OpenAI's own limit).
@@ -423,6 +480,8 @@ pub fn parse_embeddings(
         privacy_required: bool_field(&map, "privacy_required")?,
         inputs,
         input_tokens,
+        dimensions: positive_int(&map, "dimensions")?,
+        base64: matches!(map.get("encoding_format"), Some(Value::String(f)) if f == "base64"),
     };
     Ok((map, req))
 }
@@ -936,5 +995,48 @@ mod tests {
                 .as_deref(),
             Some("prompt")
         );
+    }
+
+    #[test]
+    fn an_embeddings_answer_too_large_for_envoy_is_refused_saying_what_fits() {
+        let parse = |body: &str| parse_embeddings(body.as_bytes(), None).unwrap().1;
+        let inputs = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("\"text {i}\"")).collect();
+            list.join(",")
+        };
+        let limit = 32 * 1024 * 1024;
+        // 100 vectors of 3072 floats: ~6.5 MiB (the fake provider's answer is 6.3 MiB).
+        let small = parse(&format!(r#"{{"model":"m","input":[{}]}}"#, inputs(100)));
+        assert_eq!((small.dimensions, small.base64), (None, false));
+        assert!(small.too_large_for(Some(3072), limit).is_none());
+        let bound = embeddings_response_bound(100, 3072, false);
+        assert!((6_500_000..7_000_000).contains(&bound), "{bound}");
+
+        // 1000 of them: ~65 MiB, refused with how many fit (32 MiB / ~67.6 KB = 496).
+        let big = parse(&format!(r#"{{"model":"m","input":[{}]}}"#, inputs(1000)));
+        let e = big.too_large_for(Some(3072), limit).expect("refused");
+        assert_eq!(e.status(), 400);
+        assert_eq!(e.param.as_deref(), Some("input"));
+        assert!(e.message.contains("at most 496 inputs"), "{}", e.message);
+        assert!(e.message.contains("base64"), "{}", e.message);
+        // Unknown dimensions: nothing to check against.
+        assert!(big.too_large_for(None, limit).is_none());
+        // The request's own dimensions win over the model's; base64 is a third of the size.
+        let fewer = parse(&format!(
+            r#"{{"model":"m","input":[{}],"dimensions":256}}"#,
+            inputs(1000)
+        ));
+        assert_eq!(fewer.dimensions, Some(256));
+        assert!(fewer.too_large_for(Some(3072), limit).is_none());
+        let b64 = parse(&format!(
+            r#"{{"model":"m","input":[{}],"encoding_format":"base64"}}"#,
+            inputs(1000)
+        ));
+        assert!(b64.base64);
+        assert!(b64.too_large_for(Some(3072), limit).is_none());
+        let e = b64
+            .too_large_for(Some(3072), 8 * 1024 * 1024)
+            .expect("refused");
+        assert!(!e.message.contains("encoding_format"), "{}", e.message);
     }
 }

@@ -18,6 +18,10 @@ struct RawConfig {
     health_path: Option<String>,
     #[serde(default = "default_max_body")]
     max_body_bytes: u64,
+    /// The largest metered answer Envoy can hold whole (its buffer limit, 32 MiB in the
+    /// shipped configs): an embeddings batch whose answer could be larger is refused first.
+    #[serde(default = "default_max_response")]
+    max_response_bytes: u64,
     #[serde(default = "default_snapshot_ms")]
     snapshot_interval_ms: u64,
     #[serde(default = "default_settle_ms")]
@@ -97,6 +101,10 @@ struct RawControlPlane {
 fn default_prefix() -> String {
     "/api/v1/llm".into()
 }
+fn default_max_response() -> u64 {
+    32 * 1024 * 1024
+}
+
 fn default_max_body() -> u64 {
     1024 * 1024
 }
@@ -293,6 +301,8 @@ pub struct FilterConfig {
     /// Answered by the filter with the gateway's health; `None`: no such path.
     pub health_path: Option<String>,
     pub max_body_bytes: usize,
+    /// See `max_response_bytes` in the raw configuration.
+    pub max_response_bytes: u64,
     pub snapshot_interval: Duration,
     pub settle_interval: Duration,
     pub settle_batch: usize,
@@ -358,6 +368,12 @@ impl FilterConfig {
         }
         if !(1024..=64 * 1024 * 1024).contains(&raw.max_body_bytes) {
             return Err(field("max_body_bytes", "must be from 1024 to 67108864"));
+        }
+        if !(65_536..=1024 * 1024 * 1024).contains(&raw.max_response_bytes) {
+            return Err(field(
+                "max_response_bytes",
+                "must be from 65536 to 1073741824",
+            ));
         }
         if !(100..=3_600_000).contains(&raw.snapshot_interval_ms) {
             return Err(field("snapshot_interval_ms", "must be from 100 to 3600000"));
@@ -436,6 +452,7 @@ impl FilterConfig {
             route_prefix: raw.route_prefix,
             health_path: raw.health_path,
             max_body_bytes: raw.max_body_bytes as usize,
+            max_response_bytes: raw.max_response_bytes,
             snapshot_interval: Duration::from_millis(raw.snapshot_interval_ms),
             settle_interval: Duration::from_millis(raw.settle_interval_ms),
             settle_batch: raw.settle_batch,

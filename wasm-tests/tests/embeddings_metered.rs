@@ -336,3 +336,77 @@ fn the_callers_own_key_passes_their_fields_and_costs_nothing() {
     let settled = flush_settlements(&mut host);
     assert_eq!(settled[0].usage.prompt_tokens, 2_000);
 }
+
+/// `n` short inputs, floats, the model's own vector size.
+fn batch(n: usize) -> String {
+    let inputs: Vec<String> = (0..n).map(|i| format!("\"text {i}\"")).collect();
+    format!(
+        r#"{{"model":"text-embedding-3-large","input":[{}]}}"#,
+        inputs.join(",")
+    )
+}
+
+#[test]
+fn a_batch_whose_answer_envoy_could_not_hold_is_refused_and_its_hold_released() {
+    // 1,000 vectors of 3,072 floats come to ~65 MiB, over the 32 MiB Envoy holds: refused
+    // before the provider is asked (it would answer, be paid, and the client get a bare 500).
+    let mut host = gateway();
+    let auth = bearer(SERVICE_KEY);
+    let (id, _) = send(
+        &mut host,
+        EMBEDDINGS,
+        &[("authorization", &auth)],
+        Some(&batch(1_000)),
+    );
+    let call = authorize_call(&mut host);
+    let hold = authorize_request(&call).request_id.expect("the call's id");
+    let mut g = embed_grant();
+    g.dimensions = Some(3072);
+    allow(&mut host, &call, g);
+    let reply = host.local_reply(id).expect("refused at the edge");
+    assert_eq!(reply.status, 400);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap();
+    assert_eq!(body["error"]["param"], "input");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("at most 496 inputs"), "{message}");
+    assert_eq!(host.resumed(id, StreamKind::Request), 0, "never forwarded");
+    host.done(id).unwrap();
+    // The hold is released: settled failed, nothing charged.
+    let settled = flush_settlements(&mut host);
+    assert_eq!(settled.len(), 1);
+    assert_eq!(
+        settled[0].hold_id, hold,
+        "the hold placed under the call's id"
+    );
+    assert_eq!(settled[0].outcome, Outcome::Failed);
+
+    // Half of it passes, with the same grant.
+    let (id, _) = send(
+        &mut host,
+        EMBEDDINGS,
+        &[("authorization", &auth)],
+        Some(&batch(400)),
+    );
+    let call = authorize_call(&mut host);
+    let mut g = embed_grant();
+    g.dimensions = Some(3072);
+    allow(&mut host, &call, g);
+    assert!(host.local_reply(id).is_none());
+    assert_eq!(host.resumed(id, StreamKind::Request), 1);
+}
+
+#[test]
+fn a_too_large_batch_with_its_own_dimensions_is_refused_without_a_callout() {
+    let mut host = gateway();
+    let auth = bearer(SERVICE_KEY);
+    let body = batch(2_048).replace(r#""input""#, r#""dimensions":3072,"input""#);
+    let (id, _) = send(
+        &mut host,
+        EMBEDDINGS,
+        &[("authorization", &auth)],
+        Some(&body),
+    );
+    let reply = host.local_reply(id).expect("refused at once");
+    assert_eq!(reply.status, 400);
+    assert!(host.pending_calls().is_empty(), "no authorize callout");
+}

@@ -147,5 +147,6 @@ fn grant(
         daily: window(WindowKind::Day),
         byok: route.byok,
         max_tokens_chosen: sized.chosen,
+        dimensions: route.dimensions,
     }
 }

@@ -45,6 +45,8 @@ pub(super) struct Route<'c> {
     pub api_key: Secret,
     /// The caller's own key: no credits.
     pub byok: bool,
+    /// An embedding model's default vector size (catalogue); `None` elsewhere.
+    pub dimensions: Option<u64>,
 }
 
 impl<'c> Route<'c> {
@@ -68,6 +70,7 @@ impl<'c> Route<'c> {
             upstream_model,
             api_key,
             byok,
+            dimensions: model.dimensions,
         }
     }
 }
@@ -222,6 +225,7 @@ fn outside_catalogue<'c>(
         provider,
         upstream_model: id,
         byok: true,
+        dimensions: None,
     })
 }
 

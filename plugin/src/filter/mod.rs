@@ -103,6 +103,8 @@ enum SettleWait {
 
 struct Parsed {
     body: Map<String, Value>,
+    /// An embeddings request (its size is checked against the answer Envoy can hold).
+    embeddings: Option<opsgate_core::request::EmbeddingsRequest>,
     body_len: usize,
     stream: bool,
     include_usage: bool,

@@ -194,6 +194,7 @@ impl Filter {
             .clone()
             .ok_or_else(|| ApiError::new(ErrorKind::Internal, "no principal"))?;
         let power = self.power_header.as_deref();
+        let mut embeddings = None;
         let (map, req, stream, include_usage) = match endpoint {
             Endpoint::ChatCompletions => {
                 let (map, r) = parse_chat(body, power)?;
@@ -206,10 +207,18 @@ impl Filter {
             }
             Endpoint::Embeddings => {
                 let (map, r) = parse_embeddings(body, power)?;
-                (map, r.authorize_request(principal), false, false)
+                // With `dimensions` given, an answer too large is known before any callout.
+                let max_response = self.shared.borrow().config.max_response_bytes;
+                if let Some(e) = r.too_large_for(None, max_response) {
+                    return Err(e);
+                }
+                let req = r.authorize_request(principal);
+                embeddings = Some(r);
+                (map, req, false, false)
             }
         };
         self.parsed = Some(Parsed {
+            embeddings,
             body: map,
             body_len: body.len(),
             stream,
@@ -314,6 +323,18 @@ impl Filter {
             return;
         };
         let embeddings = self.endpoint == Some(Endpoint::Embeddings);
+        // An answer larger than Envoy can hold would reach the client as a bare 500 after
+        // the provider was paid: refused now, nothing charged (core::request).
+        let max_response = self.shared.borrow().config.max_response_bytes;
+        if let Some(e) = parsed
+            .embeddings
+            .as_ref()
+            .and_then(|r| r.too_large_for(grant.dimensions, max_response))
+        {
+            self.release_unforwarded();
+            self.reply(&e);
+            return;
+        }
         if !grant.byok && !embeddings {
             // The platform pays and the provider keeps what it is sent under the platform's
             // account: fields that change either are refused or removed (core::request).

@@ -338,6 +338,7 @@ pub fn grant() -> Grant {
         }),
         byok: false,
         max_tokens_chosen: false,
+        dimensions: None,
     }
 }
 

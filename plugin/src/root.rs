@@ -7,7 +7,7 @@ use crate::filter::Filter;
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::metrics::Metrics;
 use crate::shared::{
-    after, call_control_plane, call_control_plane_within, callout_status, log, random_u64, Shared,
+    after, call_control_plane, callout_status, log, random_u64, send_awaited_settlements, Shared,
     SharedRef, REACHABLE_KEY, SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY,
     SNAPSHOT_VERSION_KEY,
 };
@@ -81,23 +81,8 @@ impl Root {
             [one] => Some(one.hold_id.clone()),
             _ => None,
         };
-        let sent = serde_json::to_vec(&SettleBatch {
-            settlements,
-            with_balances: true,
-        })
-        .ok()
-        .and_then(|body| {
-            let s = shared.borrow();
-            call_control_plane_within(
-                &s.config,
-                "POST",
-                SETTLE_PATH,
-                Some(&body),
-                s.config.settle_wait,
-                request_id.as_deref(),
-            )
-            .ok()
-        });
+        let sent =
+            send_awaited_settlements(&shared.borrow().config, settlements, request_id.as_deref());
         match sent {
             Some(token) => {
                 shared.borrow_mut().held_in_flight = true;

@@ -243,6 +243,29 @@ pub fn call_control_plane_within(
     host::dispatch_http_call(&config.cp_cluster, headers, body, timeout)
 }
 
+/// Sends settlements whose responses wait for them: with the settled balances asked for,
+/// within `settle_wait`. `request_id`: the call's, when the batch is one call's.
+pub fn send_awaited_settlements(
+    config: &FilterConfig,
+    settlements: Vec<Settlement>,
+    request_id: Option<&str>,
+) -> Option<u32> {
+    let body = serde_json::to_vec(&opsgate_core::contract::SettleBatch {
+        settlements,
+        with_balances: true,
+    })
+    .ok()?;
+    call_control_plane_within(
+        config,
+        "POST",
+        opsgate_core::contract::SETTLE_PATH,
+        Some(&body),
+        config.settle_wait,
+        request_id,
+    )
+    .ok()
+}
+
 /// Status of a callout response; 0 when none arrived (reset, timeout, no cluster host) or
 /// when its `:status` is not a number.
 pub fn callout_status(num_headers: usize) -> u16 {

@@ -30,6 +30,15 @@ fn forwarded(host: &mut Host, hold: &str) -> StreamId {
     id
 }
 
+/// Three calls forwarded, holds a, b and c.
+fn three(host: &mut Host) -> (StreamId, StreamId, StreamId) {
+    (
+        forwarded(host, "hold_a"),
+        forwarded(host, "hold_b"),
+        forwarded(host, "hold_c"),
+    )
+}
+
 /// The provider's body arrives: the response is held for the settlement.
 fn finish(host: &mut Host, id: StreamId) {
     assert_eq!(host.response_body(id, REPLY, true).unwrap(), Action::Pause);
@@ -66,11 +75,7 @@ fn remaining(host: &Host, id: StreamId) -> Option<String> {
 #[test]
 fn calls_ending_while_a_batch_is_in_flight_ride_together_in_the_next() {
     let mut host = gateway_with(&config_with(r#""settle_wait_ms":1000"#));
-    let (a, b, c) = (
-        forwarded(&mut host, "hold_a"),
-        forwarded(&mut host, "hold_b"),
-        forwarded(&mut host, "hold_c"),
-    );
+    let (a, b, c) = three(&mut host);
     finish(&mut host, a);
     let first = settle_call(&mut host).expect("the first goes at once");
     assert_eq!(holds(&first), ["hold_a"]);
@@ -128,11 +133,7 @@ fn calls_ending_while_a_batch_is_in_flight_ride_together_in_the_next() {
 #[test]
 fn a_failed_batch_releases_every_call_and_retries_every_settlement() {
     let mut host = gateway_with(&config_with(r#""settle_wait_ms":1000"#));
-    let (a, b, c) = (
-        forwarded(&mut host, "hold_a"),
-        forwarded(&mut host, "hold_b"),
-        forwarded(&mut host, "hold_c"),
-    );
+    let (a, b, c) = three(&mut host);
     finish(&mut host, a);
     let first = settle_call(&mut host).unwrap();
     finish(&mut host, b);

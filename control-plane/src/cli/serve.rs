@@ -233,6 +233,7 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
         }),
         metrics: metrics.clone(),
     };
+    db.keep_statistics(crate::db::ANALYZE_EVERY).await;
     // Holds whose outcome never arrived are charged as held.
     let sweeper_db = db.clone();
     let sweeper_clock = clock.clone();

@@ -188,8 +188,9 @@ async fn checkpointer(pool: AnyPool, every: Duration) {
 /// tables.
 pub const ANALYZE_EVERY: Duration = Duration::from_secs(15);
 
-/// The tables every metered call reads and writes.
-const LEDGER_TABLES: &str = "holds, quota_usage, usage_logs, ledger, organizations, allocations";
+/// The tables every metered call reads or writes: the ledger's, and the callers' it looks up.
+const LEDGER_TABLES: &str =
+    "holds, quota_usage, usage_logs, ledger, organizations, allocations, users, api_keys, sessions";
 
 /// Schema versions, per backend. Append; never edit a shipped one.
 const MIGRATIONS: &[(i64, &str)] = &[

@@ -7,8 +7,8 @@ use crate::filter::Filter;
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
 use crate::metrics::Metrics;
 use crate::shared::{
-    after, call_control_plane, callout_status, log, random_u64, send_awaited_settlements, Shared,
-    SharedRef, REACHABLE_KEY, SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY,
+    after, call_control_plane, callout_status, log, random_u64, send_awaited_settlements, Held,
+    Shared, SharedRef, REACHABLE_KEY, SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY,
     SNAPSHOT_VERSION_KEY,
 };
 use opsgate_core::contract::{
@@ -27,8 +27,6 @@ pub struct Root {
     /// This root context's id: hostcalls act on it again after it resumed held calls.
     id: u32,
     shared: Option<SharedRef>,
-    /// The batch of held calls' settlements in flight: its token and the calls' contexts.
-    held_call: Option<(u32, Vec<u32>)>,
     snapshot_call: Option<u32>,
     settle_call: Option<(u32, Vec<Settlement>)>,
     shutting_down: bool,
@@ -54,77 +52,77 @@ impl Root {
         self.send_held(shared);
     }
 
+    /// The callout token of the batch of held calls in flight, if any.
+    fn held_batch(&self) -> Option<u32> {
+        self.shared.as_ref().and_then(|s| s.borrow().held_batch)
+    }
+
     /// Sends the settlements of every held call not yet sent, in one callout, unless a batch
     /// is in flight (its answer sends the next). The answer resumes each call
     /// ([`Root::held_answered`]); a batch that cannot be sent releases its calls at once and
     /// queues their settlements for the tick's retries.
     fn send_held(&mut self, shared: &SharedRef) {
-        if self.held_call.is_some() {
-            return;
-        }
-        let (ids, settlements): (Vec<u32>, Vec<Settlement>) = {
+        let settlements: Vec<Settlement> = {
             let mut s = shared.borrow_mut();
+            if s.held_batch.is_some() {
+                return;
+            }
             s.held
                 .iter_mut()
                 .filter(|h| !h.sent)
                 .map(|h| {
                     h.sent = true;
-                    (h.context_id, h.settlement.clone())
+                    h.settlement.clone()
                 })
-                .unzip()
+                .collect()
         };
-        if ids.is_empty() {
-            return;
-        }
         // A batch of one call carries that call's id (its hold id) for the request log.
         let request_id = match settlements.as_slice() {
+            [] => return,
             [one] => Some(one.hold_id.clone()),
             _ => None,
         };
         let sent =
             send_awaited_settlements(&shared.borrow().config, settlements, request_id.as_deref());
         match sent {
-            Some(token) => {
-                shared.borrow_mut().held_in_flight = true;
-                self.held_call = Some((token, ids));
-            }
+            Some(token) => shared.borrow_mut().held_batch = Some(token),
             None => {
                 log(
                     LogLevel::Warn,
                     "opsgate: held settlements not sent; queued for retry",
                 );
-                self.held_answered(shared, &ids, None);
+                self.held_answered(shared, None);
             }
         }
     }
 
-    /// The answer to a batch of held calls (`None`: none, or not readable): each call still
+    /// The answer to the batch of held calls (`None`: none, or not readable): each call still
     /// waiting gets its settled balance as `X-Credits-Remaining` (left at the estimate
     /// without an answer, its settlement then queued for retry), and its response leaves.
-    fn held_answered(&mut self, shared: &SharedRef, ids: &[u32], answer: Option<SettleResponse>) {
-        for &id in ids {
-            let held = {
-                let mut s = shared.borrow_mut();
-                let Some(i) = s.held.iter().position(|h| h.context_id == id) else {
-                    continue;
-                };
-                s.held.remove(i)
-            };
-            let balance = answer.as_ref().map(|a| {
-                a.results
+    fn held_answered(&mut self, shared: &SharedRef, answer: Option<SettleResponse>) {
+        let batch: Vec<Held> = {
+            let mut s = shared.borrow_mut();
+            s.held_batch = None;
+            let (sent, waiting) = std::mem::take(&mut s.held)
+                .into_iter()
+                .partition(|h| h.sent);
+            s.held = waiting;
+            sent
+        };
+        for held in batch {
+            let balance = match &answer {
+                Some(a) => a
+                    .results
                     .iter()
                     .find(|r| r.hold_id == held.settlement.hold_id)
-                    .and_then(|r| r.balance_mc)
-            });
-            let Some(balance) = balance else {
-                shared.borrow_mut().enqueue(held.settlement);
-                if !held.gone {
-                    resume_held(id, None);
+                    .and_then(|r| r.balance_mc),
+                None => {
+                    shared.borrow_mut().enqueue(held.settlement);
+                    None
                 }
-                continue;
             };
             if !held.gone {
-                resume_held(id, balance);
+                resume_held(held.context_id, balance);
             }
         }
         // Hostcalls act on this root context again.
@@ -198,7 +196,7 @@ impl Root {
     }
 
     fn maybe_finish_shutdown(&mut self) {
-        if !self.shutting_down || self.settle_call.is_some() || self.held_call.is_some() {
+        if !self.shutting_down || self.settle_call.is_some() || self.held_batch().is_some() {
             return;
         }
         let pending = self
@@ -304,30 +302,25 @@ impl Context for Root {
             return;
         };
         let status = callout_status(num_headers);
-        if let Some((t, ids)) = self.held_call.take() {
-            if t != token {
-                self.held_call = Some((t, ids));
-            } else {
-                let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
-                let answer = (status == 200)
-                    .then(|| serde_json::from_slice::<SettleResponse>(&body).ok())
-                    .flatten();
-                if answer.is_none() {
-                    log(
-                        LogLevel::Warn,
-                        &format!(
-                            "opsgate: {} held settlements not acknowledged (status {status}); queued for retry",
-                            ids.len()
-                        ),
-                    );
-                }
-                shared.borrow_mut().held_in_flight = false;
-                self.held_answered(&shared, &ids, answer);
-                // Calls that ended while this batch was in flight go now, together.
-                self.send_held(&shared);
-                self.maybe_finish_shutdown();
-                return;
+        if shared.borrow().held_batch == Some(token) {
+            let body = host::buffer_or_empty(Buffer::CallResponseBody, 0, body_size);
+            let answer = (status == 200)
+                .then(|| serde_json::from_slice::<SettleResponse>(&body).ok())
+                .flatten();
+            if answer.is_none() {
+                let n = shared.borrow().held.iter().filter(|h| h.sent).count();
+                log(
+                    LogLevel::Warn,
+                    &format!(
+                        "opsgate: {n} held settlements not acknowledged (status {status}); queued for retry"
+                    ),
+                );
             }
+            self.held_answered(&shared, answer);
+            // Calls that ended while this batch was in flight go now, together.
+            self.send_held(&shared);
+            self.maybe_finish_shutdown();
+            return;
         }
         if self.snapshot_call == Some(token) {
             self.snapshot_call = None;
@@ -402,7 +395,7 @@ impl Context for Root {
         self.send_held(&shared);
         self.flush_settlements(&shared);
         // Wait for the last batches to be acknowledged, then call done().
-        self.settle_call.is_none() && self.held_call.is_none()
+        self.settle_call.is_none() && self.held_batch().is_none()
     }
 }
 

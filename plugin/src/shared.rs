@@ -55,10 +55,11 @@ pub struct Shared {
     /// A shared snapshot version whose body did not parse: not read again.
     bad_version: Option<Vec<u8>>,
     /// Calls held for their settlement, in the order they ended; the root context sends
-    /// them in one batch while none of its batches is in flight, else in the next.
+    /// them in one batch while none of its batches is in flight, else in the next. The
+    /// batch in flight is the entries marked `sent`.
     pub held: Vec<Held>,
-    /// The root context's batch of held calls is in flight.
-    pub held_in_flight: bool,
+    /// The callout token of the root context's batch of held calls in flight.
+    pub held_batch: Option<u32>,
     /// This worker's queue that wakes its root context (`on_queue_ready`) to send the held
     /// calls now; `None` on a host without shared queues (each call then sends its own).
     pub wake_queue: Option<u32>,
@@ -78,7 +79,7 @@ impl Shared {
             control_plane_reachable: false,
             bad_version: None,
             held: Vec::new(),
-            held_in_flight: false,
+            held_batch: None,
             wake_queue: None,
             wake_pending: false,
         }
@@ -93,7 +94,7 @@ impl Shared {
         let Some(queue) = self.wake_queue else {
             return false;
         };
-        if !self.held_in_flight && !self.wake_pending {
+        if self.held_batch.is_none() && !self.wake_pending {
             if host::enqueue(queue, b"").is_err() {
                 return false;
             }

@@ -322,18 +322,16 @@ impl Filter {
             self.reply(&ApiError::new(ErrorKind::Internal, "Internal error."));
             return;
         };
-        let embeddings = self.endpoint == Some(Endpoint::Embeddings);
-        // An answer larger than Envoy can hold would reach the client as a bare 500 after
-        // the provider was paid: refused now, nothing charged (core::request).
-        let max_response = self.shared.borrow().config.max_response_bytes;
-        if let Some(e) = parsed
-            .embeddings
-            .as_ref()
-            .and_then(|r| r.too_large_for(grant.dimensions, max_response))
-        {
-            self.release_unforwarded();
-            self.reply(&e);
-            return;
+        let embeddings = parsed.embeddings.is_some();
+        if let Some(r) = parsed.embeddings.as_ref() {
+            // An answer larger than Envoy can hold would reach the client as a bare 500 after
+            // the provider was paid: refused now, nothing charged (core::request).
+            let max_response = self.shared.borrow().config.max_response_bytes;
+            if let Some(e) = r.too_large_for(grant.dimensions, max_response) {
+                self.release_unforwarded();
+                self.reply(&e);
+                return;
+            }
         }
         if !grant.byok && !embeddings {
             // The platform pays and the provider keeps what it is sent under the platform's

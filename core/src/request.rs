@@ -52,19 +52,27 @@ pub struct EmbeddingsRequest {
     pub base64: bool,
 }
 
-/// An upper bound of the size of an embeddings answer: per input, a vector of `dimensions`
+/// What an embeddings answer holds besides its vectors (`object`, `model`, `usage`).
+const EMBEDDINGS_ENVELOPE_BYTES: u64 = 1024;
+
+/// An upper bound of one input's share of an embeddings answer: its vector of `dimensions`
 /// components — as JSON numbers (OpenAI's floats take up to ~22 characters with their comma)
 /// or as base64 little-endian `f32`s — and its object's few fields.
-pub fn embeddings_response_bound(inputs: u64, dimensions: u64, base64: bool) -> u64 {
+fn embedding_bytes(dimensions: u64, base64: bool) -> u64 {
     const PER_INPUT: u64 = 64;
     let vector = if base64 {
         dimensions.saturating_mul(4).div_ceil(3).saturating_mul(4)
     } else {
         dimensions.saturating_mul(22)
     };
+    vector.saturating_add(PER_INPUT)
+}
+
+/// An upper bound of the size of an embeddings answer to `inputs` inputs.
+pub fn embeddings_response_bound(inputs: u64, dimensions: u64, base64: bool) -> u64 {
     inputs
-        .saturating_mul(vector.saturating_add(PER_INPUT))
-        .saturating_add(1024)
+        .saturating_mul(embedding_bytes(dimensions, base64))
+        .saturating_add(EMBEDDINGS_ENVELOPE_BYTES)
 }
 
 impl EmbeddingsRequest {
@@ -82,10 +90,9 @@ impl EmbeddingsRequest {
         if bound <= max_response_bytes {
             return None;
         }
-        let per_input = embeddings_response_bound(1, dimensions, self.base64).saturating_sub(1024);
         let fit = max_response_bytes
-            .saturating_sub(1024)
-            .checked_div(per_input)
+            .saturating_sub(EMBEDDINGS_ENVELOPE_BYTES)
+            .checked_div(embedding_bytes(dimensions, self.base64))
             .unwrap_or(0);
         let mib = |b: u64| b.div_ceil(1024 * 1024);
         let hint = if self.base64 {

@@ -155,16 +155,13 @@ impl PgTimeouts {
     }
 }
 
-/// SQLite: how often [`checkpointer`] copies the WAL into the database file.
+/// SQLite: how often the WAL is copied into the database file (see [`Db::connect`]).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// SQLite's own checkpoints run inside whichever commit takes the WAL past 1,000 pages: that
-/// commit, and every call waiting on the ledger writer behind it, stalls while the pages are
-/// copied. Here they run off the commit path instead, every `every` on a connection of their
-/// own, `PASSIVE` (never waiting for a writer or a reader); every connection turns the
-/// automatic ones off. In `scripts/bench` A/B runs this took the sequential p99 from ~8 to
-/// ~5.5 ms and c8 throughput up ~15 %. Ends when the pool is closed.
-async fn checkpointer(pool: AnyPool, every: Duration) {
+/// Runs `sql` on a pool connection every `every` until the pool is closed; a failure is
+/// logged (`what`) and tried again on the next tick. The database's housekeeping that must
+/// stay off the request path: [`Db::connect`]'s checkpoints, [`Db::keep_statistics`].
+async fn every_tick(pool: AnyPool, every: Duration, sql: String, what: &'static str) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
@@ -172,14 +169,11 @@ async fn checkpointer(pool: AnyPool, every: Duration) {
         if pool.is_closed() {
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&pool)
-            .await
-        {
+        if let Err(e) = sqlx::query(&sql).execute(&pool).await {
             if pool.is_closed() {
                 return;
             }
-            tracing::warn!(error = %e, "SQLite WAL checkpoint failed; retrying in a second");
+            tracing::warn!(error = %e, "{what} failed; tried again on the next tick");
         }
     }
 }
@@ -259,7 +253,7 @@ impl Db {
                     conn.execute("PRAGMA busy_timeout=10000").await?;
                     conn.execute("PRAGMA foreign_keys=ON").await?;
                     conn.execute("PRAGMA synchronous=NORMAL").await?;
-                    // Checkpoints run off the commit path (see `checkpointer`).
+                    // Checkpoints run off the commit path (see `Db::connect`).
                     conn.execute("PRAGMA wal_autocheckpoint=0").await?;
                     conn.execute(crate::ledger::SQLITE_GUARD).await?;
                     Ok(())
@@ -280,7 +274,17 @@ impl Db {
         };
         db.migrate().await?;
         if backend == Backend::Sqlite {
-            tokio::spawn(checkpointer(db.pool.clone(), CHECKPOINT_EVERY));
+            // SQLite's own checkpoints run inside whichever commit takes the WAL past 1,000
+            // pages: that commit, and every call waiting on the ledger writer behind it,
+            // stalls while the pages are copied. Here they run off the commit path instead
+            // (`PASSIVE`: never waiting for a writer or a reader); every connection turns the
+            // automatic ones off. Measured with scripts/bench (README, Benchmarks).
+            tokio::spawn(every_tick(
+                db.pool.clone(),
+                CHECKPOINT_EVERY,
+                "PRAGMA wal_checkpoint(PASSIVE)".into(),
+                "SQLite WAL checkpoint",
+            ));
         }
         Ok(db)
     }
@@ -303,9 +307,8 @@ impl Db {
     /// task of its own, and says so in the log. Why: each connection prepares the hot
     /// statements once, and after a few runs PostgreSQL may keep one generic plan for them.
     /// A plan made while `holds` was nearly empty scans it whole, so every call gets slower
-    /// as the table grows. Seen here: 1,086 → 557 req/s within ~20,000 holds, and back after
-    /// an `ANALYZE`, which makes every session plan again. Autovacuum's own analyses do this
-    /// where it is on. `false` when there is nothing to do (SQLite, or autovacuum on).
+    /// as the table grows (README, Benchmarks) until an `ANALYZE` makes every session plan
+    /// again. Autovacuum's own analyses do this where it is on. `false` when there is nothing to do (SQLite, or autovacuum on).
     pub async fn keep_statistics(&self, every: Duration) -> bool {
         if self.backend != Backend::Postgres {
             return false;
@@ -323,24 +326,12 @@ impl Db {
             "PostgreSQL's autovacuum is off: the control plane analyzes its ledger tables itself \
              (a plan made while they were small would scan them whole)"
         );
-        let pool = self.pool.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-            loop {
-                tick.tick().await;
-                if pool.is_closed() {
-                    return;
-                }
-                let analyze = format!("ANALYZE {LEDGER_TABLES}");
-                if let Err(e) = sqlx::query(&analyze).execute(&pool).await {
-                    if pool.is_closed() {
-                        return;
-                    }
-                    tracing::warn!(error = %e, "ANALYZE of the ledger tables failed");
-                }
-            }
-        });
+        tokio::spawn(every_tick(
+            self.pool.clone(),
+            every,
+            format!("ANALYZE {LEDGER_TABLES}"),
+            "ANALYZE of the ledger tables",
+        ));
         true
     }
 

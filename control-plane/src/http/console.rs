@@ -195,10 +195,12 @@ async fn console_sign_in(
     };
     let now = state.clock.now();
     // A session opened with a JWT ends when the token does, if that is sooner.
-    let ttl = match token_expires {
-        Some(exp) => state.settings.console_session_ttl_secs.min(exp - now),
-        None => state.settings.console_session_ttl_secs,
-    };
+    let ttl = token_expires.map_or(state.settings.console_session_ttl_secs, |exp| {
+        state
+            .settings
+            .console_session_ttl_secs
+            .min(exp.saturating_sub(now))
+    });
     if ttl <= 0 {
         return Err(AppError::unauthorized(
             "This token has expired: sign in again with a fresh one.",

@@ -654,6 +654,17 @@ impl Host {
             .unwrap_or_default()
     }
 
+    /// The names of the shared queues the filter registered in this VM. Envoy keeps one
+    /// registry per VM id across worker threads, where a name registered again is taken
+    /// over by its last registrant: each worker's queue needs a name of its own.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.state()
+            .queues
+            .values()
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
     /// Sets the VM id used to scope shared queues (default empty).
     pub fn set_vm_id(&mut self, vm_id: &str) {
         self.state_mut().vm_id = vm_id.to_string();

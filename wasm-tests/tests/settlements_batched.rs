@@ -213,6 +213,14 @@ fn each_worker_batches_its_own_calls() {
     let mut one = gateway_with(&config);
     let mut two = gateway_with(&config);
     two.worker_of(&one);
+    // Envoy's queue registry spans the workers: each registers a name of its own.
+    let (names_one, names_two) = (one.queue_names(), two.queue_names());
+    assert_eq!((names_one.len(), names_two.len()), (1, 1));
+    assert!(names_one[0].starts_with("opsgate.settle."), "{names_one:?}");
+    assert_ne!(
+        names_one, names_two,
+        "a shared name would send one worker's wake-ups to the other"
+    );
     let a = forwarded(&mut one, "hold_a");
     let b = forwarded(&mut two, "hold_b");
     finish(&mut one, a);

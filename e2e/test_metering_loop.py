@@ -2,6 +2,9 @@
 acknowledged (`settle_wait_ms` in the shipped configs), so back-to-back calls by a user who can
 afford one hold but not two all succeed, and `X-Credits-Remaining` is what `/credits` says."""
 
+import re
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 from openai import OpenAI
 
@@ -41,7 +44,6 @@ def test_back_to_back_streams_find_the_previous_hold_gone(stack):
 
 def _settle_counts(stack) -> tuple[int, int]:
     """(settle requests the control plane served, settlements they carried), from /metrics."""
-    import re
     text = httpx.get(f"http://127.0.0.1:{stack.cp_port}/metrics", timeout=30).text
     requests = sum(int(float(n)) for n in re.findall(
         r'^opsgate_http_request_duration_seconds_count\{[^}]*route="/internal/v1/settle"[^}]*\} (\S+)', text, re.M))
@@ -53,7 +55,6 @@ def test_calls_ending_together_share_settle_callouts(stack):
     # Each Envoy worker's root context sends the settlements of calls that end while one of
     # its batches is in flight together: fewer settle requests than calls, every settlement
     # carried exactly once, and no hold left when all have returned.
-    from concurrent.futures import ThreadPoolExecutor
     _, key = new_user(stack, "professional", credits="1000")
     calls = 48
     before = _settle_counts(stack)

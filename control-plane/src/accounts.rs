@@ -140,7 +140,7 @@ fn parse_plan(s: &str) -> Result<Plan, AppError> {
     Plan::parse(s).ok_or_else(|| AppError::internal(format!("unknown plan '{s}' in the database")))
 }
 
-fn user_of(row: &AnyRow) -> Result<User, AppError> {
+pub(crate) fn user_of(row: &AnyRow) -> Result<User, AppError> {
     Ok(User {
         id: row.try_get("id")?,
         org_id: row.try_get("org_id")?,
@@ -369,20 +369,38 @@ pub async fn get_user(db: &Db, id: &str) -> Result<Option<User>, AppError> {
     row.as_ref().map(user_of).transpose()
 }
 
-/// Who a principal is, for the filter's hot path (authorize, credential lookups): one query
-/// on a reader connection (`Db::reader`). A revoked key or session, or a deleted user, is
-/// `None` at once. A user API key's last use is recorded to the minute, off the caller's
-/// path.
+/// Who a principal is, for the filter's hot path (credential lookups; authorize reads the
+/// caller with its keys in [`crate::byok::caller_with_keys`]): one query on a reader
+/// connection (`Db::reader`). A revoked key or session, or a deleted user, is `None` at once.
+/// A user API key's last use is recorded to the minute, off the caller's path.
 pub async fn by_principal(
     db: &Db,
     principal: &Principal,
     now: i64,
 ) -> Result<Option<User>, AppError> {
+    let (sql, key) = principal_select(principal);
+    let mut q = sqlx::query(&sql).bind(key);
+    if matches!(principal, Principal::Session { .. }) {
+        q = q.bind(now);
+    }
+    let Some(row) = db.reader().await.fetch_optional(q).await? else {
+        return Ok(None);
+    };
+    used(db, principal, &row, now)?;
+    user_of(&row).map(Some)
+}
+
+/// The `SELECT` of the user a principal names (columns `id, org_id, plan, kind, role,
+/// created_at, last_used_at`; `$1` the key, and for a session `$2` the time), and its key.
+/// Only a live credential matches: a revoked key or session, an expired session or a deleted
+/// user matches nothing.
+pub(crate) fn principal_select(principal: &Principal) -> (String, &str) {
     const U: &str = "u.id AS id, u.org_id AS org_id, u.plan AS plan, u.kind AS kind, u.role AS role, u.created_at AS created_at";
-    let (sql, key) = match principal {
-        Principal::Service { user_id } | Principal::Jwt { subject: user_id, .. } => {
-            (format!("SELECT {U} FROM users u WHERE u.id = $1"), user_id)
-        }
+    match principal {
+        Principal::Service { user_id } | Principal::Jwt { subject: user_id, .. } => (
+            format!("SELECT {U}, NULL AS last_used_at FROM users u WHERE u.id = $1"),
+            user_id,
+        ),
         Principal::ApiKey { digest } => (
             format!(
                 "SELECT {U}, k.last_used_at AS last_used_at FROM api_keys k JOIN users u ON u.id = k.user_id \
@@ -392,26 +410,24 @@ pub async fn by_principal(
         ),
         Principal::Session { digest } => (
             format!(
-                "SELECT {U} FROM sessions s JOIN users u ON u.id = s.user_id \
+                "SELECT {U}, NULL AS last_used_at FROM sessions s JOIN users u ON u.id = s.user_id \
                  WHERE s.digest = $1 AND s.revoked_at IS NULL AND s.expires_at > $2"
             ),
             digest,
         ),
-    };
-    let mut q = sqlx::query(&sql).bind(key.as_str());
-    if matches!(principal, Principal::Session { .. }) {
-        q = q.bind(now);
     }
-    let Some(row) = db.reader().await.fetch_optional(q).await? else {
-        return Ok(None);
-    };
+}
+
+/// Notes a user API key's use (its row from [`principal_select`]): recorded when the last
+/// record is a minute old or more, in the background.
+pub(crate) fn used(db: &Db, principal: &Principal, row: &AnyRow, now: i64) -> Result<(), AppError> {
     if let Principal::ApiKey { digest } = principal {
         let last: Option<i64> = row.try_get("last_used_at")?;
         if last.is_none_or(|t| now - t >= 60) {
             record_key_use(db.clone(), digest.clone(), now);
         }
     }
-    user_of(&row).map(Some)
+    Ok(())
 }
 
 /// Records a user API key's last use, in the background (in the writer's turn on SQLite).

@@ -5,10 +5,12 @@
 //! scope `platform` with owner `platform` (the scope keeps a user named "platform" apart).
 //! One key per owner and provider: adding another replaces it.
 
+use crate::accounts::{self, User};
 use crate::catalogue::{Catalogue, OPENROUTER};
 use crate::crypto::{self, Binding, Keyring, MasterKey, OpenError, Sealed, Secret};
 use crate::db::Db;
 use crate::error::AppError;
+use opsgate_core::contract::Principal;
 use opsgate_core::credentials::{is_service_key, is_user_key, mask};
 use serde::Serialize;
 use sqlx::any::AnyRow;
@@ -88,21 +90,27 @@ impl StoredSecret {
 const COLS: &str = "id, scope, owner, provider, hint, description, ciphertext, wrapped_key, master_key_id, created_at, rotated_at";
 
 fn stored_of(r: &AnyRow) -> Result<StoredSecret, AppError> {
+    stored_of_columns(r, "")
+}
+
+/// A stored secret from columns named with `prefix` (`s_id`, `s_provider`, … in a join).
+fn stored_of_columns(r: &AnyRow, prefix: &str) -> Result<StoredSecret, AppError> {
+    let col = |c: &str| format!("{prefix}{c}");
     Ok(StoredSecret {
         info: SecretInfo {
-            id: r.try_get("id")?,
-            provider: r.try_get("provider")?,
-            masked_key: r.try_get("hint")?,
-            description: r.try_get("description")?,
-            created_at: r.try_get("created_at")?,
-            rotated_at: r.try_get("rotated_at")?,
+            id: r.try_get(col("id").as_str())?,
+            provider: r.try_get(col("provider").as_str())?,
+            masked_key: r.try_get(col("hint").as_str())?,
+            description: r.try_get(col("description").as_str())?,
+            created_at: r.try_get(col("created_at").as_str())?,
+            rotated_at: r.try_get(col("rotated_at").as_str())?,
         },
-        scope: r.try_get("scope")?,
-        owner: r.try_get("owner")?,
+        scope: r.try_get(col("scope").as_str())?,
+        owner: r.try_get(col("owner").as_str())?,
         sealed: Sealed {
-            ciphertext: r.try_get("ciphertext")?,
-            wrapped_key: r.try_get("wrapped_key")?,
-            master_key_id: r.try_get("master_key_id")?,
+            ciphertext: r.try_get(col("ciphertext").as_str())?,
+            wrapped_key: r.try_get(col("wrapped_key").as_str())?,
+            master_key_id: r.try_get(col("master_key_id").as_str())?,
         },
     })
 }
@@ -329,12 +337,59 @@ pub async fn stored(db: &Db, owner: Owner<'_>) -> Result<Vec<StoredSecret>, AppE
     rows.iter().map(stored_of).collect()
 }
 
-/// The keys that may route a call of `user_id`: theirs, and the platform's (one query on a
-/// reader connection: the hot path).
-pub async fn for_call(
+/// The caller of an authorize and the keys that may route the call: theirs, and the
+/// platform's. One query on a reader connection (the hot path: one trip, not one for the
+/// caller and one for the keys); `None` when the credential is unknown, revoked or expired.
+pub async fn caller_with_keys(
     db: &Db,
-    user_id: &str,
-) -> Result<(Vec<StoredSecret>, Vec<StoredSecret>), AppError> {
+    principal: &Principal,
+    now: i64,
+) -> Result<Option<(User, CallKeys)>, AppError> {
+    let (caller, key) = accounts::principal_select(principal);
+    let (user_scope, platform) = (Owner::User("").scope(), Owner::Platform);
+    let s = COLS
+        .split(", ")
+        .map(|c| format!("s.{c} AS s_{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // Every branch returns the caller: the first once per key of theirs (or once, with no
+    // key), the second once per platform key.
+    let sql = format!(
+        "WITH c AS ({caller}) \
+         SELECT c.*, {s} FROM c LEFT JOIN provider_secrets s ON s.scope = '{user_scope}' AND s.owner = c.id \
+         UNION ALL \
+         SELECT c.*, {s} FROM c JOIN provider_secrets s ON s.scope = '{}' AND s.owner = '{}' \
+         ORDER BY s_provider, s_id",
+        platform.scope(),
+        platform.id()
+    );
+    let mut q = sqlx::query(&sql).bind(key);
+    if matches!(principal, Principal::Session { .. }) {
+        q = q.bind(now);
+    }
+    let rows = db.reader().await.fetch_all(q).await?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    accounts::used(db, principal, first, now)?;
+    let user = accounts::user_of(first)?;
+    let mut keys = CallKeys::default();
+    for r in &rows {
+        if r.try_get::<Option<String>, _>("s_id")?.is_none() {
+            continue;
+        }
+        let stored = stored_of_columns(r, "s_")?;
+        if stored.scope == platform.scope() {
+            keys.platform.push(stored);
+        } else {
+            keys.own.push(stored);
+        }
+    }
+    Ok(Some((user, keys)))
+}
+
+/// The keys that may route a call of `user_id`: theirs, and the platform's.
+pub async fn for_call(db: &Db, user_id: &str) -> Result<CallKeys, AppError> {
     let (user, platform) = (Owner::User(user_id), Owner::Platform);
     let sql = format!(
         "SELECT {COLS} FROM provider_secrets WHERE (scope = $1 AND owner = $2) OR (scope = $3 AND owner = $4) ORDER BY provider, id"
@@ -344,18 +399,25 @@ pub async fn for_call(
         .bind(user.id())
         .bind(platform.scope())
         .bind(platform.id());
-    let rows = db.reader().await.fetch_all(q).await?;
-    let mut own = Vec::new();
-    let mut platform_keys = Vec::new();
-    for r in &rows {
-        let s = stored_of(r)?;
+    let mut keys = CallKeys::default();
+    for r in db.reader().await.fetch_all(q).await? {
+        let s = stored_of(&r)?;
         if s.scope == platform.scope() {
-            platform_keys.push(s);
+            keys.platform.push(s);
         } else {
-            own.push(s);
+            keys.own.push(s);
         }
     }
-    Ok((own, platform_keys))
+    Ok(keys)
+}
+
+/// The stored keys that may route one call.
+#[derive(Default)]
+pub struct CallKeys {
+    /// The caller's own, by provider.
+    pub own: Vec<StoredSecret>,
+    /// The platform's, by provider.
+    pub platform: Vec<StoredSecret>,
 }
 
 /// `owner`'s key for `provider`, if one is stored.

@@ -1219,3 +1219,122 @@ fn demo_mode_makes_a_master_key_and_says_so() {
     let log = std::fs::read_to_string(dir.path().join("second.stderr")).unwrap();
     assert!(log.contains(&id), "{log}");
 }
+
+/// Authorize reads its caller and the keys that may route the call in one query
+/// (`byok::caller_with_keys`): every kind of principal finds its user, its own keys and the
+/// platform's, sorted by provider; a user with no keys of their own still comes back; a
+/// revoked or unknown credential and an expired session find nothing.
+#[tokio::test]
+async fn one_query_reads_the_caller_and_the_keys_that_route_the_call() {
+    for_each_backend("byok_caller_with_keys", |db| async move {
+        let (alice_key, bob_key) = fixture(&db).await;
+        let ring = Router::new(catalogue()).keyring;
+        let providers = |keys: &[byok::StoredSecret]| -> Vec<String> {
+            keys.iter().map(|k| k.info.provider.clone()).collect()
+        };
+        let look = |p: Principal, now: i64| {
+            let db = db.clone();
+            async move { byok::caller_with_keys(&db, &p, now).await.expect("query") }
+        };
+        let service = |u: &str| Principal::Service { user_id: u.into() };
+
+        // No stored key anywhere: the caller alone, with empty key lists.
+        let (u, k) = look(service("bob"), T0).await.expect("bob");
+        assert_eq!((u.id.as_str(), u.org_id.as_str()), ("bob", "org_b"));
+        assert!(k.own.is_empty() && k.platform.is_empty());
+
+        put_user_key(&db, &ring, "alice", "openrouter", OR_KEY).await;
+        put_user_key(&db, &ring, "alice", "openai", OAI_KEY).await;
+        byok::put(
+            &db,
+            &ring,
+            &catalogue(),
+            Owner::Platform,
+            "anthropic",
+            ANT_KEY,
+            None,
+            ACTOR,
+            T0,
+        )
+        .await
+        .expect("platform key");
+        byok::put(
+            &db,
+            &ring,
+            &catalogue(),
+            Owner::Platform,
+            "openai",
+            OAI_KEY,
+            None,
+            ACTOR,
+            T0,
+        )
+        .await
+        .expect("platform key");
+
+        let session = opsgate_control_plane::sessions::open(&db, "alice", T0, 60)
+            .await
+            .expect("session");
+        for p in [
+            service("alice"),
+            Principal::ApiKey {
+                digest: digest(&alice_key),
+            },
+            Principal::Session {
+                digest: digest(&session),
+            },
+        ] {
+            let (u, k) = look(p, T0).await.expect("alice");
+            assert_eq!((u.id.as_str(), u.plan), ("alice", Plan::Professional));
+            assert_eq!(providers(&k.own), ["openai", "openrouter"]);
+            assert_eq!(providers(&k.platform), ["anthropic", "openai"]);
+            assert_eq!(k.own[0].open(&ring).expect("opens").expose(), OAI_KEY);
+        }
+        // Bob has none of his own, but the platform's keys route his calls.
+        let (u, k) = look(
+            Principal::ApiKey {
+                digest: digest(&bob_key),
+            },
+            T0,
+        )
+        .await
+        .expect("bob");
+        assert_eq!(u.id, "bob");
+        assert!(k.own.is_empty());
+        assert_eq!(providers(&k.platform), ["anthropic", "openai"]);
+
+        // Nothing for what no longer authenticates.
+        assert!(look(
+            Principal::Session {
+                digest: digest(&session)
+            },
+            T0 + 61
+        )
+        .await
+        .is_none());
+        assert!(look(service("nobody"), T0).await.is_none());
+        assert!(look(
+            Principal::ApiKey {
+                digest: digest("uc_unknown")
+            },
+            T0
+        )
+        .await
+        .is_none());
+        let id = keys::list_api_keys(&db, Some("alice")).await.expect("keys")[0]
+            .id
+            .clone();
+        keys::revoke_api_key(&db, ACTOR, &id, T0)
+            .await
+            .expect("revoke");
+        assert!(look(
+            Principal::ApiKey {
+                digest: digest(&alice_key)
+            },
+            T0
+        )
+        .await
+        .is_none());
+    })
+    .await;
+}

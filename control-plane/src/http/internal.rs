@@ -6,6 +6,7 @@ use super::identity::Internal;
 use super::observe::Who;
 use super::Routes;
 use crate::accounts;
+use crate::byok;
 use crate::catalogue::Catalogue;
 use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorEnvelope};
@@ -135,7 +136,7 @@ async fn authorize_inner(
     who: &Who,
 ) -> AppResult<opsgate_core::contract::Grant> {
     let now = state.clock.now();
-    let user = accounts::by_principal(&state.db, &req.principal, now)
+    let (user, keys) = byok::caller_with_keys(&state.db, &req.principal, now)
         .await?
         .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
     who.note(principal_kind(&req.principal), &user.id, &user.org_id);
@@ -145,7 +146,7 @@ async fn authorize_inner(
         keyring: &state.keyring,
         hold_ttl_secs: state.settings.hold_ttl_secs,
     };
-    ledger::authorize(&state.db, &routing, &user, req, now).await
+    ledger::authorize_with(&state.db, &routing, &user, keys, req, now).await
 }
 
 /// How a principal authenticated, for the request log.

@@ -8,6 +8,7 @@ use super::quota::{self, WindowKind};
 use super::routing::{route, Route, Routing};
 use super::writer;
 use crate::accounts::User;
+use crate::byok::CallKeys;
 use crate::db::Db;
 use crate::error::AppError;
 use opsgate_core::contract::{AuthorizeRequest, Endpoint, Grant, Principal, Upstream, WindowLimit};
@@ -17,9 +18,8 @@ use opsgate_core::money::MilliCredits;
 use opsgate_core::pricing::{Price, RateCard};
 use opsgate_core::time::monthly_window;
 
-/// Places a hold and reserves quota, or refuses. Routing, pricing and the quota windows are
-/// decided here; the balances and counts are read, decided and written by the ledger writer,
-/// in one batch with whatever else is queued.
+/// [`authorize_with`], reading the user's keys first (the HTTP handler reads them with the
+/// caller, in one query: `byok::caller_with_keys`).
 pub async fn authorize(
     db: &Db,
     routing: &Routing<'_>,
@@ -27,7 +27,22 @@ pub async fn authorize(
     req: &AuthorizeRequest,
     now: i64,
 ) -> Result<Grant, AppError> {
-    let route = route(db, routing, user, req).await?;
+    let keys = crate::byok::for_call(db, &user.id).await?;
+    authorize_with(db, routing, user, keys, req, now).await
+}
+
+/// Places a hold and reserves quota, or refuses. Routing, pricing and the quota windows are
+/// decided here; the balances and counts are read, decided and written by the ledger writer,
+/// in one batch with whatever else is queued. `keys` are the ones that may route the call.
+pub async fn authorize_with(
+    db: &Db,
+    routing: &Routing<'_>,
+    user: &User,
+    keys: CallKeys,
+    req: &AuthorizeRequest,
+    now: i64,
+) -> Result<Grant, AppError> {
+    let route = route(routing, user, keys, req)?;
     let rate = rate_card(routing, user, &route, req);
     // No call quota for service keys (trusted internal services) nor for BYOK calls (the
     // provider's own limits apply): the guide's rule.

@@ -6,10 +6,9 @@
 //! the platform key serves: a stored platform key before the environment's.
 
 use crate::accounts::User;
-use crate::byok::{self, StoredSecret};
+use crate::byok::{CallKeys, StoredSecret};
 use crate::catalogue::{is_openrouter_model_id, Catalogue, Model, ModelKind, Provider, OPENROUTER};
 use crate::crypto::{Keyring, OpenError, Secret};
-use crate::db::Db;
 use crate::error::AppError;
 use opsgate_core::contract::{AuthorizeRequest, CompletionLimit, Endpoint};
 use opsgate_core::plan::Plan;
@@ -123,13 +122,13 @@ impl OwnKeys<'_> {
 }
 
 /// Decides the model, the provider and the key (see the module's rules).
-pub(super) async fn route<'c>(
-    db: &Db,
+pub(super) fn route<'c>(
     routing: &Routing<'c>,
     user: &User,
+    keys: CallKeys,
     req: &AuthorizeRequest,
 ) -> Result<Route<'c>, AppError> {
-    let (own, platform) = byok::for_call(db, &user.id).await?;
+    let CallKeys { own, platform } = keys;
     let own = OwnKeys {
         stored: own,
         keyring: routing.keyring,

@@ -608,3 +608,55 @@ async fn a_session_stalled_holding_the_row_costs_others_a_503_at_most() {
         "the pool's sessions carry the lock timeout"
     );
 }
+
+/// Group commit waits for the authorizes on their way: a batch about to start waits for an
+/// authorize announced when its request came in (`ledger::Arriving`), so a settlement and
+/// that authorize ride in one transaction; unannounced, the settlement's batch starts alone
+/// and the authorize takes a second one.
+#[tokio::test]
+async fn a_batch_waits_for_the_authorizes_announced() {
+    for_each_backend("group_commit_gathers", |db| async move {
+        let router = Router::new(catalogue());
+        let routing = router.routing();
+        let user = seed(
+            &db,
+            "org_g",
+            "pro_g",
+            Plan::Professional,
+            1_000_000,
+            None,
+            T0,
+        )
+        .await;
+        let req = chat("pro_g", "gpt-4o-mini", 500, Some(300));
+        for announced in [true, false] {
+            let held = ledger::authorize(&db, &routing, &user, &req, T0)
+                .await
+                .expect("a hold to settle");
+            let keys = opsgate_control_plane::byok::for_call(&db, &user.id)
+                .await
+                .expect("keys");
+            let (batches, jobs) = db.ledger_batches();
+            let arriving = announced.then(|| ledger::Arriving::new(&db));
+            let done = settlement(&held.hold_id, Outcome::Success, 100, 50);
+            let settle = ledger::settle(&db, &done, T0 + 1);
+            // The settlement queues first and starts the writer; the authorize queues on
+            // this task's next turn, after the writer has looked at the queue.
+            let authorize = async {
+                tokio::task::yield_now().await;
+                ledger::authorize_with(&db, &routing, &user, keys, &req, T0 + 1, arriving).await
+            };
+            let (settled, granted) = tokio::join!(settle, authorize);
+            settled.expect("settle");
+            granted.expect("authorize");
+            let (batches_after, jobs_after) = db.ledger_batches();
+            assert_eq!(jobs_after - jobs, 2);
+            assert_eq!(
+                batches_after - batches,
+                if announced { 1 } else { 2 },
+                "announced: {announced}"
+            );
+        }
+    })
+    .await;
+}

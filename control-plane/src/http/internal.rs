@@ -135,6 +135,8 @@ async fn authorize_inner(
     req: &AuthorizeRequest,
     who: &Who,
 ) -> AppResult<opsgate_core::contract::Grant> {
+    // Announced before the caller is read: a ledger batch about to start waits for it.
+    let arriving = ledger::Arriving::new(&state.db);
     let now = state.clock.now();
     let (user, keys) = byok::caller_with_keys(&state.db, &req.principal, now)
         .await?
@@ -146,7 +148,7 @@ async fn authorize_inner(
         keyring: &state.keyring,
         hold_ttl_secs: state.settings.hold_ttl_secs,
     };
-    ledger::authorize_with(&state.db, &routing, &user, keys, req, now).await
+    ledger::authorize_with(&state.db, &routing, &user, keys, req, now, Some(arriving)).await
 }
 
 /// How a principal authenticated, for the request log.

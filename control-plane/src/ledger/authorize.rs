@@ -6,7 +6,7 @@ use super::book::{Answer, AuthorizeJob, Job, Placed};
 use super::holds;
 use super::quota::{self, WindowKind};
 use super::routing::{route, Route, Routing};
-use super::writer;
+use super::writer::{self, Arriving};
 use crate::accounts::User;
 use crate::byok::CallKeys;
 use crate::db::Db;
@@ -28,12 +28,13 @@ pub async fn authorize(
     now: i64,
 ) -> Result<Grant, AppError> {
     let keys = crate::byok::for_call(db, &user.id).await?;
-    authorize_with(db, routing, user, keys, req, now).await
+    authorize_with(db, routing, user, keys, req, now, None).await
 }
 
 /// Places a hold and reserves quota, or refuses. Routing, pricing and the quota windows are
 /// decided here; the balances and counts are read, decided and written by the ledger writer,
-/// in one batch with whatever else is queued. `keys` are the ones that may route the call.
+/// in one batch with whatever else is queued. `keys` are the ones that may route the call;
+/// `arriving`, the announcement the request made when it came in (given up once queued).
 pub async fn authorize_with(
     db: &Db,
     routing: &Routing<'_>,
@@ -41,6 +42,7 @@ pub async fn authorize_with(
     keys: CallKeys,
     req: &AuthorizeRequest,
     now: i64,
+    arriving: Option<Arriving>,
 ) -> Result<Grant, AppError> {
     let route = route(routing, user, keys, req)?;
     let rate = rate_card(routing, user, &route, req);
@@ -81,7 +83,7 @@ pub async fn authorize_with(
         now,
         expires_at: now + routing.hold_ttl_secs,
     };
-    match writer::submit(db, Job::Authorize(Box::new(job))).await? {
+    match writer::submit_arriving(db, Job::Authorize(Box::new(job)), arriving).await? {
         Answer::Placed(placed) => Ok(grant(user, req, route, rate, hold_id, placed, unlimited)),
         Answer::Refused(e) => Err(e),
         other => Err(AppError::internal(format!(

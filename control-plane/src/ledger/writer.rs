@@ -24,8 +24,9 @@ use crate::error::AppError;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 /// The most jobs one transaction carries.
 const MAX_BATCH: usize = 64;
@@ -35,10 +36,18 @@ const ATTEMPTS: usize = 4;
 /// A job's answer, or the failure of its whole batch: (transient, detail).
 type Reply = oneshot::Sender<Result<Answer, (bool, String)>>;
 
+/// How long a batch waits at most for the authorizes on their way to the queue (see
+/// [`Arriving`]); tokio's timers tick in milliseconds.
+const GATHER_AT_MOST: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// The queue of jobs waiting for the writer; one per database handle.
 #[derive(Default)]
 pub struct Queue {
     inner: Mutex<Pending>,
+    /// Authorizes announced ([`Arriving`]) and not yet queued.
+    arriving: AtomicUsize,
+    /// Fired each time an announced authorize is queued or gives up.
+    arrived: Notify,
     /// Batches run and the jobs they carried (their ratio is the group commit's gain), batch
     /// sizes, transaction times and retries.
     pub metrics: crate::metrics::LedgerMetrics,
@@ -63,9 +72,74 @@ struct Pending {
 /// Detached from the pool: the pool neither pings it nor waits for it when closing.
 type Conn = AnyConnection;
 
+/// An authorize on its way to the queue: taken when its request arrives, before it reads its
+/// caller and routes the call, and given up when its job is queued (or it is refused
+/// first). A batch about to start waits for the authorizes announced (at most
+/// [`GATHER_AT_MOST`]), so they ride in it instead of each taking a transaction of its own
+/// right after: under load, fewer and larger batches, so fewer commits and fewer trips to
+/// the database per call (the commit-delay idea of PostgreSQL's `commit_siblings`, but
+/// waiting only for requests known to be on their way). A lone call waits for nothing.
+pub struct Arriving(Arc<Queue>);
+
+impl Arriving {
+    pub fn new(db: &Db) -> Arriving {
+        db.ledger_queue.arriving.fetch_add(1, Ordering::SeqCst);
+        Arriving(db.ledger_queue.clone())
+    }
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.0.arriving.fetch_sub(1, Ordering::SeqCst);
+        self.0.arrived.notify_waiters();
+    }
+}
+
+/// Waits until no announced authorize is still on its way, the batch is full, or
+/// [`GATHER_AT_MOST`] has passed.
+async fn gather(queue: &Queue) {
+    let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
+    loop {
+        let arrived = queue.arrived.notified();
+        tokio::pin!(arrived);
+        // Registered before the check: an arrival between the check and the wait wakes it.
+        arrived.as_mut().enable();
+        let full = queue
+            .inner
+            .lock()
+            .map_or(true, |q| q.jobs.len() >= MAX_BATCH);
+        if full || queue.arriving.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Queues one job and waits for its answer, giving up `arriving` once the job is queued.
+pub(super) async fn submit_arriving(
+    db: &Db,
+    job: Job,
+    arriving: Option<Arriving>,
+) -> Result<Answer, AppError> {
+    submit_inner(db, vec![job], arriving)
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(AppError::internal("no answer from the ledger writer")))
+}
+
 /// Queues jobs and waits for their answers. Starts a writer when none is running; the writer
 /// stops when the queue is empty.
 pub(super) async fn submit_many(db: &Db, jobs: Vec<Job>) -> Vec<Result<Answer, AppError>> {
+    submit_inner(db, jobs, None).await
+}
+
+async fn submit_inner(
+    db: &Db,
+    jobs: Vec<Job>,
+    arriving: Option<Arriving>,
+) -> Vec<Result<Answer, AppError>> {
     let mut waiting = Vec::with_capacity(jobs.len());
     let start = {
         let Ok(mut q) = db.ledger_queue.inner.lock() else {
@@ -81,6 +155,7 @@ pub(super) async fn submit_many(db: &Db, jobs: Vec<Job>) -> Vec<Result<Answer, A
         }
         !std::mem::replace(&mut q.running, true)
     };
+    drop(arriving);
     if start {
         tokio::spawn(drain(db.clone()));
     }
@@ -94,13 +169,6 @@ pub(super) async fn submit_many(db: &Db, jobs: Vec<Job>) -> Vec<Result<Answer, A
         });
     }
     out
-}
-
-pub(super) async fn submit(db: &Db, job: Job) -> Result<Answer, AppError> {
-    submit_many(db, vec![job])
-        .await
-        .pop()
-        .unwrap_or_else(|| Err(AppError::internal("no answer from the ledger writer")))
 }
 
 /// Clears `running` however the writer ends, so the next submission starts a new one.
@@ -124,6 +192,7 @@ async fn drain(db: Db) {
         .ok()
         .and_then(|mut q| q.conn.take());
     loop {
+        gather(&db.ledger_queue).await;
         let batch: Vec<(Job, Reply)> = {
             let Ok(mut q) = db.ledger_queue.inner.lock() else {
                 return;

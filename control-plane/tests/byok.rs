@@ -1245,32 +1245,21 @@ async fn one_query_reads_the_caller_and_the_keys_that_route_the_call() {
 
         put_user_key(&db, &ring, "alice", "openrouter", OR_KEY).await;
         put_user_key(&db, &ring, "alice", "openai", OAI_KEY).await;
-        byok::put(
-            &db,
-            &ring,
-            &catalogue(),
-            Owner::Platform,
-            "anthropic",
-            ANT_KEY,
-            None,
-            ACTOR,
-            T0,
-        )
-        .await
-        .expect("platform key");
-        byok::put(
-            &db,
-            &ring,
-            &catalogue(),
-            Owner::Platform,
-            "openai",
-            OAI_KEY,
-            None,
-            ACTOR,
-            T0,
-        )
-        .await
-        .expect("platform key");
+        for (provider, key) in [("anthropic", ANT_KEY), ("openai", OAI_KEY)] {
+            byok::put(
+                &db,
+                &ring,
+                &catalogue(),
+                Owner::Platform,
+                provider,
+                key,
+                None,
+                ACTOR,
+                T0,
+            )
+            .await
+            .expect("platform key");
+        }
 
         let session = opsgate_control_plane::sessions::open(&db, "alice", T0, 60)
             .await

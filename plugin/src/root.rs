@@ -96,6 +96,26 @@ impl Root {
         }
     }
 
+    /// Held calls whose wait ran out (`settle_wait_ms` since they were held, seen on the
+    /// tick) leave now with the estimate in `X-Credits-Remaining`; their settlements still go.
+    fn release_overdue(&mut self, shared: &SharedRef) {
+        let due = shared.borrow_mut().overdue(host::now());
+        if due.is_empty() {
+            return;
+        }
+        log(
+            LogLevel::Warn,
+            &format!(
+                "opsgate: {} held responses released unacknowledged after settle_wait_ms; their settlements go on",
+                due.len()
+            ),
+        );
+        for context_id in due {
+            resume_held(context_id, None);
+        }
+        let _ = host::set_effective_context(self.id);
+    }
+
     /// The answer to the batch of held calls (`None`: none, or not readable): each call still
     /// waiting gets its settled balance as `X-Credits-Remaining` (left at the estimate
     /// without an answer, its settlement then queued for retry), and its response leaves.
@@ -121,7 +141,7 @@ impl Root {
                     None
                 }
             };
-            if !held.gone {
+            if !held.released {
                 resume_held(held.context_id, balance);
             }
         }
@@ -442,6 +462,7 @@ impl RootContext for Root {
             return;
         };
         self.poll_snapshot(&shared);
+        self.release_overdue(&shared);
         self.flush_settlements(&shared);
         // A safety net: held calls whose wake-up never came go on the next tick.
         self.wake_up(&shared);

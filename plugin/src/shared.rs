@@ -37,8 +37,11 @@ pub struct Held {
     pub settlement: Settlement,
     /// In the batch the root context has sent.
     pub sent: bool,
-    /// The client left: its settlement still goes, nothing is resumed.
-    pub gone: bool,
+    /// Nothing waits for it any more (the client left, or its wait ran out): its settlement
+    /// still goes with its batch, nothing is resumed.
+    pub released: bool,
+    /// When its response leaves even without an answer: `settle_wait` after it was held.
+    pub until: SystemTime,
 }
 
 pub struct Shared {
@@ -90,7 +93,7 @@ impl Shared {
     /// together share one callout, and a batch goes as soon as the one before it is answered
     /// (no tick in the path). `false` when this worker cannot batch (no wake-up queue, or the
     /// host refused the wake-up): the caller sends its own settlement.
-    pub fn hold(&mut self, context_id: u32, settlement: Settlement) -> bool {
+    pub fn hold(&mut self, context_id: u32, settlement: Settlement, now: SystemTime) -> bool {
         let Some(queue) = self.wake_queue else {
             return false;
         };
@@ -104,14 +107,39 @@ impl Shared {
             context_id,
             settlement,
             sent: false,
-            gone: false,
+            released: false,
+            until: now.checked_add(self.config.settle_wait).unwrap_or(now),
         });
         true
     }
 
     /// The call's response is still held for its settlement.
     pub fn is_held(&self, context_id: u32) -> bool {
-        self.held.iter().any(|h| h.context_id == context_id)
+        self.held
+            .iter()
+            .any(|h| h.context_id == context_id && !h.released)
+    }
+
+    /// The held calls whose wait has run out by `now`, released: a call that ended behind a
+    /// batch in flight would otherwise wait for that batch and then for its own. A settlement
+    /// not yet sent moves to the settle queue; one in flight stays with its batch, which
+    /// retries it if unanswered. Returns the contexts whose responses may leave now.
+    pub fn overdue(&mut self, now: SystemTime) -> Vec<u32> {
+        let mut due = Vec::new();
+        let mut kept = Vec::with_capacity(self.held.len());
+        for mut h in std::mem::take(&mut self.held) {
+            if !h.released && h.until <= now {
+                due.push(h.context_id);
+                if !h.sent {
+                    self.settle_queue.push_back(h.settlement);
+                    continue;
+                }
+                h.released = true;
+            }
+            kept.push(h);
+        }
+        self.held = kept;
+        due
     }
 
     /// The client of a held call left: a settlement not yet sent moves to the settle queue
@@ -123,7 +151,7 @@ impl Shared {
         let sent = self.held.get(i).is_some_and(|h| h.sent);
         if sent {
             if let Some(h) = self.held.get_mut(i) {
-                h.gone = true;
+                h.released = true;
             }
         } else {
             let h = self.held.remove(i);

@@ -271,3 +271,83 @@ fn held_calls_are_sent_before_the_worker_shuts_down() {
     assert_eq!(host.resumed(a, StreamKind::Response), 1);
     assert!(host.done_called(), "done once the batch is answered");
 }
+
+/// Takes every settle callout pending (the retry queue's), acknowledges it, and returns
+/// the holds it carried.
+fn drain_retries(host: &mut Host) -> Vec<String> {
+    let mut out = Vec::new();
+    while let Some(call) = settle_call(host) {
+        out.extend(holds(&call));
+        ack_settle(host, &call);
+    }
+    out
+}
+
+/// A call that ends behind a batch in flight waits at most its own `settle_wait_ms` (seen on
+/// the root's tick), not that batch's wait and then its own batch's. Sent already: it leaves
+/// while its batch stays in flight, which still settles it once. Not yet sent: its settlement
+/// moves to the retry queue.
+#[test]
+fn a_call_behind_a_batch_in_flight_waits_at_most_its_own_settle_wait() {
+    use std::time::Duration;
+    let mut host = gateway_with(&config_with(r#""settle_wait_ms":1000"#));
+    let (a, b, c) = three(&mut host);
+    finish(&mut host, a);
+    let first = settle_call(&mut host).expect("a goes at once");
+    host.advance(Duration::from_millis(900));
+    finish(&mut host, b);
+    // Envoy gives up on the first batch at its timeout: a leaves, b's batch goes.
+    host.advance(Duration::from_millis(100));
+    host.timeout_call(first.token).unwrap();
+    assert_eq!(host.resumed(a, StreamKind::Response), 1);
+    let second = settle_call(&mut host).expect("b's batch");
+    assert_eq!(holds(&second), ["hold_b"]);
+    host.advance(Duration::from_millis(750));
+    host.tick().unwrap();
+    let mut retried = drain_retries(&mut host);
+    assert_eq!(host.resumed(b, StreamKind::Response), 0, "within its wait");
+    host.advance(Duration::from_millis(200));
+    host.tick().unwrap();
+    retried.extend(drain_retries(&mut host));
+    assert_eq!(
+        host.resumed(b, StreamKind::Response),
+        1,
+        "1,050 ms after it ended: released though its batch is still in flight"
+    );
+    assert_eq!(
+        remaining(&host, b).as_deref(),
+        Some("9999.995"),
+        "the estimate"
+    );
+    ack(&mut host, &second, &[("hold_b", 8_000_000)]);
+    assert_eq!(host.resumed(b, StreamKind::Response), 1, "resumed once");
+
+    // c ends behind a batch that is not answered in time: released unsent, its settlement
+    // moves to the retry queue (and d, in that batch, is released too).
+    let d = forwarded(&mut host, "hold_d");
+    finish(&mut host, d);
+    let third = settle_call(&mut host).expect("d's batch");
+    assert_eq!(holds(&third), ["hold_d"]);
+    finish(&mut host, c);
+    host.advance(Duration::from_millis(1_050));
+    host.tick().unwrap();
+    retried.extend(drain_retries(&mut host));
+    assert_eq!(host.resumed(c, StreamKind::Response), 1, "c released");
+    assert_eq!(host.resumed(d, StreamKind::Response), 1, "d released");
+    host.timeout_call(third.token).unwrap();
+    assert_eq!(host.resumed(d, StreamKind::Response), 1, "resumed once");
+    assert!(
+        settle_call(&mut host).is_none(),
+        "c is in no batch any more"
+    );
+    for id in [a, b, c, d] {
+        host.done(id).unwrap();
+    }
+    retried.extend(flush_settlements(&mut host).into_iter().map(|s| s.hold_id));
+    retried.sort();
+    assert_eq!(
+        retried,
+        ["hold_a", "hold_c", "hold_d"],
+        "every unanswered settlement retried once; b's batch settled it"
+    );
+}

@@ -269,8 +269,9 @@ impl Filter {
     /// gone. The settlement goes with those of this worker's other calls that end while a
     /// batch is in flight, in one callout sent by the root context, which resumes each
     /// response ([`crate::shared::Shared::hold`]); on a host without shared queues, in a
-    /// callout of its own. The wait is bounded (`settle_wait_ms` per batch): a slow control
-    /// plane never holds the client for long; the settlement is then retried from the queue.
+    /// callout of its own. The wait is bounded (`settle_wait_ms` from the moment the response
+    /// is held, seen on the root's tick when behind a batch in flight): a slow control plane
+    /// never holds the client for long; the settlement is then retried from the queue.
     fn settle_and_wait(&mut self, outcome: Outcome, usage: Usage) -> Action {
         if self.shared.borrow().config.settle_wait.is_zero() {
             self.settle(outcome, usage);
@@ -282,7 +283,7 @@ impl Filter {
         if self
             .shared
             .borrow_mut()
-            .hold(self.context_id, settlement.clone())
+            .hold(self.context_id, settlement.clone(), host::now())
         {
             self.settle_wait = Some(SettleWait::Batched);
             return Action::Pause;

@@ -448,3 +448,28 @@ async fn credential_lookup_for_the_filter() {
     );
     db.close().await;
 }
+
+/// A guessable admin token is refused at start (the admin API and the console manage every
+/// key and credit), without echoing it; 16 characters are enough.
+#[test]
+fn serve_refuses_an_admin_token_shorter_than_16_characters() {
+    let dir = TempDir::new("short_admin_token");
+    let url = format!("sqlite://{}/db.sqlite", dir.path().display());
+    let (ok, _, err) = cli(
+        &["serve", "--demo", "--port", "0", "--database-url", &url],
+        &[("OPSGATE_ADMIN_TOKEN", "hunter2-hunter2")],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("OPSGATE_ADMIN_TOKEN") && err.contains("at least 16 characters"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2"), "the token is not echoed: {err}");
+    let served = serve(
+        dir.path(),
+        "admin16",
+        &["--demo", "--database-url", &url],
+        &[("OPSGATE_ADMIN_TOKEN", "hunter2-hunter2!")],
+    );
+    assert!(!served.addr.is_empty(), "16 characters start");
+}

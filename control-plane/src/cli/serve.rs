@@ -179,6 +179,16 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
         }
     };
 
+    // The admin token opens the admin API and the console, where every key and every credit
+    // is managed: short enough to guess online, it is refused like a short internal token.
+    if s.admin_token
+        .as_ref()
+        .is_some_and(|t| t.chars().count() < 16)
+    {
+        return Err(
+            "--admin-token (OPSGATE_ADMIN_TOKEN) must be at least 16 characters: it opens the admin API and the console".into(),
+        );
+    }
     let db = dbargs.open().await?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     if demo {

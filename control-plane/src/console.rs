@@ -27,12 +27,8 @@ pub async fn open(
     ttl: i64,
 ) -> Result<String, AppError> {
     let token = format!("cs_{}", random_hex(32));
+    // Expired sessions are purged by the sweeper (`sessions::purge_expired`).
     let mut tx = db.begin().await?;
-    // Sessions a day past their expiry are of no further use.
-    sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
-        .bind(now - 86_400)
-        .execute(&mut *tx)
-        .await?;
     sqlx::query(
         "INSERT INTO console_sessions (digest, actor, credential, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)",
     )

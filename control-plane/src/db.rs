@@ -211,6 +211,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("../migrations/004_service_key_strength.sql"),
     ),
     (5, include_str!("../migrations/005_console_sessions.sql")),
+    (6, include_str!("../migrations/006_sessions_expiry.sql")),
 ];
 
 impl Db {

@@ -32,3 +32,27 @@ pub async fn revoke(db: &Db, token: &str, now: i64) -> Result<(), AppError> {
         .await?;
     Ok(())
 }
+
+/// How long past its expiry a session (a user's or the console's) is kept: long enough for a
+/// late request to be refused as expired rather than unknown, and for the audit log's
+/// sign-ins to be read against it.
+pub const KEPT_AFTER_EXPIRY_SECS: i64 = 86_400;
+
+/// Deletes the users' and the console's sessions that expired more than
+/// [`KEPT_AFTER_EXPIRY_SECS`] ago (the sweeper's, every 30 s); returns how many of each.
+pub async fn purge_expired(db: &Db, now: i64) -> Result<(u64, u64), AppError> {
+    let before = now - KEPT_AFTER_EXPIRY_SECS;
+    let mut tx = db.begin().await?;
+    let users = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    let console = sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
+        .bind(before)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    tx.commit().await?;
+    Ok((users, console))
+}

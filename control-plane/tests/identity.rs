@@ -473,3 +473,59 @@ fn serve_refuses_an_admin_token_shorter_than_16_characters() {
     );
     assert!(!served.addr.is_empty(), "16 characters start");
 }
+
+/// The sweeper purges users' and console sessions a day past their expiry (both databases),
+/// and keeps the rest: a session still active, and one expired less than a day ago.
+#[tokio::test]
+async fn sessions_a_day_past_their_expiry_are_purged() {
+    use opsgate_control_plane::{console, sessions};
+    for_each_backend("sessions_purged", |db| async move {
+        seed(&db, "org_p", "alice", Plan::Professional, 1_000, None, T0).await;
+        let day = sessions::KEPT_AFTER_EXPIRY_SECS;
+        let old = sessions::open(&db, "alice", T0, 60).await.unwrap();
+        let recent = sessions::open(&db, "alice", T0 + day, 60).await.unwrap();
+        let live = sessions::open(&db, "alice", T0 + day, 10 * day)
+            .await
+            .unwrap();
+        console::open(&db, "admin-token", "", T0, 60).await.unwrap();
+        console::open(&db, "admin-token", "", T0 + day, 10 * day)
+            .await
+            .unwrap();
+        let count = |table: &'static str| {
+            let db = db.clone();
+            async move {
+                scalar(
+                    &db,
+                    &format!("SELECT CAST(COUNT(*) AS BIGINT) AS n FROM {table}"),
+                    &[],
+                )
+                .await
+            }
+        };
+
+        // The first ones expired at T0 + 60: kept for a day, then purged. The recent one,
+        // expired at T0 + day + 60, is kept.
+        assert_eq!(
+            sessions::purge_expired(&db, T0 + 60 + day).await.unwrap(),
+            (0, 0)
+        );
+        assert_eq!(
+            sessions::purge_expired(&db, T0 + 61 + day).await.unwrap(),
+            (1, 1)
+        );
+        assert_eq!(count("sessions").await, 2);
+        assert_eq!(count("console_sessions").await, 1);
+        let left: Vec<String> = sqlx::query_scalar("SELECT digest FROM sessions ORDER BY digest")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+        let mut kept = vec![
+            opsgate_core::credentials::digest(&recent),
+            opsgate_core::credentials::digest(&live),
+        ];
+        kept.sort();
+        assert_eq!(left, kept);
+        assert!(!left.contains(&opsgate_core::credentials::digest(&old)));
+    })
+    .await;
+}

@@ -244,7 +244,7 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
         metrics: metrics.clone(),
     };
     db.keep_statistics(crate::db::ANALYZE_EVERY).await;
-    // Holds whose outcome never arrived are charged as held.
+    // Holds whose outcome never arrived are charged as held; sessions long expired go.
     let sweeper_db = db.clone();
     let sweeper_clock = clock.clone();
     tokio::spawn(async move {
@@ -258,6 +258,13 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
                     tracing::warn!(count = n, "expired unsettled hold(s), charged as held")
                 }
                 Err(e) => tracing::error!(error = %e, "hold expiry failed"),
+            }
+            match crate::sessions::purge_expired(&sweeper_db, sweeper_clock.now()).await {
+                Ok((0, 0)) => {}
+                Ok((users, console)) => {
+                    tracing::info!(users, console, "purged sessions a day past their expiry")
+                }
+                Err(e) => tracing::warn!(error = %e, "session purge failed"),
             }
         }
     });

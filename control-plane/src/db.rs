@@ -162,8 +162,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// `journal_size_limit`; the WAL still grows as far as one checkpoint interval's commits).
 const WAL_SIZE_LIMIT: i64 = 64 << 20;
 
-/// Runs `sql` on a pool connection every `every` until the pool is closed, in the writer's
-/// turn when `turn` is given; a failure is logged (`what`) and tried again on the next tick.
+/// Runs `sql` on a pool connection every `every` until the pool is closed — when `turn` is
+/// given, once more in the writer's turn; a failure is logged (`what`) and tried again on the
+/// next tick.
 /// The database's housekeeping that must stay off the request path: [`Db::connect`]'s
 /// checkpoints, [`Db::keep_statistics`].
 async fn every_tick(
@@ -180,15 +181,29 @@ async fn every_tick(
         if pool.is_closed() {
             return;
         }
+        // With a turn: first outside it (the bulk of the work, while commits go on), then
+        // in it, where only what was committed meanwhile is left to do.
+        if turn.is_some() && !run_logged(&pool, &sql, what).await {
+            return;
+        }
         let _turn = match &turn {
             Some(t) => Some(t.lock().await),
             None => None,
         };
-        if let Err(e) = sqlx::query(&sql).execute(&pool).await {
-            if pool.is_closed() {
-                return;
-            }
+        if !run_logged(&pool, &sql, what).await {
+            return;
+        }
+    }
+}
+
+/// Runs `sql`, logging a failure (`what`); `false` once the pool is closed.
+async fn run_logged(pool: &AnyPool, sql: &str, what: &str) -> bool {
+    match sqlx::query(sql).execute(pool).await {
+        Ok(_) => true,
+        Err(_) if pool.is_closed() => false,
+        Err(e) => {
             tracing::warn!(error = %e, "{what} failed; tried again on the next tick");
+            true
         }
     }
 }
@@ -300,8 +315,9 @@ impl Db {
             // checkpoint racing commits never catches up with the last frame, so the WAL would
             // never start over and would grow by every commit for as long as load lasts (a
             // gigabyte in 15 s of wrk c8). Between commits it copies every frame, and the
-            // next commit writes the WAL from its start again. `PASSIVE`: it never waits for
-            // a reader; one still reading an older snapshot only defers the restart a tick.
+            // next commit writes the WAL from its start again. It first runs outside the turn,
+            // so the turn waits only for what was committed meanwhile. `PASSIVE`: it never
+            // waits for a reader; one still reading an older snapshot defers the restart a tick.
             tokio::spawn(every_tick(
                 db.pool.clone(),
                 db.writer.clone(),

@@ -182,25 +182,38 @@ async fn every_tick(
             return;
         }
         // With a turn: first outside it (the bulk of the work, while commits go on), then
-        // in it, where only what was committed meanwhile is left to do.
-        if turn.is_some() && !run_logged(&pool, &sql, what).await {
-            return;
-        }
+        // in it, where only what was committed meanwhile is left to do. The connection is
+        // taken before the turn: commits never wait on the pool.
+        let first = match turn {
+            Some(_) => run_logged(&pool, &sql, what).await,
+            None => true,
+        };
+        let mut conn = match pool.acquire().await {
+            Ok(c) => c,
+            Err(_) if pool.is_closed() => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; tried again on the next tick");
+                continue;
+            }
+        };
         let _turn = match &turn {
             Some(t) => Some(t.lock().await),
             None => None,
         };
-        if !run_logged(&pool, &sql, what).await {
+        if !(first && run_logged(&mut *conn, &sql, what).await) {
             return;
         }
     }
 }
 
 /// Runs `sql`, logging a failure (`what`); `false` once the pool is closed.
-async fn run_logged(pool: &AnyPool, sql: &str, what: &str) -> bool {
-    match sqlx::query(sql).execute(pool).await {
+async fn run_logged<'c, E>(on: E, sql: &str, what: &str) -> bool
+where
+    E: sqlx::Executor<'c, Database = sqlx::Any>,
+{
+    match sqlx::query(sql).execute(on).await {
         Ok(_) => true,
-        Err(_) if pool.is_closed() => false,
+        Err(sqlx::Error::PoolClosed) => false,
         Err(e) => {
             tracing::warn!(error = %e, "{what} failed; tried again on the next tick");
             true

@@ -33,26 +33,36 @@ pub async fn revoke(db: &Db, token: &str, now: i64) -> Result<(), AppError> {
     Ok(())
 }
 
-/// How long past its expiry a session (a user's or the console's) is kept: long enough for a
-/// late request to be refused as expired rather than unknown, and for the audit log's
-/// sign-ins to be read against it.
+/// How long past its expiry a session (a user's or the console's) is kept before the sweeper
+/// deletes it (an expired session authenticates nothing either way).
 pub const KEPT_AFTER_EXPIRY_SECS: i64 = 86_400;
 
+/// The most sessions one purge transaction deletes: the first purge after an upgrade may
+/// find every session ever opened, and on SQLite a transaction holds the writer's turn.
+const PURGE_CHUNK: u64 = 1_000;
+
 /// Deletes the users' and the console's sessions that expired more than
-/// [`KEPT_AFTER_EXPIRY_SECS`] ago (the sweeper's, every 30 s); returns how many of each.
+/// [`KEPT_AFTER_EXPIRY_SECS`] ago (the sweeper's, every 30 s), [`PURGE_CHUNK`] at a time,
+/// each chunk its own transaction; returns how many of each.
 pub async fn purge_expired(db: &Db, now: i64) -> Result<(u64, u64), AppError> {
     let before = now - KEPT_AFTER_EXPIRY_SECS;
-    let mut tx = db.begin().await?;
-    let users = sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    let console = sqlx::query("DELETE FROM console_sessions WHERE expires_at < $1")
-        .bind(before)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    tx.commit().await?;
-    Ok((users, console))
+    let mut purged = [0u64; 2];
+    for (n, table) in purged.iter_mut().zip(["sessions", "console_sessions"]) {
+        loop {
+            let mut tx = db.begin().await?;
+            let deleted = sqlx::query(&format!(
+                "DELETE FROM {table} WHERE digest IN (SELECT digest FROM {table} WHERE expires_at < $1 LIMIT {PURGE_CHUNK})"
+            ))
+            .bind(before)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            *n += deleted;
+            if deleted < PURGE_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok((purged[0], purged[1]))
 }

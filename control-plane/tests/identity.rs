@@ -450,9 +450,10 @@ async fn credential_lookup_for_the_filter() {
 }
 
 /// A guessable admin token is refused at start (the admin API and the console manage every
-/// key and credit), without echoing it; 16 characters are enough.
-#[test]
-fn serve_refuses_an_admin_token_shorter_than_16_characters() {
+/// key and credit), without echoing it; 16 characters are enough. An empty value is no token:
+/// the admin API stays off, and an empty bearer token is not the admin's.
+#[tokio::test]
+async fn serve_refuses_an_admin_token_shorter_than_16_characters() {
     let dir = TempDir::new("short_admin_token");
     let url = format!("sqlite://{}/db.sqlite", dir.path().display());
     let (ok, _, err) = cli(
@@ -465,13 +466,16 @@ fn serve_refuses_an_admin_token_shorter_than_16_characters() {
         "{err}"
     );
     assert!(!err.contains("hunter2"), "the token is not echoed: {err}");
-    let served = serve(
-        dir.path(),
-        "admin16",
-        &["--demo", "--database-url", &url],
-        &[("OPSGATE_ADMIN_TOKEN", "hunter2-hunter2!")],
-    );
-    assert!(!served.addr.is_empty(), "16 characters start");
+    for (token, status) in [("hunter2-hunter2!", 200), ("", 403)] {
+        let served = serve(
+            dir.path(),
+            "admin_token",
+            &["--demo", "--database-url", &url],
+            &[("OPSGATE_ADMIN_TOKEN", token)],
+        );
+        let (got, body) = http(&served.addr, "GET", "/admin/v1/orgs", Some(token), None).await;
+        assert_eq!(got, status, "token {token:?}: {body}");
+    }
 }
 
 /// The sweeper purges users' and console sessions a day past their expiry (both databases),
@@ -512,6 +516,15 @@ async fn sessions_a_day_past_their_expiry_are_purged() {
         assert_eq!(
             sessions::purge_expired(&db, T0 + 61 + day).await.unwrap(),
             (1, 1)
+        );
+        assert_eq!(count("sessions").await, 2);
+        // More than one purge chunk (1,000) of long-expired sessions: all go in one sweep.
+        for _ in 0..2_345 {
+            sessions::open(&db, "alice", T0, 1).await.unwrap();
+        }
+        assert_eq!(
+            sessions::purge_expired(&db, T0 + 61 + day).await.unwrap(),
+            (2_345, 0)
         );
         assert_eq!(count("sessions").await, 2);
         assert_eq!(count("console_sessions").await, 1);

@@ -181,10 +181,9 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
 
     // The admin token opens the admin API and the console, where every key and every credit
     // is managed: short enough to guess online, it is refused like a short internal token.
-    if s.admin_token
-        .as_ref()
-        .is_some_and(|t| t.chars().count() < 16)
-    {
+    // An empty value is no token (the admin API stays off), never a token that is empty.
+    let admin_token = s.admin_token.clone().filter(|t| !t.is_empty());
+    if admin_token.as_ref().is_some_and(|t| t.chars().count() < 16) {
         return Err(
             "--admin-token (OPSGATE_ADMIN_TOKEN) must be at least 16 characters: it opens the admin API and the console".into(),
         );
@@ -232,7 +231,7 @@ pub(super) async fn serve(dbargs: &DbArgs, s: ServeArgs) -> Result<(), String> {
         clock: clock.clone(),
         settings: Arc::new(Settings {
             internal_token,
-            admin_token: s.admin_token.clone(),
+            admin_token,
             platform_keys,
             hold_ttl_secs: s.hold_ttl_secs,
             session_ttl_secs: s.session_ttl_secs,

@@ -46,6 +46,8 @@ pub struct Queue {
     inner: Mutex<Pending>,
     /// Authorizes announced ([`Arriving`]) and not yet queued.
     arriving: AtomicUsize,
+    /// Announced authorizes that have been queued or given up, since the process started.
+    arrived_total: AtomicUsize,
     /// Fired each time an announced authorize is queued or gives up.
     arrived: Notify,
     /// Batches run and the jobs they carried (their ratio is the group commit's gain), batch
@@ -90,15 +92,22 @@ impl Arriving {
 
 impl Drop for Arriving {
     fn drop(&mut self) {
+        self.0.arrived_total.fetch_add(1, Ordering::SeqCst);
         self.0.arriving.fetch_sub(1, Ordering::SeqCst);
         self.0.arrived.notify_waiters();
     }
 }
 
-/// Waits until no announced authorize is still on its way, the batch is full, or
+/// Waits until the authorizes announced when it starts have arrived (as many arrivals as
+/// were on their way; later announcements are not waited for, so under steady load a batch
+/// does not wait for an endless stream), none is on its way, the batch is full, or
 /// [`GATHER_AT_MOST`] has passed.
 async fn gather(queue: &Queue) {
     let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
+    let (before, awaited) = (
+        queue.arrived_total.load(Ordering::SeqCst),
+        queue.arriving.load(Ordering::SeqCst),
+    );
     loop {
         let arrived = queue.arrived.notified();
         tokio::pin!(arrived);
@@ -108,7 +117,11 @@ async fn gather(queue: &Queue) {
             .inner
             .lock()
             .map_or(true, |q| q.jobs.len() >= MAX_BATCH);
-        if full || queue.arriving.load(Ordering::SeqCst) == 0 {
+        let came = queue
+            .arrived_total
+            .load(Ordering::SeqCst)
+            .wrapping_sub(before);
+        if full || came >= awaited || queue.arriving.load(Ordering::SeqCst) == 0 {
             return;
         }
         if tokio::time::timeout_at(deadline, arrived).await.is_err() {

@@ -11,6 +11,8 @@ pub const SESSION_COOKIE: &str = "session_token";
 /// Opens a session for `user_id` that lasts `ttl` seconds; returns its token.
 pub async fn open(db: &Db, user_id: &str, now: i64, ttl: i64) -> Result<String, AppError> {
     let token = format!("st_{}", random_hex(32));
+    // In the writer's turn, as every write on SQLite (the checkpoint counts on it).
+    let _turn = db.writer_turn().await;
     sqlx::query(
         "INSERT INTO sessions (digest, user_id, created_at, expires_at) VALUES ($1, $2, $3, $4)",
     )
@@ -25,6 +27,7 @@ pub async fn open(db: &Db, user_id: &str, now: i64, ttl: i64) -> Result<String, 
 
 /// Revokes the session with this token, if it is active.
 pub async fn revoke(db: &Db, token: &str, now: i64) -> Result<(), AppError> {
+    let _turn = db.writer_turn().await;
     sqlx::query("UPDATE sessions SET revoked_at = $1 WHERE digest = $2 AND revoked_at IS NULL")
         .bind(now)
         .bind(credentials::digest(token))

@@ -133,11 +133,22 @@ async fn fixture(db: &Db) -> (String, String) {
 }
 
 async fn put_user_key(db: &Db, keyring: &Keyring, user: &str, provider: &str, key: &str) -> String {
+    put_key(db, keyring, Owner::User(user), provider, key).await
+}
+
+/// Stores `owner`'s key for `provider`; returns its id.
+async fn put_key(
+    db: &Db,
+    keyring: &Keyring,
+    owner: Owner<'_>,
+    provider: &str,
+    key: &str,
+) -> String {
     byok::put(
         db,
         keyring,
         &catalogue(),
-        Owner::User(user),
+        owner,
         provider,
         key,
         None,
@@ -1246,19 +1257,7 @@ async fn one_query_reads_the_caller_and_the_keys_that_route_the_call() {
         put_user_key(&db, &ring, "alice", "openrouter", OR_KEY).await;
         put_user_key(&db, &ring, "alice", "openai", OAI_KEY).await;
         for (provider, key) in [("anthropic", ANT_KEY), ("openai", OAI_KEY)] {
-            byok::put(
-                &db,
-                &ring,
-                &catalogue(),
-                Owner::Platform,
-                provider,
-                key,
-                None,
-                ACTOR,
-                T0,
-            )
-            .await
-            .expect("platform key");
+            put_key(&db, &ring, Owner::Platform, provider, key).await;
         }
 
         let session = opsgate_control_plane::sessions::open(&db, "alice", T0, 60)

@@ -36,6 +36,9 @@ pub enum Counter {
     JwtVerifyFailed,
     /// Metered calls refused (503) because this worker's settlements were behind.
     SettleBackpressure,
+    /// Responses held for their settlement that left without its acknowledgement (the
+    /// control plane did not answer within `settle_wait_ms`); the settlement is retried.
+    SettleUnacknowledged,
     /// CORS preflights answered 204 (allowed origin).
     CorsPreflight,
     /// CORS preflights refused (origin not allowed, or CORS not configured).
@@ -47,7 +50,7 @@ pub enum Counter {
 }
 
 impl Counter {
-    pub const ALL: [Counter; 25] = [
+    pub const ALL: [Counter; 26] = [
         Counter::Allowed,
         Counter::Passed,
         Counter::Denied400,
@@ -69,6 +72,7 @@ impl Counter {
         Counter::JwtVerified,
         Counter::JwtVerifyFailed,
         Counter::SettleBackpressure,
+        Counter::SettleUnacknowledged,
         Counter::CorsPreflight,
         Counter::CorsRefused,
         Counter::CookieOriginRefused,
@@ -98,6 +102,7 @@ impl Counter {
             Counter::JwtVerified => "opsgate.jwt.verified",
             Counter::JwtVerifyFailed => "opsgate.jwt.verify_failures",
             Counter::SettleBackpressure => "opsgate.settle.backpressure",
+            Counter::SettleUnacknowledged => "opsgate.settle.unacknowledged",
             Counter::CorsPreflight => "opsgate.cors.preflights",
             Counter::CorsRefused => "opsgate.cors.preflights_refused",
             Counter::CookieOriginRefused => "opsgate.cors.cookie_origin_refused",

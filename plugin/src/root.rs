@@ -5,7 +5,7 @@
 use crate::config::FilterConfig;
 use crate::filter::Filter;
 use crate::host::{self, Buffer, Headers, LogLevel, Stream};
-use crate::metrics::Metrics;
+use crate::metrics::{Counter, Metrics};
 use crate::shared::{
     after, call_control_plane, callout_status, log, random_u64, send_awaited_settlements, Held,
     Shared, SharedRef, REACHABLE_KEY, SNAPSHOT_KEY as SHARED_SNAPSHOT, SNAPSHOT_LEASE_KEY,
@@ -111,6 +111,7 @@ impl Root {
             ),
         );
         for context_id in due {
+            shared.borrow().metrics.inc(Counter::SettleUnacknowledged);
             resume_held(context_id, None);
         }
         let _ = host::set_effective_context(self.id);
@@ -142,6 +143,9 @@ impl Root {
                 }
             };
             if !held.released {
+                if answer.is_none() {
+                    shared.borrow().metrics.inc(Counter::SettleUnacknowledged);
+                }
                 resume_held(held.context_id, balance);
             }
         }

@@ -319,6 +319,11 @@ fn a_call_behind_a_batch_in_flight_waits_at_most_its_own_settle_wait() {
         Some("9999.995"),
         "the estimate"
     );
+    assert_eq!(
+        host.metric("opsgate.settle.unacknowledged"),
+        Some(2),
+        "a (its batch timed out) and b (its wait ran out)"
+    );
     ack(&mut host, &second, &[("hold_b", 8_000_000)]);
     assert_eq!(host.resumed(b, StreamKind::Response), 1, "resumed once");
 
@@ -336,6 +341,7 @@ fn a_call_behind_a_batch_in_flight_waits_at_most_its_own_settle_wait() {
     assert_eq!(host.resumed(d, StreamKind::Response), 1, "d released");
     host.timeout_call(third.token).unwrap();
     assert_eq!(host.resumed(d, StreamKind::Response), 1, "resumed once");
+    assert_eq!(host.metric("opsgate.settle.unacknowledged"), Some(4));
     assert!(
         settle_call(&mut host).is_none(),
         "c is in no batch any more"

@@ -345,7 +345,9 @@ impl Filter {
                         "opsgate: settlement not acknowledged (status {status}); queued for retry"
                     ),
                 );
-                self.shared.borrow_mut().enqueue(settlement);
+                let mut shared = self.shared.borrow_mut();
+                shared.metrics.inc(Counter::SettleUnacknowledged);
+                shared.enqueue(settlement);
             }
         }
         if host::resume(Stream::Response).is_err() {

@@ -238,29 +238,33 @@ impl Filter {
     }
 
     pub(super) fn settle(&mut self, outcome: Outcome, usage: Usage) {
-        if let Some(settlement) = self.settlement(outcome, usage) {
+        if let Some((settlement, _)) = self.settlement(outcome, usage) {
             self.shared.borrow_mut().enqueue(settlement);
         }
     }
 
-    /// This call's settlement, once: `None` when it was already settled (or never forwarded).
-    fn settlement(&mut self, outcome: Outcome, usage: Usage) -> Option<Settlement> {
+    /// This call's settlement, once, and the time it was made (one clock read serves its
+    /// latency and a held response's deadline): `None` when it was already settled (or never
+    /// forwarded).
+    fn settlement(&mut self, outcome: Outcome, usage: Usage) -> Option<(Settlement, SystemTime)> {
         if self.settled {
             return None;
         }
         let grant = self.grant.as_ref()?;
         self.settled = true;
+        let now = host::now();
         let latency_ms = self
             .started
-            .and_then(|t| host::now().duration_since(t).ok())
+            .and_then(|t| now.duration_since(t).ok())
             .map_or(0, |d| d.as_millis() as u64);
-        Some(Settlement {
+        let settlement = Settlement {
             hold_id: grant.hold_id.clone(),
             outcome,
             usage,
             upstream_status: self.upstream_status,
             latency_ms,
-        })
+        };
+        Some((settlement, now))
     }
 
     /// A plain response's hold ends with the call: its settlement is sent now, and the
@@ -277,13 +281,13 @@ impl Filter {
             self.settle(outcome, usage);
             return Action::Continue;
         }
-        let Some(settlement) = self.settlement(outcome, usage) else {
+        let Some((settlement, now)) = self.settlement(outcome, usage) else {
             return Action::Continue;
         };
         if self
             .shared
             .borrow_mut()
-            .hold(self.context_id, settlement.clone(), host::now())
+            .hold(self.context_id, settlement.clone(), now)
         {
             self.settle_wait = Some(SettleWait::Batched);
             return Action::Pause;

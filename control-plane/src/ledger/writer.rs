@@ -100,8 +100,8 @@ impl Drop for Arriving {
 
 /// Waits until the authorizes announced when it starts have arrived (as many arrivals as
 /// were on their way; later announcements are not waited for, so under steady load a batch
-/// does not wait for an endless stream), none is on its way, the batch is full, or
-/// [`GATHER_AT_MOST`] has passed.
+/// does not wait for an endless stream), the batch is full, or [`GATHER_AT_MOST`] has
+/// passed.
 async fn gather(queue: &Queue) {
     let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
     let (before, awaited) = (
@@ -121,7 +121,7 @@ async fn gather(queue: &Queue) {
             .arrived_total
             .load(Ordering::SeqCst)
             .wrapping_sub(before);
-        if full || came >= awaited || queue.arriving.load(Ordering::SeqCst) == 0 {
+        if full || came >= awaited {
             return;
         }
         if tokio::time::timeout_at(deadline, arrived).await.is_err() {

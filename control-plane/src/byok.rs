@@ -375,14 +375,8 @@ pub async fn caller_with_keys(
     let user = accounts::user_of(first)?;
     let mut keys = CallKeys::default();
     for r in &rows {
-        if r.try_get::<Option<String>, _>("s_id")?.is_none() {
-            continue;
-        }
-        let stored = stored_of_columns(r, "s_")?;
-        if stored.scope == platform.scope() {
-            keys.platform.push(stored);
-        } else {
-            keys.own.push(stored);
+        if r.try_get::<Option<String>, _>("s_id")?.is_some() {
+            keys.add(stored_of_columns(r, "s_")?);
         }
     }
     Ok(Some((user, keys)))
@@ -401,12 +395,7 @@ pub async fn for_call(db: &Db, user_id: &str) -> Result<CallKeys, AppError> {
         .bind(platform.id());
     let mut keys = CallKeys::default();
     for r in db.reader().await.fetch_all(q).await? {
-        let s = stored_of(&r)?;
-        if s.scope == platform.scope() {
-            keys.platform.push(s);
-        } else {
-            keys.own.push(s);
-        }
+        keys.add(stored_of(&r)?);
     }
     Ok(keys)
 }
@@ -418,6 +407,17 @@ pub struct CallKeys {
     pub own: Vec<StoredSecret>,
     /// The platform's, by provider.
     pub platform: Vec<StoredSecret>,
+}
+
+impl CallKeys {
+    /// Files a key read in provider order under its owner: the platform's or the caller's.
+    fn add(&mut self, key: StoredSecret) {
+        if key.scope == Owner::Platform.scope() {
+            self.platform.push(key);
+        } else {
+            self.own.push(key);
+        }
+    }
 }
 
 /// `owner`'s key for `provider`, if one is stored.

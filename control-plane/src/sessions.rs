@@ -45,27 +45,33 @@ pub const KEPT_AFTER_EXPIRY_SECS: i64 = 86_400;
 const PURGE_CHUNK: u64 = 1_000;
 
 /// Deletes the users' and the console's sessions that expired more than
-/// [`KEPT_AFTER_EXPIRY_SECS`] ago (the sweeper's, every 30 s), [`PURGE_CHUNK`] at a time,
-/// each chunk its own transaction; returns how many of each.
+/// [`KEPT_AFTER_EXPIRY_SECS`] ago (the sweeper's, every 30 s); returns how many of each.
 pub async fn purge_expired(db: &Db, now: i64) -> Result<(u64, u64), AppError> {
     let before = now - KEPT_AFTER_EXPIRY_SECS;
-    let mut purged = [0u64; 2];
-    for (n, table) in purged.iter_mut().zip(["sessions", "console_sessions"]) {
-        loop {
-            let mut tx = db.begin().await?;
-            let deleted = sqlx::query(&format!(
-                "DELETE FROM {table} WHERE digest IN (SELECT digest FROM {table} WHERE expires_at < $1 LIMIT {PURGE_CHUNK})"
-            ))
+    Ok((
+        purge(db, "sessions", before).await?,
+        purge(db, "console_sessions", before).await?,
+    ))
+}
+
+/// Deletes `table`'s sessions that expired before `before`, [`PURGE_CHUNK`] at a time, each
+/// chunk its own transaction; returns how many.
+async fn purge(db: &Db, table: &str, before: i64) -> Result<u64, AppError> {
+    let sql = format!(
+        "DELETE FROM {table} WHERE digest IN (SELECT digest FROM {table} WHERE expires_at < $1 LIMIT {PURGE_CHUNK})"
+    );
+    let mut purged = 0;
+    loop {
+        let mut tx = db.begin().await?;
+        let deleted = sqlx::query(&sql)
             .bind(before)
             .execute(&mut *tx)
             .await?
             .rows_affected();
-            tx.commit().await?;
-            *n += deleted;
-            if deleted < PURGE_CHUNK {
-                break;
-            }
+        tx.commit().await?;
+        purged += deleted;
+        if deleted < PURGE_CHUNK {
+            return Ok(purged);
         }
     }
-    Ok((purged[0], purged[1]))
 }

@@ -497,25 +497,40 @@ impl Db {
 mod tests {
     use super::PgTimeouts;
 
+    /// A new SQLite database in a directory of its own: (directory, file, handle).
+    async fn fresh_sqlite(tag: &str) -> (std::path::PathBuf, std::path::PathBuf, super::Db) {
+        let dir = std::env::temp_dir().join(format!("opsgate-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        let db = super::Db::connect(&format!("sqlite://{}", path.display()))
+            .await
+            .unwrap();
+        (dir, path, db)
+    }
+
+    /// A pragma's integer value on one of the pool's connections.
+    async fn pragma(db: &super::Db, name: &str) -> i64 {
+        use sqlx::Row;
+        sqlx::query(&format!("PRAGMA {name}"))
+            .fetch_one(&db.pool)
+            .await
+            .unwrap()
+            .get(0)
+    }
+
     /// The WAL reaches the database file without any commit doing it: a reader that ignores
     /// the WAL (`immutable=1`) sees the rows once the checkpointer has run, and the
     /// connections' own automatic checkpoints are off.
     #[tokio::test]
     async fn sqlite_checkpoints_happen_off_the_commit_path() {
         use sqlx::Row;
-        let dir = std::env::temp_dir().join(format!("opsgate-ckpt-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("db.sqlite");
-        let _ = std::fs::remove_file(&path);
-        let db = super::Db::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let auto: i64 = sqlx::query("PRAGMA wal_autocheckpoint")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(auto, 0, "no checkpoint inside a commit");
+        let (dir, path, db) = fresh_sqlite("ckpt").await;
+        assert_eq!(
+            pragma(&db, "wal_autocheckpoint").await,
+            0,
+            "no checkpoint inside a commit"
+        );
         sqlx::query("INSERT INTO organizations (id, name, plan, created_at) VALUES ('org_ckpt', 'x', 'starter', 0)")
             .execute(&db.pool)
             .await
@@ -558,20 +573,12 @@ mod tests {
     /// caught up, and the WAL grew by every commit for as long as the load lasted.
     #[tokio::test]
     async fn sqlite_wal_starts_over_under_writes_that_never_pause() {
-        use sqlx::Row;
-        let dir = std::env::temp_dir().join(format!("opsgate-walcap-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("db.sqlite");
+        let (dir, _, db) = fresh_sqlite("walcap").await;
         let wal = dir.join("db.sqlite-wal");
-        let db = super::Db::connect(&format!("sqlite://{}", path.display()))
-            .await
-            .unwrap();
-        let limit: i64 = sqlx::query("PRAGMA journal_size_limit")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap()
-            .get(0);
-        assert_eq!(limit, super::WAL_SIZE_LIMIT);
+        assert_eq!(
+            pragma(&db, "journal_size_limit").await,
+            super::WAL_SIZE_LIMIT
+        );
         // Salt-1 (bytes 16..20 of the WAL header) changes each time the WAL starts over.
         let salt = || {
             std::fs::read(&wal)

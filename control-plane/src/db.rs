@@ -484,6 +484,13 @@ impl Db {
         self.ledger_queue.stats()
     }
 
+    /// SQLite: the ledger batches decided on the writer's mirror of the rows, and those that
+    /// found the database changed by another connection (and ran again on rows read).
+    pub fn ledger_mirror(&self) -> (u64, u64) {
+        let m = &self.ledger_queue.metrics;
+        (m.mirrored.get(), m.mirror_stale.get())
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1")
             .fetch_one(&self.pool)

@@ -54,6 +54,10 @@ pub struct LedgerMetrics {
     pub transaction_seconds: HistogramFamily<BackendLabels>,
     /// Batch attempts after the first (a conflict re-run on locked rows).
     pub retries: Counter,
+    /// SQLite: batches decided on the mirror of the ledger rows (one trip), and those that
+    /// found the database moved since and ran again on rows read.
+    pub mirrored: Counter,
+    pub mirror_stale: Counter,
 }
 
 impl Default for LedgerMetrics {
@@ -64,6 +68,8 @@ impl Default for LedgerMetrics {
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 8)),
             transaction_seconds: Family::new_with_constructor(latency),
             retries: Counter::default(),
+            mirrored: Counter::default(),
+            mirror_stale: Counter::default(),
         }
     }
 }
@@ -183,6 +189,16 @@ impl Metrics {
             "opsgate_ledger_retries",
             "Ledger batch attempts after the first (conflicts re-run on locked rows)",
             l.retries.clone(),
+        );
+        r.register(
+            "opsgate_ledger_mirrored_batches",
+            "SQLite: ledger batches decided on the writer's mirror of the rows (one trip, no reads)",
+            l.mirrored.clone(),
+        );
+        r.register(
+            "opsgate_ledger_mirror_stale",
+            "SQLite: mirrored batches that found the database changed by another connection and ran again on rows read",
+            l.mirror_stale.clone(),
         );
         Metrics { registry, ..m }
     }

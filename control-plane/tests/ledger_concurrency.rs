@@ -660,3 +660,71 @@ async fn a_batch_waits_for_the_authorizes_announced() {
     })
     .await;
 }
+
+/// SQLite: the ledger writer decides a batch on its mirror of the rows it last committed
+/// (one trip, no reads), and a commit by any other connection (here an admin top-up) makes
+/// the next batch run again on rows read. Without the guard on the database's version, the
+/// mirror's stale balance would refuse a call the top-up pays for.
+#[tokio::test]
+async fn a_batch_on_the_writers_mirror_sees_what_other_connections_committed() {
+    for_each_backend("ledger_mirror", |db| async move {
+        let router = Router::new(catalogue());
+        let routing = router.routing();
+        let req = chat("pro_m", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS));
+        let hold = hold_of(&router, "gpt-4o-mini", Plan::Professional);
+        // Credits for one hold and a half.
+        let user = seed(
+            &db,
+            "org_m",
+            "pro_m",
+            Plan::Professional,
+            hold * 3 / 2,
+            None,
+            T0,
+        )
+        .await;
+        let first = ledger::authorize(&db, &routing, &user, &req, T0)
+            .await
+            .expect("the first hold fits");
+        let (mirrored, _) = db.ledger_mirror();
+        // The second does not fit beside the first: refused on the mirror's rows.
+        let refused = ledger::authorize(&db, &routing, &user, &req, T0)
+            .await
+            .expect_err("no room for a second hold");
+        assert_eq!(refused.0.kind, ErrorKind::InsufficientCredits);
+        let settled = ledger::settle(
+            &db,
+            &settlement(&first.hold_id, Outcome::Success, PROMPT, MAX_TOKENS),
+            T0 + 1,
+        )
+        .await
+        .expect("settle");
+        assert_eq!(settled, hold);
+        // Half a hold left: refused again. Then another connection tops the pool up.
+        let refused = ledger::authorize(&db, &routing, &user, &req, T0 + 1)
+            .await
+            .expect_err("half a hold left");
+        assert_eq!(refused.0.kind, ErrorKind::InsufficientCredits);
+        let (mirrored_after, stale) = db.ledger_mirror();
+        opsgate_control_plane::accounts::grant(&db, "admin", "org_m", hold, T0 + 2)
+            .await
+            .expect("top up");
+        let granted = ledger::authorize(&db, &routing, &user, &req, T0 + 2)
+            .await
+            .expect("the top-up pays for it");
+        assert_eq!(granted.balance_mc.0, hold * 3 / 2 - hold);
+        let o = org(&db, "org_m").await;
+        assert_eq!((o.credits_used, o.credits_held), (hold, hold));
+        if db.backend == opsgate_control_plane::db::Backend::Sqlite {
+            assert_eq!(
+                mirrored_after - mirrored,
+                3,
+                "the refusals and the settlement were decided on the mirror"
+            );
+            assert_eq!(db.ledger_mirror().1 - stale, 1, "the top-up was noticed");
+        } else {
+            assert_eq!(db.ledger_mirror(), (0, 0), "no mirror on PostgreSQL");
+        }
+    })
+    .await;
+}

@@ -11,6 +11,7 @@ mod balance;
 mod book;
 mod entries;
 mod holds;
+mod mirror;
 mod quota;
 mod routing;
 mod sql;

@@ -216,6 +216,8 @@ pub(super) struct Txn<'c> {
     conn: &'c mut AnyConnection,
     /// A transaction is open (on SQLite, `BEGIN IMMEDIATE` has been sent with a read).
     open: bool,
+    /// SQLite: the `data_version` the writes must find (a batch decided on the mirror).
+    version: Option<i64>,
 }
 
 impl<'c> Txn<'c> {
@@ -231,6 +233,7 @@ impl<'c> Txn<'c> {
             backend,
             conn,
             open: false,
+            version: None,
         };
         if backend == Backend::Postgres && locked {
             txn.open = true;
@@ -245,6 +248,13 @@ impl<'c> Txn<'c> {
         if !std::mem::replace(&mut self.open, true) {
             all.sql.insert_str(0, "BEGIN IMMEDIATE;\n");
         }
+    }
+
+    /// SQLite: the writes commit only if no other connection committed since the connection's
+    /// `data_version` was `version` (checked after `BEGIN IMMEDIATE`, so nothing can commit
+    /// between the check and the `COMMIT`).
+    pub fn expect_version(&mut self, version: i64) {
+        self.version = Some(version);
     }
 
     /// Runs reads; every row carries its statement's tag in column `t`.
@@ -275,7 +285,17 @@ impl<'c> Txn<'c> {
     pub async fn commit_writes(&mut self, stmts: Vec<Stmt<'_>>) -> Result<bool, sqlx::Error> {
         match self.backend {
             Backend::Sqlite => {
-                let mut guarded = Vec::with_capacity(stmts.len() * 2 + 1);
+                let mut guarded = Vec::with_capacity(stmts.len() * 2 + 2);
+                if let Some(v) = self.version {
+                    guarded.push(Stmt {
+                        sql: format!(
+                            "INSERT INTO ledger_guard (expected) SELECT {v} \
+                             WHERE (SELECT data_version FROM pragma_data_version) <> {v}"
+                        ),
+                        vals: Vec::new(),
+                        expect: 0,
+                    });
+                }
                 for s in stmts {
                     let n = s.expect;
                     guarded.push(s);

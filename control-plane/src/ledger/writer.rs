@@ -17,6 +17,7 @@
 
 use super::book::{Answer, Book, Calls, Closed, HoldRow, Job, Pool, QuotaKey, Tracked, UsageLine};
 use super::holds::HoldStatus;
+use super::mirror::{self, Mirror};
 use super::quota::WindowKind;
 use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val};
 use crate::db::{Backend, Db};
@@ -67,8 +68,10 @@ struct Pending {
     jobs: VecDeque<(Job, Reply)>,
     /// A writer task is draining the queue.
     running: bool,
-    /// The writer's connection between batches (see `sql.rs`: kept out of the pool).
-    conn: Option<Conn>,
+    /// The writer's connection between batches (see `sql.rs`: kept out of the pool), and on
+    /// SQLite the ledger rows as it last committed them (`mirror.rs`; it goes with the
+    /// connection: its version is that connection's).
+    conn: Option<(Conn, Option<Mirror>)>,
 }
 
 /// Detached from the pool: the pool neither pings it nor waits for it when closing.
@@ -198,12 +201,13 @@ impl Drop for Running {
 async fn drain(db: Db) {
     let _running = Running(db.ledger_queue.clone());
     // The writer's own connection, kept across batches and handed to the next writer.
-    let mut conn = db
+    let (mut conn, mut mirror) = db
         .ledger_queue
         .inner
         .lock()
         .ok()
-        .and_then(|mut q| q.conn.take());
+        .and_then(|mut q| q.conn.take())
+        .map_or((None, None), |(c, m)| (Some(c), m));
     loop {
         gather(&db.ledger_queue).await;
         let batch: Vec<(Job, Reply)> = {
@@ -212,7 +216,7 @@ async fn drain(db: Db) {
             };
             if q.jobs.is_empty() {
                 q.running = false;
-                q.conn = conn;
+                q.conn = conn.map(|c| (c, mirror));
                 return;
             }
             let n = q.jobs.len().min(MAX_BATCH);
@@ -225,9 +229,12 @@ async fn drain(db: Db) {
         m.batch_size.observe(jobs.len() as f64);
         let started = std::time::Instant::now();
         let outcome = match conn.as_mut() {
-            Some(c) => run(&db, c, &jobs).await,
+            Some(c) => run(&db, c, &mut mirror, &jobs).await,
             None => match db.pool.acquire().await {
-                Ok(c) => run(&db, conn.insert(c.detach()), &jobs).await,
+                Ok(c) => {
+                    mirror = None;
+                    run(&db, conn.insert(c.detach()), &mut mirror, &jobs).await
+                }
                 Err(e) => Err(e),
             },
         };
@@ -242,6 +249,7 @@ async fn drain(db: Db) {
                 // A connection that failed is dropped (closed), never reused: its state (an
                 // open transaction?) is unknown. The next batch takes a fresh one.
                 conn = None;
+                mirror = None;
                 // Every job of the batch gets the failure: a 503 when the database was busy
                 // or out of reach (the caller may retry), else an internal error.
                 let failure = (
@@ -257,15 +265,42 @@ async fn drain(db: Db) {
 }
 
 /// Decides and commits one batch, retrying on locked rows when the optimistic attempt
-/// conflicted or refused on counts it read without a lock.
-async fn run(db: &Db, conn: &mut Conn, jobs: &[Job]) -> Result<Vec<Answer>, sqlx::Error> {
+/// conflicted or refused on counts it read without a lock. On SQLite a batch whose rows are
+/// all in the mirror is decided on them first (one trip); when the database moved since,
+/// the mirror is dropped and the batch runs as without one.
+async fn run(
+    db: &Db,
+    conn: &mut Conn,
+    mirror: &mut Option<Mirror>,
+    jobs: &[Job],
+) -> Result<Vec<Answer>, sqlx::Error> {
+    if let Some((book, wanted)) = mirror.as_ref().and_then(|m| m.book_for(jobs)) {
+        let version = mirror.as_ref().map_or(0, |m| m.version);
+        let m = &db.ledger_queue.metrics;
+        match mirrored(db, conn, jobs, book, version).await? {
+            Some((answers, book)) => {
+                m.mirrored.inc();
+                if let Some(mi) = mirror.as_mut() {
+                    mi.absorb(&book, &wanted);
+                    if mi.too_large() {
+                        *mirror = None;
+                    }
+                }
+                return Ok(answers);
+            }
+            None => {
+                m.mirror_stale.inc();
+                *mirror = None;
+            }
+        }
+    }
     let mut locked = db.backend == Backend::Sqlite;
     let mut last = None;
     for n in 0..ATTEMPTS {
         if n > 0 {
             db.ledger_queue.metrics.retries.inc();
         }
-        match attempt(db, conn, jobs, locked).await {
+        match attempt(db, conn, mirror, jobs, locked).await {
             Ok(Some(answers)) => return Ok(answers),
             Ok(None) => locked = true,
             Err(e) if retryable(&e) => {
@@ -286,11 +321,39 @@ fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// SQLite: one attempt on the mirror's rows, written behind the guard that the database is
+/// still at `version`: `Ok(None)` when it moved (nothing committed).
+async fn mirrored(
+    db: &Db,
+    conn: &mut Conn,
+    jobs: &[Job],
+    mut book: Book,
+    version: i64,
+) -> Result<Option<(Vec<Answer>, Book)>, sqlx::Error> {
+    let _turn = db.writer_turn().await;
+    let mut txn = Txn::begin(db.backend, conn, true).await?;
+    txn.expect_version(version);
+    let answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
+    match write(&mut txn, &book).await {
+        Ok(true) => Ok(Some((settled_balances(&book, answers), book))),
+        Ok(false) => {
+            txn.rollback().await?;
+            Ok(None)
+        }
+        Err(e) => {
+            txn.rollback().await?;
+            Err(e)
+        }
+    }
+}
+
 /// One attempt: `Ok(None)` when it must run again on locked rows. Whatever ends it, no
 /// transaction is left open on the connection (or the error says the connection is lost).
+/// On SQLite a committed attempt leaves its rows in `mirror`.
 async fn attempt(
     db: &Db,
     conn: &mut Conn,
+    mirror: &mut Option<Mirror>,
     jobs: &[Job],
     locked: bool,
 ) -> Result<Option<Vec<Answer>>, sqlx::Error> {
@@ -300,7 +363,18 @@ async fn attempt(
     let mut book = Book::default();
     let decided = decide(&mut txn, db.backend, &mut book, jobs, locked).await;
     match decided {
-        Ok(Some(answers)) => Ok(Some(settled_balances(&book, answers))),
+        Ok(Some((answers, read))) => {
+            if let Some((version, wanted)) = read {
+                let mi = match mirror.take() {
+                    Some(m) if m.version == version => m,
+                    _ => Mirror::new(version),
+                };
+                let mut mi = mi;
+                mi.absorb(&book, &wanted);
+                *mirror = (!mi.too_large()).then_some(mi);
+            }
+            Ok(Some(settled_balances(&book, answers)))
+        }
         Ok(None) => {
             txn.rollback().await?;
             Ok(None)
@@ -312,6 +386,10 @@ async fn attempt(
     }
 }
 
+/// What a SQLite batch read, for the mirror: the connection's `data_version` and the rows
+/// asked for.
+type Read = Option<(i64, mirror::Wanted)>;
+
 /// Reads, decides and (unless the attempt must run again) writes and commits.
 async fn decide(
     txn: &mut Txn<'_>,
@@ -319,9 +397,10 @@ async fn decide(
     book: &mut Book,
     jobs: &[Job],
     locked: bool,
-) -> Result<Option<Vec<Answer>>, sqlx::Error> {
+) -> Result<Option<(Vec<Answer>, Read)>, sqlx::Error> {
     let pg_lock = locked && backend == Backend::Postgres;
-    read(txn, backend, book, jobs, locked, pg_lock).await?;
+    let version = read(txn, backend, book, jobs, locked, pg_lock).await?;
+    let read = version.map(|v| (v, mirror::wanted(jobs, book.holds.values())));
     let answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
     if !locked && book.refused_on_counts {
         return Ok(None);
@@ -329,7 +408,7 @@ async fn decide(
     if !write(txn, book).await? {
         return Ok(None);
     }
-    Ok(Some(answers))
+    Ok(Some((answers, read)))
 }
 
 /// A settlement answers its owner's balance as the batch left it.
@@ -377,7 +456,8 @@ fn hold_row(r: &AnyRow) -> Result<HoldRow, sqlx::Error> {
 /// points to are found by joining on it); on PostgreSQL the holds first, then the rest. With
 /// `pg_lock`, rows are locked in the fixed order; on the optimistic attempt an authorize's
 /// id is not read (a hold already under it makes the insert conflict, and the locked attempt
-/// then reads it).
+/// then reads it). On SQLite, answers the connection's `data_version` read in the same
+/// transaction (the mirror's version).
 async fn read(
     txn: &mut Txn<'_>,
     backend: Backend,
@@ -385,7 +465,7 @@ async fn read(
     jobs: &[Job],
     locked: bool,
     pg_lock: bool,
-) -> Result<(), sqlx::Error> {
+) -> Result<Option<i64>, sqlx::Error> {
     // PostgreSQL locks rows in the order the query returns them: byte order ("C"), the
     // order the writes below take them in too (Rust's `Ord` on strings; period before day).
     let order = |columns: &str| {
@@ -424,10 +504,20 @@ async fn read(
     if backend == Backend::Sqlite {
         stmts.extend(rows_named(&owners, &windows, &order));
         stmts.extend(rows_of_holds(&keys));
+        stmts.push(Stmt {
+            sql: "SELECT 'v' AS t, data_version FROM pragma_data_version".into(),
+            vals: Vec::new(),
+            expect: 0,
+        });
+        let mut version = None;
         for r in txn.fetch(stmts).await? {
-            take(book, &r)?;
+            if r.try_get::<String, _>("t")? == "v" {
+                version = Some(r.try_get("data_version")?);
+            } else {
+                take(book, &r)?;
+            }
         }
-        return Ok(());
+        return Ok(version);
     }
 
     for r in txn.fetch(stmts).await? {
@@ -446,7 +536,7 @@ async fn read(
     for r in txn.fetch(rows_named(&owners, &windows, &order)).await? {
         take(book, &r)?;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Reads of the quota windows, organisations and allocations named, each row tagged.

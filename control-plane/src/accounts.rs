@@ -423,15 +423,18 @@ pub(crate) fn principal_select(principal: &Principal) -> (String, &str) {
 pub(crate) fn used(db: &Db, principal: &Principal, row: &AnyRow, now: i64) -> Result<(), AppError> {
     if let Principal::ApiKey { digest } = principal {
         let last: Option<i64> = row.try_get("last_used_at")?;
-        if last.is_none_or(|t| now - t >= 60) {
+        if last.is_none_or(|t| now - t >= KEY_USE_EVERY_SECS) {
             record_key_use(db.clone(), digest.clone(), now);
         }
     }
     Ok(())
 }
 
+/// How often a user API key's last use is recorded, at most.
+pub(crate) const KEY_USE_EVERY_SECS: i64 = 60;
+
 /// Records a user API key's last use, in the background (in the writer's turn on SQLite).
-fn record_key_use(db: Db, digest: String, now: i64) {
+pub(crate) fn record_key_use(db: Db, digest: String, now: i64) {
     tokio::spawn(async move {
         let _turn = db.writer_turn().await;
         let done = sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE digest = $2")

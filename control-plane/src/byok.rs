@@ -51,6 +51,7 @@ pub struct SecretInfo {
 
 /// A stored secret with what opening it needs. No `Debug`: it carries ciphertext only, but
 /// nothing here needs printing.
+#[derive(Clone)]
 pub struct StoredSecret {
     pub info: SecretInfo,
     scope: String,
@@ -401,7 +402,7 @@ pub async fn for_call(db: &Db, user_id: &str) -> Result<CallKeys, AppError> {
 }
 
 /// The stored keys that may route one call.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct CallKeys {
     /// The caller's own, by provider.
     pub own: Vec<StoredSecret>,

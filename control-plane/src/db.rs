@@ -22,6 +22,8 @@ pub struct Db {
     writer: Option<Arc<tokio::sync::Mutex<()>>>,
     /// Authorizes, settlements and expiries waiting for the ledger's group commit.
     pub(crate) ledger_queue: Arc<crate::ledger::Queue>,
+    /// SQLite: callers kept between calls (`callers.rs`).
+    pub(crate) callers: Arc<crate::callers::Callers>,
     readers: Arc<Readers>,
 }
 
@@ -316,6 +318,7 @@ impl Db {
             backend,
             writer,
             ledger_queue: Arc::default(),
+            callers: Arc::default(),
             readers: Arc::default(),
         };
         db.migrate().await?;
@@ -482,6 +485,12 @@ impl Db {
     /// The ledger writer's (batches run, jobs they carried) in this process.
     pub fn ledger_batches(&self) -> (u64, u64) {
         self.ledger_queue.stats()
+    }
+
+    /// SQLite: authorizes that took their caller from the cache (`callers.rs`), and those
+    /// that found the database moved since and read it again.
+    pub fn caller_cache(&self) -> (u64, u64) {
+        (self.callers.kept.get(), self.callers.stale.get())
     }
 
     /// SQLite: the ledger batches decided on the writer's mirror of the rows, and those that

@@ -5,6 +5,7 @@
 pub mod accounts;
 pub mod analytics;
 pub mod byok;
+pub mod callers;
 pub mod catalogue;
 pub mod cli;
 pub mod clock;

@@ -200,6 +200,16 @@ impl Metrics {
             "SQLite: mirrored batches that found the database changed by another connection and ran again on rows read",
             l.mirror_stale.clone(),
         );
+        r.register(
+            "opsgate_callers_kept",
+            "SQLite: authorizes that took their caller from the control plane's cache (no read)",
+            db.callers.kept.clone(),
+        );
+        r.register(
+            "opsgate_callers_stale",
+            "SQLite: authorizes whose cached caller was read before the database last changed (read again, then decided)",
+            db.callers.stale.clone(),
+        );
         Metrics { registry, ..m }
     }
 

@@ -449,6 +449,70 @@ async fn credential_lookup_for_the_filter() {
     db.close().await;
 }
 
+/// SQLite keeps callers between authorizes (`callers.rs`), and a revoked key still stops
+/// at once: the authorize after the revocation finds the key's caller in the cache, but its
+/// ledger batch sees the database moved since, so nothing is placed on it; the caller is
+/// read again and the key is unknown. On PostgreSQL nothing is kept.
+#[tokio::test]
+async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
+    for_each_backend("callers_kept", |db| async move {
+        let st = setup(&db).await;
+        let (key, _) = keys::issue_api_key(&db, "t", "alice", None, T0)
+            .await
+            .unwrap();
+        let p = || Principal::ApiKey {
+            digest: digest(&key),
+        };
+        let sqlite = db.backend == opsgate_control_plane::db::Backend::Sqlite;
+        let r = authorize_as(&st, p()).await;
+        assert_eq!(r.json["decision"], "allow", "{}", r.text);
+        // The key's first use is recorded in the background: another connection's commit.
+        while keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
+            .last_used_at
+            .is_none()
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // Kept once read after the writer's last look at the database: a few calls at most.
+        let mut holds = 1;
+        let kept = loop {
+            let before = db.caller_cache().0;
+            let r = authorize_as(&st, p()).await;
+            assert_eq!(r.json["decision"], "allow", "{}", r.text);
+            holds += 1;
+            if db.caller_cache().0 > before || holds == 6 {
+                break db.caller_cache().0 > before;
+            }
+        };
+        assert_eq!(kept, sqlite, "SQLite keeps callers, PostgreSQL does not");
+        let (kept, stale) = db.caller_cache();
+        let key_id = keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
+            .id
+            .clone();
+        keys::revoke_api_key(&db, "t", &key_id, T0).await.unwrap();
+        let r = authorize_as(&st, p()).await;
+        assert_eq!(r.json["decision"], "deny", "{}", r.text);
+        assert_eq!(
+            r.json["kind"],
+            serde_json::to_value(opsgate_core::ErrorKind::InvalidApiKey).unwrap(),
+            "{}",
+            r.text
+        );
+        // Taken from the cache, found stale by its batch, read again: nothing placed.
+        let expected = if sqlite {
+            (kept + 1, stale + 1)
+        } else {
+            (0, 0)
+        };
+        assert_eq!(db.caller_cache(), expected);
+        let open = opsgate_control_plane::ledger::open_holds(&db)
+            .await
+            .unwrap();
+        assert_eq!(open, holds);
+    })
+    .await;
+}
+
 /// A guessable admin token is refused at start (the admin API and the console manage every
 /// key and credit), without echoing it; 16 characters are enough. An empty value is no token:
 /// the admin API stays off, and an empty bearer token is not the admin's.

@@ -6,7 +6,7 @@ use super::identity::Internal;
 use super::observe::Who;
 use super::Routes;
 use crate::accounts;
-use crate::byok;
+use crate::callers;
 use crate::catalogue::Catalogue;
 use crate::db::Db;
 use crate::error::{AppError, AppResult, ErrorEnvelope};
@@ -138,17 +138,46 @@ async fn authorize_inner(
     // Announced before the caller is read: a ledger batch about to start waits for it.
     let arriving = ledger::Arriving::new(&state.db);
     let now = state.clock.now();
-    let (user, keys) = byok::caller_with_keys(&state.db, &req.principal, now)
+    let unknown = || AppError::unauthorized("Invalid or revoked API key");
+    let caller = callers::lookup(&state.db, &req.principal, now)
         .await?
-        .ok_or_else(|| AppError::unauthorized("Invalid or revoked API key"))?;
-    who.note(principal_kind(&req.principal), &user.id, &user.org_id);
+        .ok_or_else(unknown)?;
+    who.note(
+        principal_kind(&req.principal),
+        &caller.user.id,
+        &caller.user.org_id,
+    );
     let routing = Routing {
         catalogue: &state.catalogue,
         platform_keys: &state.settings.platform_keys,
         keyring: &state.keyring,
         hold_ttl_secs: state.settings.hold_ttl_secs,
     };
-    ledger::authorize_with(&state.db, &routing, &user, keys, req, now, Some(arriving)).await
+    let db = &state.db;
+    let Some(epoch) = caller.cached else {
+        return ledger::authorize_with(
+            db,
+            &routing,
+            &caller.user,
+            caller.keys,
+            req,
+            now,
+            Some(arriving),
+        )
+        .await;
+    };
+    let (user, keys) = (&caller.user, caller.keys);
+    if let Some(grant) =
+        ledger::authorize_cached(db, &routing, user, keys, req, now, Some(arriving), epoch).await?
+    {
+        return Ok(grant);
+    }
+    // The database moved since the caller was kept (a revocation?): read it again.
+    db.callers.stale.inc();
+    let fresh = callers::read(db, &req.principal, now)
+        .await?
+        .ok_or_else(unknown)?;
+    ledger::authorize_with(db, &routing, &fresh.user, fresh.keys, req, now, None).await
 }
 
 /// How a principal authenticated, for the request log.

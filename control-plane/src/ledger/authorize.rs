@@ -44,6 +44,49 @@ pub async fn authorize_with(
     now: i64,
     arriving: Option<Arriving>,
 ) -> Result<Grant, AppError> {
+    place(db, routing, user, keys, req, now, arriving, None)
+        .await?
+        .ok_or_else(|| AppError::internal("a caller read for this call was called stale"))
+}
+
+/// [`authorize_with`] for a caller kept between calls (`callers.rs`), read in the writer's
+/// epoch `caller_epoch`: `Ok(None)` when the database has moved since (nothing placed; read
+/// the caller again and authorize afresh).
+#[allow(clippy::too_many_arguments)]
+pub async fn authorize_cached(
+    db: &Db,
+    routing: &Routing<'_>,
+    user: &User,
+    keys: CallKeys,
+    req: &AuthorizeRequest,
+    now: i64,
+    arriving: Option<Arriving>,
+    caller_epoch: u64,
+) -> Result<Option<Grant>, AppError> {
+    place(
+        db,
+        routing,
+        user,
+        keys,
+        req,
+        now,
+        arriving,
+        Some(caller_epoch),
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn place(
+    db: &Db,
+    routing: &Routing<'_>,
+    user: &User,
+    keys: CallKeys,
+    req: &AuthorizeRequest,
+    now: i64,
+    arriving: Option<Arriving>,
+    caller_epoch: Option<u64>,
+) -> Result<Option<Grant>, AppError> {
     let route = route(routing, user, keys, req)?;
     let rate = rate_card(routing, user, &route, req);
     // No call quota for service keys (trusted internal services) nor for BYOK calls (the
@@ -82,10 +125,14 @@ pub async fn authorize_with(
         provider: route.provider.name.clone(),
         now,
         expires_at: now + routing.hold_ttl_secs,
+        caller_epoch,
     };
     match writer::submit_arriving(db, Job::Authorize(Box::new(job)), arriving).await? {
-        Answer::Placed(placed) => Ok(grant(user, req, route, rate, hold_id, placed, unlimited)),
+        Answer::Placed(placed) => Ok(Some(grant(
+            user, req, route, rate, hold_id, placed, unlimited,
+        ))),
         Answer::Refused(e) => Err(e),
+        Answer::StaleCaller => Ok(None),
         other => Err(AppError::internal(format!(
             "an authorize answered {other:?}"
         ))),

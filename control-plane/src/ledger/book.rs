@@ -94,6 +94,9 @@ pub(super) struct AuthorizeJob {
     pub provider: String,
     pub now: i64,
     pub expires_at: i64,
+    /// The writer's epoch the caller was read in, when it was read before this call
+    /// (`callers.rs`): the hold is placed only if the database has not moved since.
+    pub caller_epoch: Option<u64>,
 }
 
 /// One unit of work for the writer.
@@ -147,6 +150,8 @@ pub(super) enum Answer {
     /// Expired now (`true`) or found already closed.
     Expired(bool),
     Refused(AppError),
+    /// Not decided: the caller was read before the database last moved; read it again.
+    StaleCaller,
 }
 
 /// Whether a refusal came from a balance or a quota count (a stale read could have caused
@@ -640,6 +645,7 @@ mod tests {
             provider: "p".into(),
             now: 100,
             expires_at: 1_000,
+            caller_epoch: None,
         }))
     }
 

@@ -250,6 +250,10 @@ impl<'c> Txn<'c> {
         }
     }
 
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
     /// SQLite: the writes commit only if no other connection committed since the connection's
     /// `data_version` was `version` (checked after `BEGIN IMMEDIATE`, so nothing can commit
     /// between the check and the `COMMIT`).

@@ -25,7 +25,7 @@ use crate::error::AppError;
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, Row};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::{oneshot, Notify};
 
@@ -51,6 +51,9 @@ pub struct Queue {
     arrived_total: AtomicUsize,
     /// Fired each time an announced authorize is queued or gives up.
     arrived: Notify,
+    /// SQLite: changes each time the writer finds the database moved by another connection
+    /// (or starts over without its mirror); callers kept between calls are tagged with it.
+    epoch: AtomicU64,
     /// Batches run and the jobs they carried (their ratio is the group commit's gain), batch
     /// sizes, transaction times and retries.
     pub metrics: crate::metrics::LedgerMetrics,
@@ -60,6 +63,11 @@ impl Queue {
     /// (batches run, jobs they carried) since the process started.
     pub fn stats(&self) -> (u64, u64) {
         (self.metrics.batches.get(), self.metrics.jobs.get())
+    }
+
+    /// The epoch callers read now are tagged with (`callers.rs`).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
     }
 }
 
@@ -333,7 +341,7 @@ async fn mirrored(
     let _turn = db.writer_turn().await;
     let mut txn = Txn::begin(db.backend, conn, true).await?;
     txn.expect_version(version);
-    let answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
+    let answers = decide_each(&mut book, jobs, db.ledger_queue.epoch());
     match write(&mut txn, &book).await {
         Ok(true) => Ok(Some((settled_balances(&book, answers), book))),
         Ok(false) => {
@@ -361,7 +369,8 @@ async fn attempt(
     let _turn = db.writer_turn().await;
     let mut txn = Txn::begin(db.backend, conn, locked).await?;
     let mut book = Book::default();
-    let decided = decide(&mut txn, db.backend, &mut book, jobs, locked).await;
+    let since = mirror.as_ref().map(|m| m.version);
+    let decided = decide(&mut txn, &db.ledger_queue, since, &mut book, jobs, locked).await;
     match decided {
         Ok(Some((answers, read))) => {
             if let Some((version, wanted)) = read {
@@ -390,18 +399,36 @@ async fn attempt(
 /// asked for.
 type Read = Option<(i64, mirror::Wanted)>;
 
-/// Reads, decides and (unless the attempt must run again) writes and commits.
+/// Each job decided in order, but an authorize whose caller was read in another epoch than
+/// `epoch` (before the database last moved) is not: it must read its caller again.
+fn decide_each(book: &mut Book, jobs: &[Job], epoch: u64) -> Vec<Answer> {
+    jobs.iter()
+        .map(|j| match j {
+            Job::Authorize(a) if a.caller_epoch.is_some_and(|e| e != epoch) => Answer::StaleCaller,
+            _ => book.decide(j),
+        })
+        .collect()
+}
+
+/// Reads, decides and (unless the attempt must run again) writes and commits. On SQLite,
+/// a database that moved since the mirror's version `since` (or with no mirror) starts a
+/// new epoch before anything is decided.
 async fn decide(
     txn: &mut Txn<'_>,
-    backend: Backend,
+    queue: &Queue,
+    since: Option<i64>,
     book: &mut Book,
     jobs: &[Job],
     locked: bool,
 ) -> Result<Option<(Vec<Answer>, Read)>, sqlx::Error> {
+    let backend = txn.backend();
     let pg_lock = locked && backend == Backend::Postgres;
     let version = read(txn, backend, book, jobs, locked, pg_lock).await?;
+    if version.is_some() && version != since {
+        queue.epoch.fetch_add(1, Ordering::SeqCst);
+    }
     let read = version.map(|v| (v, mirror::wanted(jobs, book.holds.values())));
-    let answers: Vec<Answer> = jobs.iter().map(|j| book.decide(j)).collect();
+    let answers = decide_each(book, jobs, queue.epoch());
     if !locked && book.refused_on_counts {
         return Ok(None);
     }

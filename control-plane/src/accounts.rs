@@ -433,10 +433,14 @@ pub(crate) fn used(db: &Db, principal: &Principal, row: &AnyRow, now: i64) -> Re
 /// How often a user API key's last use is recorded, at most.
 pub(crate) const KEY_USE_EVERY_SECS: i64 = 60;
 
-/// Records a user API key's last use, in the background (in the writer's turn on SQLite).
+/// Records a user API key's last use, in the background: on SQLite with the ledger writer's
+/// next batch (on its connection, so kept callers stay valid: `callers.rs`).
 pub(crate) fn record_key_use(db: Db, digest: String, now: i64) {
+    if db.backend == crate::db::Backend::Sqlite {
+        crate::ledger::note_key_use(&db, &digest, now);
+        return;
+    }
     tokio::spawn(async move {
-        let _turn = db.writer_turn().await;
         let done = sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE digest = $2")
             .bind(now)
             .bind(&digest)

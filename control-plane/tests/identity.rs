@@ -464,9 +464,17 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
             digest: digest(&key),
         };
         let sqlite = db.backend == opsgate_control_plane::db::Backend::Sqlite;
+        // A first batch gives the ledger writer its mirror: from here on, another
+        // connection's commit would make the next batch stale.
+        let service = Principal::Service {
+            user_id: "alice".into(),
+        };
+        let r = authorize_as(&st, service).await;
+        assert_eq!(r.json["decision"], "allow", "{}", r.text);
         let r = authorize_as(&st, p()).await;
         assert_eq!(r.json["decision"], "allow", "{}", r.text);
-        // The key's first use is recorded in the background: another connection's commit.
+        // The key's first use is recorded in the background (on SQLite with the ledger
+        // writer's next batch, on its own connection).
         while keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
             .last_used_at
             .is_none()
@@ -474,7 +482,7 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // Kept once read after the writer's last look at the database: a few calls at most.
-        let mut holds = 1;
+        let mut holds = 2;
         let kept = loop {
             let before = db.caller_cache().0;
             let r = authorize_as(&st, p()).await;
@@ -485,6 +493,9 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
             }
         };
         assert_eq!(kept, sqlite, "SQLite keeps callers, PostgreSQL does not");
+        // Recording the key's use wrote on the writer's connection: nothing went stale.
+        assert_eq!(db.ledger_mirror().1, 0);
+        assert_eq!(db.caller_cache().1, 0);
         let (kept, stale) = db.caller_cache();
         let key_id = keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
             .id

@@ -27,7 +27,7 @@ pub use holds::{expire_holds, open_holds, settle, settle_many, HoldStatus, Settl
 pub use quota::WindowKind;
 pub use routing::Routing;
 pub use sql::SQLITE_GUARD;
-pub use writer::{Arriving, Queue};
+pub use writer::{note_key_use, Arriving, Queue};
 
 /// Plan limits snapshot for a user, for `/credits`.
 pub fn monthly_cap(catalogue: &Catalogue, plan: Plan) -> Option<u64> {

@@ -83,6 +83,9 @@ pub(super) fn list(n: usize) -> String {
         .join(", ")
 }
 
+/// A write's `expect` when any number of rows will do (no guard).
+pub(super) const ANY_ROWS: u64 = u64::MAX;
+
 /// One statement of a batch, its placeholders numbered from `$1`, and how many rows it must
 /// change (writes) — fewer means a row moved since it was read.
 pub(super) struct Stmt<'a> {
@@ -158,7 +161,7 @@ pub(super) fn combined<'a>(stmts: Vec<Stmt<'a>>) -> Stmt<'a> {
         all.sql.push_str(&renumber(&s.sql, all.vals.len()));
         all.sql.push_str(";\n");
         all.vals.extend(s.vals);
-        all.expect += s.expect;
+        all.expect = all.expect.saturating_add(s.expect);
     }
     all
 }
@@ -196,8 +199,13 @@ fn one_statement<'a>(stmts: Vec<Stmt<'a>>) -> Stmt<'a> {
             "w{i} AS ({} RETURNING 1)",
             renumber(&s.sql, vals.len())
         ));
-        checks.push(format!("(SELECT COUNT(*) FROM w{i}) = {}", s.expect));
+        if s.expect != ANY_ROWS {
+            checks.push(format!("(SELECT COUNT(*) FROM w{i}) = {}", s.expect));
+        }
         vals.extend(s.vals);
+    }
+    if checks.is_empty() {
+        checks.push("TRUE".into());
     }
     Stmt {
         sql: format!(
@@ -303,6 +311,9 @@ impl<'c> Txn<'c> {
                 for s in stmts {
                     let n = s.expect;
                     guarded.push(s);
+                    if n == ANY_ROWS {
+                        continue;
+                    }
                     guarded.push(Stmt {
                         sql: format!(
                             "INSERT INTO ledger_guard (expected) SELECT {n} WHERE changes() <> {n}"

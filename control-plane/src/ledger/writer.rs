@@ -19,7 +19,7 @@ use super::book::{Answer, Book, Calls, Closed, HoldRow, Job, Pool, QuotaKey, Tra
 use super::holds::HoldStatus;
 use super::mirror::{self, Mirror};
 use super::quota::WindowKind;
-use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val};
+use super::sql::{chunked, insert, list, placeholders, Stmt, Txn, Val, ANY_ROWS};
 use crate::db::{Backend, Db};
 use crate::error::AppError;
 use sqlx::any::AnyRow;
@@ -33,6 +33,9 @@ use tokio::sync::{oneshot, Notify};
 const MAX_BATCH: usize = 64;
 /// Attempts per batch: optimistic, then locked (twice, for a deadlock or a racing insert).
 const ATTEMPTS: usize = 4;
+
+/// User API keys' last uses: digest → when.
+type KeyUses = BTreeMap<String, i64>;
 
 /// A job's answer, or the failure of its whole batch: (transient, detail).
 type Reply = oneshot::Sender<Result<Answer, (bool, String)>>;
@@ -74,6 +77,10 @@ impl Queue {
 #[derive(Default)]
 struct Pending {
     jobs: VecDeque<(Job, Reply)>,
+    /// SQLite: user API keys' last uses to record (digest → when), written with the next
+    /// batch on the writer's connection, so they move no one's `data_version` (`mirror.rs`,
+    /// `callers.rs`).
+    key_uses: BTreeMap<String, i64>,
     /// A writer task is draining the queue.
     running: bool,
     /// The writer's connection between batches (see `sql.rs`: kept out of the pool), and on
@@ -138,6 +145,24 @@ async fn gather(queue: &Queue) {
         if tokio::time::timeout_at(deadline, arrived).await.is_err() {
             return;
         }
+    }
+}
+
+/// SQLite: records a user API key's last use with the next ledger batch (on the writer's
+/// connection: another connection's commit would make every kept caller and the writer's
+/// mirror stale). Starts a writer when none is running. Best effort: a batch that fails
+/// loses it, and the next use records it again.
+pub fn note_key_use(db: &Db, digest: &str, now: i64) {
+    let start = {
+        let Ok(mut q) = db.ledger_queue.inner.lock() else {
+            return;
+        };
+        let at = q.key_uses.entry(digest.to_string()).or_insert(now);
+        *at = (*at).max(now);
+        !std::mem::replace(&mut q.running, true)
+    };
+    if start {
+        tokio::spawn(drain(db.clone()));
     }
 }
 
@@ -218,17 +243,17 @@ async fn drain(db: Db) {
         .map_or((None, None), |(c, m)| (Some(c), m));
     loop {
         gather(&db.ledger_queue).await;
-        let batch: Vec<(Job, Reply)> = {
+        let (batch, key_uses): (Vec<(Job, Reply)>, _) = {
             let Ok(mut q) = db.ledger_queue.inner.lock() else {
                 return;
             };
-            if q.jobs.is_empty() {
+            if q.jobs.is_empty() && q.key_uses.is_empty() {
                 q.running = false;
                 q.conn = conn.map(|c| (c, mirror));
                 return;
             }
             let n = q.jobs.len().min(MAX_BATCH);
-            q.jobs.drain(..n).collect()
+            (q.jobs.drain(..n).collect(), std::mem::take(&mut q.key_uses))
         };
         let (jobs, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
         let m = &db.ledger_queue.metrics;
@@ -237,11 +262,11 @@ async fn drain(db: Db) {
         m.batch_size.observe(jobs.len() as f64);
         let started = std::time::Instant::now();
         let outcome = match conn.as_mut() {
-            Some(c) => run(&db, c, &mut mirror, &jobs).await,
+            Some(c) => run(&db, c, &mut mirror, &jobs, &key_uses).await,
             None => match db.pool.acquire().await {
                 Ok(c) => {
                     mirror = None;
-                    run(&db, conn.insert(c.detach()), &mut mirror, &jobs).await
+                    run(&db, conn.insert(c.detach()), &mut mirror, &jobs, &key_uses).await
                 }
                 Err(e) => Err(e),
             },
@@ -281,11 +306,12 @@ async fn run(
     conn: &mut Conn,
     mirror: &mut Option<Mirror>,
     jobs: &[Job],
+    key_uses: &KeyUses,
 ) -> Result<Vec<Answer>, sqlx::Error> {
     if let Some((book, wanted)) = mirror.as_ref().and_then(|m| m.book_for(jobs)) {
         let version = mirror.as_ref().map_or(0, |m| m.version);
         let m = &db.ledger_queue.metrics;
-        match mirrored(db, conn, jobs, book, version).await? {
+        match mirrored(db, conn, jobs, key_uses, book, version).await? {
             Some((answers, book)) => {
                 m.mirrored.inc();
                 if let Some(mi) = mirror.as_mut() {
@@ -308,7 +334,7 @@ async fn run(
         if n > 0 {
             db.ledger_queue.metrics.retries.inc();
         }
-        match attempt(db, conn, mirror, jobs, locked).await {
+        match attempt(db, conn, mirror, jobs, key_uses, locked).await {
             Ok(Some(answers)) => return Ok(answers),
             Ok(None) => locked = true,
             Err(e) if retryable(&e) => {
@@ -335,6 +361,7 @@ async fn mirrored(
     db: &Db,
     conn: &mut Conn,
     jobs: &[Job],
+    key_uses: &KeyUses,
     mut book: Book,
     version: i64,
 ) -> Result<Option<(Vec<Answer>, Book)>, sqlx::Error> {
@@ -342,7 +369,7 @@ async fn mirrored(
     let mut txn = Txn::begin(db.backend, conn, true).await?;
     txn.expect_version(version);
     let answers = decide_each(&mut book, jobs, db.ledger_queue.epoch());
-    match write(&mut txn, &book).await {
+    match write(&mut txn, &book, key_uses).await {
         Ok(true) => Ok(Some((settled_balances(&book, answers), book))),
         Ok(false) => {
             txn.rollback().await?;
@@ -363,6 +390,7 @@ async fn attempt(
     conn: &mut Conn,
     mirror: &mut Option<Mirror>,
     jobs: &[Job],
+    key_uses: &KeyUses,
     locked: bool,
 ) -> Result<Option<Vec<Answer>>, sqlx::Error> {
     // SQLite: one writer per process at a time (admin writes take the same turn).
@@ -370,7 +398,16 @@ async fn attempt(
     let mut txn = Txn::begin(db.backend, conn, locked).await?;
     let mut book = Book::default();
     let since = mirror.as_ref().map(|m| m.version);
-    let decided = decide(&mut txn, &db.ledger_queue, since, &mut book, jobs, locked).await;
+    let decided = decide(
+        &mut txn,
+        &db.ledger_queue,
+        since,
+        &mut book,
+        jobs,
+        key_uses,
+        locked,
+    )
+    .await;
     match decided {
         Ok(Some((answers, read))) => {
             if let Some((version, wanted)) = read {
@@ -419,6 +456,7 @@ async fn decide(
     since: Option<i64>,
     book: &mut Book,
     jobs: &[Job],
+    key_uses: &KeyUses,
     locked: bool,
 ) -> Result<Option<(Vec<Answer>, Read)>, sqlx::Error> {
     let backend = txn.backend();
@@ -432,7 +470,7 @@ async fn decide(
     if !locked && book.refused_on_counts {
         return Ok(None);
     }
-    if !write(txn, book).await? {
+    if !write(txn, book, key_uses).await? {
         return Ok(None);
     }
     Ok(Some((answers, read)))
@@ -699,8 +737,18 @@ fn outcome_vals(u: &UsageLine) -> [Val<'_>; 7] {
 /// Writes the book's changes, in one trip on SQLite. `false` when a row moved since it was
 /// read (a conditional statement changed fewer rows than it should have): the caller rolls
 /// back and retries.
-async fn write(txn: &mut Txn<'_>, book: &Book) -> Result<bool, sqlx::Error> {
+async fn write(txn: &mut Txn<'_>, book: &Book, key_uses: &KeyUses) -> Result<bool, sqlx::Error> {
     let mut stmts = Vec::new();
+    // Last uses of user API keys: a key revoked or deleted meanwhile changes no row.
+    for (digest, at) in key_uses {
+        stmts.push(Stmt {
+            sql: "UPDATE api_keys SET last_used_at = $1 WHERE digest = $2 \
+                  AND (last_used_at IS NULL OR last_used_at < $1)"
+                .into(),
+            vals: vec![Val::Int(*at), Val::Text(digest)],
+            expect: ANY_ROWS,
+        });
+    }
     // New holds and tombstones; an id taken meanwhile conflicts. A hold placed and closed in
     // the same batch is inserted as it ended: no statement of a batch touches a row another
     // one writes (PostgreSQL's single write statement could not update a row it inserts).

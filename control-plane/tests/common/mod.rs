@@ -617,6 +617,9 @@ pub fn serve(dir: &std::path::Path, name: &str, args: &[&str], env: &[(&str, &st
             cmd.env_remove(k);
         }
     }
+    // The demo's files (master key, demo user's key) go to the test's directory, never to
+    // the source tree's default `data/`.
+    cmd.env("OPSGATE_DATA_DIR", dir);
     let child = cmd
         .envs(env.iter().copied())
         .stdin(std::process::Stdio::null())
@@ -655,7 +658,8 @@ pub fn serve(dir: &std::path::Path, name: &str, args: &[&str], env: &[(&str, &st
     }
 }
 
-/// Runs a CLI command of the real binary; returns (success, stdout, stderr).
+/// Runs a CLI command of the real binary; returns (success, stdout, stderr). Its data
+/// directory is a temporary one unless `env` names another.
 pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_opsgate"));
     for (k, _) in std::env::vars() {
@@ -663,6 +667,8 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
             cmd.env_remove(k);
         }
     }
+    let data = TempDir::new("cli-data");
+    cmd.env("OPSGATE_DATA_DIR", data.path());
     let out = cmd
         .args(args)
         .envs(env.iter().copied())

@@ -125,11 +125,15 @@ def wrk(url: str, headers: dict, tmp: Path) -> tuple[float, int]:
     return float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def ledger_batches(cp_port: int) -> tuple[int, int]:
-    """The control plane's ledger writer: (batches run, jobs they carried), from /metrics."""
+def ledger_batches(cp_port: int) -> tuple[int, int, int, int, int]:
+    """The control plane's ledger writer and callers, from /metrics: (batches run, jobs they
+    carried, batches decided on the writer's mirror, authorizes whose caller was kept,
+    authorizes whose kept caller was stale)."""
     text = httpx.get(f"http://127.0.0.1:{cp_port}/metrics").text
     value = lambda name: int(re.search(rf"^{name} (\d+)", text, re.M).group(1))
-    return value("opsgate_ledger_batches_total"), value("opsgate_ledger_jobs_total")
+    return (value("opsgate_ledger_batches_total"), value("opsgate_ledger_jobs_total"),
+            value("opsgate_ledger_mirrored_batches_total"), value("opsgate_callers_kept_total"),
+            value("opsgate_callers_stale_total"))
 
 
 JWT_REQUESTS = int(os.environ.get("OPSGATE_BENCH_JWT_REQUESTS", "400"))
@@ -215,9 +219,11 @@ def main():
                         time.sleep(0.5)
                         l1 = ledger_batches(stack.cp_port)
                         rounds[kind].append((rps, (cpu_seconds(envoy) - e0) / n_req * 1e6, (cpu_seconds(cp) - c0) / n_req * 1e6,
-                                             (l1[1] - l0[1]) / max(1, l1[0] - l0[0]), (pg_cpu() - p0) / n_req * 1e6))
+                                             (l1[1] - l0[1]) / max(1, l1[0] - l0[0]), (pg_cpu() - p0) / n_req * 1e6,
+                                             (l1[2] - l0[2]) / max(1, l1[0] - l0[0]), (l1[3] - l0[3]) / n_req,
+                                             (l1[4] - l0[4]) / n_req))
                 for kind, runs in rounds.items():
-                    thr[kind] = tuple(statistics.median(r[i] for r in runs) for i in range(5))
+                    thr[kind] = tuple(statistics.median(r[i] for r in runs) for i in range(8))
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -241,7 +247,7 @@ def main():
     for kind, us in jwt.items():
         print(f"  {kind:34} {us:7.0f} µs   ({us / base_key:.2f}x a service key)")
     if thr:
-        (brps, be8, _, _, _), (grps, ge8, gc8, per_batch, gp8) = thr["base"], thr["gw"]
+        (brps, be8, *_), (grps, ge8, gc8, per_batch, gp8, mirrored, kept, stale) = thr["base"], thr["gw"]
         ratios = sorted(g[0] / b[0] for b, g in zip(rounds["base"], rounds["gw"]))
         print(f"wrk at c{WRK_CONNECTIONS}: {WRK_ROUNDS} alternating rounds of {WRK_SECONDS} s per path; medians below "
               f"(throughput ratio per round: {ratios[0]:.2f}x to {ratios[-1]:.2f}x)")
@@ -252,6 +258,9 @@ def main():
             print(f"CPU per call at c{WRK_CONNECTIONS}, PostgreSQL backends   {gp8:7.0f} µs   "
                   f"(control plane + backends: {gc8 + gp8:.0f} µs)")
         print(f"ledger jobs per transaction at c{WRK_CONNECTIONS}          {per_batch:7.2f} (authorizes and settlements committed together)")
+        if not ON_POSTGRES:
+            print(f"SQLite at c{WRK_CONNECTIONS}: batches decided on the writer's mirror {mirrored:6.1%}; "
+                  f"calls whose caller was kept {min(kept, 1.0):6.1%} (read again as stale: {stale:.2%})")
     else:
         print("throughput: skipped (wrk not installed: apt-get install wrk; or OPSGATE_BENCH_WRK_ROUNDS=0)")
 

@@ -1,15 +1,16 @@
 //! SQLite: who a credential belongs to and the keys that may route its calls, kept between
 //! calls, so an authorize usually skips its read (a trip to a reader connection's thread).
 //!
-//! A revoked key still stops at once. Each entry is tagged with the ledger writer's epoch
-//! when its read began (`ledger::Queue::epoch`): the epoch changes whenever the writer finds
-//! that another connection committed to the database file (a revocation, a plan change, a
-//! new key: every change to who a caller is goes through another connection). An authorize
-//! decided on a cached caller carries that tag into the ledger batch, and the batch places
-//! its hold only if the database has not moved since (the batch's own guard on
+//! A revoked key still stops at once. Every caller read (kept or not) is tagged with the
+//! ledger writer's epoch when its read began (`ledger::Queue::epoch`): the epoch changes
+//! whenever the writer finds that another connection committed to the database file (a
+//! revocation, a plan change, a new key: every change to who a caller is goes through
+//! another connection). An authorize carries that tag into its ledger batch, and the batch
+//! places the hold only if the database has not moved since (the batch's own guard on
 //! `data_version`); otherwise it answers "read the caller again" and the handler does, then
-//! decides afresh. So a hold committed after a revocation was always decided on a caller
-//! read after it.
+//! decides afresh — twice at most; a third try is decided as before this cache, on a caller
+//! read for it. A refusal decided on a kept caller before its batch (no route, a plan's
+//! models) is also decided again on a caller read afresh.
 //!
 //! Sessions are not kept (their expiry is part of the read); nor is anything on PostgreSQL,
 //! where other replicas write without this process seeing it. Unknown credentials are never
@@ -31,8 +32,11 @@ const MAX_ENTRIES: usize = 10_000;
 pub struct Caller {
     pub user: User,
     pub keys: CallKeys,
-    /// The epoch the caller was read in, when it came from the cache (the ledger checks it).
-    pub cached: Option<u64>,
+    /// SQLite: the writer's epoch when the caller was read; the ledger places a hold on it
+    /// only if the database has not moved since. `None` for sessions and on PostgreSQL.
+    pub epoch: Option<u64>,
+    /// Taken from the cache (not read for this call).
+    pub cached: bool,
 }
 
 #[derive(Default)]
@@ -65,19 +69,23 @@ fn key(p: &Principal) -> Option<(u8, String)> {
 /// The caller behind `principal` and the keys that may route its call: from the cache when
 /// an entry of the current epoch is there, else read (and kept).
 pub async fn lookup(db: &Db, principal: &Principal, now: i64) -> Result<Option<Caller>, AppError> {
-    let Some(k) = key(principal).filter(|_| db.backend == Backend::Sqlite) else {
-        return read(db, principal, now).await;
-    };
-    let epoch = db.ledger_queue.epoch();
-    if let Some(hit) = cached(db, principal, &k, epoch, now) {
-        return Ok(Some(hit));
+    if let Some(k) = keepable(db, principal) {
+        if let Some(hit) = cached(db, principal, &k, db.ledger_queue.epoch(), now) {
+            return Ok(Some(hit));
+        }
     }
-    // Tagged with the epoch from before the read: a change the writer notices meanwhile
-    // makes the entry stale at once.
-    let Some(c) = read(db, principal, now).await? else {
+    reread(db, principal, now).await
+}
+
+/// The caller read from the database (and kept, tagged with the epoch from before the read:
+/// a change the writer notices meanwhile makes it stale at once).
+pub async fn reread(db: &Db, principal: &Principal, now: i64) -> Result<Option<Caller>, AppError> {
+    let k = keepable(db, principal);
+    let epoch = k.as_ref().map(|_| db.ledger_queue.epoch());
+    let Some((user, keys)) = byok::caller_with_keys(db, principal, now).await? else {
         return Ok(None);
     };
-    if let Ok(mut entries) = db.callers.entries.lock() {
+    if let (Some(k), Some(epoch), Ok(mut entries)) = (k, epoch, db.callers.entries.lock()) {
         if entries.len() >= MAX_ENTRIES {
             entries.clear();
         }
@@ -85,13 +93,23 @@ pub async fn lookup(db: &Db, principal: &Principal, now: i64) -> Result<Option<C
             k,
             Entry {
                 epoch,
-                user: c.user.clone(),
-                keys: c.keys.clone(),
+                user: user.clone(),
+                keys: keys.clone(),
                 noted: now,
             },
         );
     }
-    Ok(Some(c))
+    Ok(Some(Caller {
+        user,
+        keys,
+        epoch,
+        cached: false,
+    }))
+}
+
+/// The cache's key for `principal`, when it may be kept (SQLite only).
+fn keepable(db: &Db, principal: &Principal) -> Option<(u8, String)> {
+    key(principal).filter(|_| db.backend == Backend::Sqlite)
 }
 
 /// An entry of `epoch`, noting a user API key's use as a read would.
@@ -114,17 +132,7 @@ fn cached(
     Some(Caller {
         user: e.user.clone(),
         keys: e.keys.clone(),
-        cached: Some(epoch),
+        epoch: Some(epoch),
+        cached: true,
     })
-}
-
-/// The caller read from the database (never from the cache).
-pub async fn read(db: &Db, principal: &Principal, now: i64) -> Result<Option<Caller>, AppError> {
-    Ok(byok::caller_with_keys(db, principal, now)
-        .await?
-        .map(|(user, keys)| Caller {
-            user,
-            keys,
-            cached: None,
-        }))
 }

@@ -475,10 +475,12 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
         assert_eq!(r.json["decision"], "allow", "{}", r.text);
         // The key's first use is recorded in the background (on SQLite with the ledger
         // writer's next batch, on its own connection).
-        while keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
-            .last_used_at
-            .is_none()
-        {
+        for waited in 0.. {
+            let key = &keys::list_api_keys(&db, Some("alice")).await.unwrap()[0];
+            if key.last_used_at.is_some() {
+                break;
+            }
+            assert!(waited < 1_000, "the key's use was never recorded");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         // Kept once read after the writer's last look at the database: a few calls at most.
@@ -493,9 +495,10 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
             }
         };
         assert_eq!(kept, sqlite, "SQLite keeps callers, PostgreSQL does not");
-        // Recording the key's use wrote on the writer's connection: nothing went stale.
+        // Recording the key's use wrote on the writer's connection: the mirror never went
+        // stale (the writer's first batch starts an epoch, so the very first call's caller
+        // was read again once: not counted here).
         assert_eq!(db.ledger_mirror().1, 0);
-        assert_eq!(db.caller_cache().1, 0);
         let (kept, stale) = db.caller_cache();
         let key_id = keys::list_api_keys(&db, Some("alice")).await.unwrap()[0]
             .id
@@ -520,6 +523,44 @@ async fn a_revoked_key_stops_at_once_though_its_caller_was_kept() {
             .await
             .unwrap();
         assert_eq!(open, holds);
+    })
+    .await;
+}
+
+/// A refusal decided on a kept caller is decided again on the caller as it is now: a plan
+/// upgraded by the admin serves the very next call (the refusal happens before any ledger
+/// batch, so no batch would have noticed the change).
+#[tokio::test]
+async fn a_plan_change_serves_the_next_call_though_the_caller_was_kept() {
+    for_each_backend("callers_plan", |db| async move {
+        let st = setup(&db).await;
+        let call = || AuthorizeRequest {
+            principal: Principal::Service {
+                user_id: "alice".into(),
+            },
+            ..chat("", "gpt-4o", 300, Some(50))
+        };
+        let auth = format!("Bearer {INTERNAL_TOKEN}");
+        let h = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let send_call = || {
+            let body = serde_json::to_value(call()).unwrap();
+            send(&st, Method::POST, "/internal/v1/authorize", &h, Some(body))
+        };
+        let r = send_call().await;
+        assert_eq!(
+            r.json["decision"], "deny",
+            "professional: no gpt-4o: {}",
+            r.text
+        );
+        opsgate_control_plane::accounts::set_user_plan(&db, "t", "alice", Plan::Enterprise, T0)
+            .await
+            .unwrap();
+        let r = send_call().await;
+        assert_eq!(r.json["decision"], "allow", "{}", r.text);
+        assert_eq!(r.json["model"], "gpt-4o", "{}", r.text);
     })
     .await;
 }

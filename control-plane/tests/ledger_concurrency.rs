@@ -728,3 +728,77 @@ async fn a_batch_on_the_writers_mirror_sees_what_other_connections_committed() {
     })
     .await;
 }
+
+/// SQLite: a caller read before a revocation places nothing, even when its authorize is
+/// decided on the writer's mirror: another batch has already noticed the revocation and
+/// started a new epoch (and mirror), so only the caller's epoch tag can stop it.
+#[tokio::test]
+async fn a_caller_read_before_a_revocation_places_nothing_on_the_mirror() {
+    let t = TestDb::sqlite().await;
+    let db = t.db.clone();
+    let router = Router::new(catalogue());
+    let routing = router.routing();
+    let user = seed(
+        &db,
+        "org_r",
+        "pro_r",
+        Plan::Professional,
+        1_000_000,
+        None,
+        T0,
+    )
+    .await;
+    let (key, _) = opsgate_control_plane::keys::issue_api_key(&db, "t", "pro_r", None, T0)
+        .await
+        .expect("key");
+    let principal = opsgate_core::contract::Principal::ApiKey {
+        digest: opsgate_core::credentials::digest(&key),
+    };
+    let req = chat("pro_r", "gpt-4o-mini", PROMPT, Some(MAX_TOKENS));
+    // A first batch gives the writer its mirror.
+    let first = ledger::authorize(&db, &routing, &user, &req, T0)
+        .await
+        .expect("first");
+    let caller = opsgate_control_plane::callers::lookup(&db, &principal, T0)
+        .await
+        .expect("lookup")
+        .expect("a live key");
+    let epoch = caller.epoch.expect("SQLite tags every caller read");
+    let key_id = opsgate_control_plane::keys::list_api_keys(&db, Some("pro_r"))
+        .await
+        .expect("keys")[0]
+        .id
+        .clone();
+    opsgate_control_plane::keys::revoke_api_key(&db, "t", &key_id, T0)
+        .await
+        .expect("revoke");
+    // An unrelated batch finds the database moved and starts a new epoch and mirror.
+    ledger::settle(
+        &db,
+        &settlement(&first.hold_id, Outcome::Success, 10, 10),
+        T0,
+    )
+    .await
+    .expect("settle");
+    assert_eq!(db.ledger_mirror().1, 1, "the revocation was noticed");
+    let (mirrored, _) = db.ledger_mirror();
+    let placed = ledger::authorize_in(
+        &db,
+        &routing,
+        &caller.user,
+        caller.keys,
+        &req,
+        T0,
+        None,
+        Some(epoch),
+    )
+    .await
+    .expect("no error");
+    assert!(
+        placed.is_none(),
+        "a hold placed on a caller read before its revocation"
+    );
+    assert_eq!(db.ledger_mirror().0, mirrored + 1, "decided on the mirror");
+    assert_eq!(ledger::open_holds(&db).await.expect("holds"), 0);
+    t.close().await;
+}

@@ -139,7 +139,8 @@ async fn authorize_inner(
     let arriving = ledger::Arriving::new(&state.db);
     let now = state.clock.now();
     let unknown = || AppError::unauthorized("Invalid or revoked API key");
-    let caller = callers::lookup(&state.db, &req.principal, now)
+    let db = &state.db;
+    let mut caller = callers::lookup(db, &req.principal, now)
         .await?
         .ok_or_else(unknown)?;
     who.note(
@@ -153,31 +154,29 @@ async fn authorize_inner(
         keyring: &state.keyring,
         hold_ttl_secs: state.settings.hold_ttl_secs,
     };
-    let db = &state.db;
-    let Some(epoch) = caller.cached else {
-        return ledger::authorize_with(
-            db,
-            &routing,
-            &caller.user,
-            caller.keys,
-            req,
-            now,
-            Some(arriving),
-        )
-        .await;
-    };
-    let (user, keys) = (&caller.user, caller.keys);
-    if let Some(grant) =
-        ledger::authorize_cached(db, &routing, user, keys, req, now, Some(arriving), epoch).await?
-    {
-        return Ok(grant);
+    let mut arriving = Some(arriving);
+    for tries in 1..=3 {
+        // A third try is decided on the caller read for it, whatever moved meanwhile.
+        let epoch = caller.epoch.filter(|_| tries < 3);
+        let keys = std::mem::take(&mut caller.keys);
+        let user = &caller.user;
+        match ledger::authorize_in(db, &routing, user, keys, req, now, arriving.take(), epoch).await
+        {
+            Ok(Some(grant)) => return Ok(grant),
+            // The database moved since the caller was read (a revocation?): read it again.
+            Ok(None) => {}
+            // Refused on a kept caller: decided again on the caller as it is now.
+            Err(_) if caller.cached => {}
+            Err(e) => return Err(e),
+        }
+        db.callers.stale.inc();
+        caller = callers::reread(db, &req.principal, now)
+            .await?
+            .ok_or_else(unknown)?;
     }
-    // The database moved since the caller was kept (a revocation?): read it again.
-    db.callers.stale.inc();
-    let fresh = callers::read(db, &req.principal, now)
-        .await?
-        .ok_or_else(unknown)?;
-    ledger::authorize_with(db, &routing, &fresh.user, fresh.keys, req, now, None).await
+    Err(AppError::internal(
+        "authorize found the caller stale three times",
+    ))
 }
 
 /// How a principal authenticated, for the request log.

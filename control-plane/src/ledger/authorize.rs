@@ -44,40 +44,16 @@ pub async fn authorize_with(
     now: i64,
     arriving: Option<Arriving>,
 ) -> Result<Grant, AppError> {
-    place(db, routing, user, keys, req, now, arriving, None)
+    authorize_in(db, routing, user, keys, req, now, arriving, None)
         .await?
         .ok_or_else(|| AppError::internal("a caller read for this call was called stale"))
 }
 
-/// [`authorize_with`] for a caller kept between calls (`callers.rs`), read in the writer's
-/// epoch `caller_epoch`: `Ok(None)` when the database has moved since (nothing placed; read
-/// the caller again and authorize afresh).
+/// [`authorize_with`] for a caller read in the writer's epoch `caller_epoch`
+/// (`callers.rs`): `Ok(None)` when the database has moved since (nothing placed; read the
+/// caller again and authorize afresh).
 #[allow(clippy::too_many_arguments)]
-pub async fn authorize_cached(
-    db: &Db,
-    routing: &Routing<'_>,
-    user: &User,
-    keys: CallKeys,
-    req: &AuthorizeRequest,
-    now: i64,
-    arriving: Option<Arriving>,
-    caller_epoch: u64,
-) -> Result<Option<Grant>, AppError> {
-    place(
-        db,
-        routing,
-        user,
-        keys,
-        req,
-        now,
-        arriving,
-        Some(caller_epoch),
-    )
-    .await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn place(
+pub async fn authorize_in(
     db: &Db,
     routing: &Routing<'_>,
     user: &User,

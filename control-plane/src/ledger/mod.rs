@@ -20,7 +20,7 @@ mod writer;
 use crate::catalogue::Catalogue;
 use opsgate_core::plan::Plan;
 
-pub use authorize::{authorize, authorize_cached, authorize_with};
+pub use authorize::{authorize, authorize_in, authorize_with};
 pub use balance::spendable;
 pub use entries::recompute_org;
 pub use holds::{expire_holds, open_holds, settle, settle_many, HoldStatus, Settled, UsageOutcome};

@@ -174,13 +174,19 @@ pub(super) fn query<'q>(s: &'q Stmt<'q>) -> Query<'q> {
     q
 }
 
-/// The SQLite guard: a temporary table whose trigger raises, created on every SQLite
-/// connection. A write's guard inserts into it only when the write changed the wrong number
-/// of rows, which aborts the trip before its `COMMIT`.
-pub const SQLITE_GUARD: &str = "CREATE TEMP TABLE IF NOT EXISTS ledger_guard (expected INTEGER); \
+/// The SQLite guards: temporary tables whose triggers raise, created on every SQLite
+/// connection. A write's guard inserts into `ledger_guard` only when the write changed the
+/// wrong number of rows; a batch decided on the writer's mirror inserts into
+/// `ledger_version_guard` first when the database is not at the mirror's version. Either
+/// aborts the trip before its `COMMIT`, and the error says which.
+pub const SQLITE_GUARD: &str = "CREATE TEMP TABLE IF NOT EXISTS ledger_version_guard (expected INTEGER); \
+     CREATE TEMP TRIGGER IF NOT EXISTS ledger_version_guard_abort BEFORE INSERT ON ledger_version_guard \
+     BEGIN SELECT RAISE(ABORT, 'opsgate: the database moved since the ledger rows were read'); END; \
+     CREATE TEMP TABLE IF NOT EXISTS ledger_guard (expected INTEGER); \
      CREATE TEMP TRIGGER IF NOT EXISTS ledger_guard_abort BEFORE INSERT ON ledger_guard \
      BEGIN SELECT RAISE(ABORT, 'opsgate: a ledger row moved since it was read'); END";
 const GUARD_MESSAGE: &str = "a ledger row moved since it was read";
+const VERSION_GUARD_MESSAGE: &str = "the database moved since the ledger rows were read";
 
 /// PostgreSQL's `division_by_zero`: what `one_statement`'s guard raises when a write missed.
 const MISSED_ROW: &str = "22012";
@@ -226,6 +232,8 @@ pub(super) struct Txn<'c> {
     open: bool,
     /// SQLite: the `data_version` the writes must find (a batch decided on the mirror).
     version: Option<i64>,
+    /// SQLite: the writes found another `data_version` (nothing committed).
+    version_moved: bool,
 }
 
 impl<'c> Txn<'c> {
@@ -242,6 +250,7 @@ impl<'c> Txn<'c> {
             conn,
             open: false,
             version: None,
+            version_moved: false,
         };
         if backend == Backend::Postgres && locked {
             txn.open = true;
@@ -267,6 +276,11 @@ impl<'c> Txn<'c> {
     /// between the check and the `COMMIT`).
     pub fn expect_version(&mut self, version: i64) {
         self.version = Some(version);
+    }
+
+    /// The writes stopped because the database was not at the version expected.
+    pub fn version_moved(&self) -> bool {
+        self.version_moved
     }
 
     /// Runs reads; every row carries its statement's tag in column `t`.
@@ -301,7 +315,7 @@ impl<'c> Txn<'c> {
                 if let Some(v) = self.version {
                     guarded.push(Stmt {
                         sql: format!(
-                            "INSERT INTO ledger_guard (expected) SELECT {v} \
+                            "INSERT INTO ledger_version_guard (expected) SELECT {v} \
                              WHERE (SELECT data_version FROM pragma_data_version) <> {v}"
                         ),
                         vals: Vec::new(),
@@ -331,6 +345,12 @@ impl<'c> Txn<'c> {
                         Ok(true)
                     }
                     Err(sqlx::Error::Database(d)) if d.message().contains(GUARD_MESSAGE) => {
+                        Ok(false)
+                    }
+                    Err(sqlx::Error::Database(d))
+                        if d.message().contains(VERSION_GUARD_MESSAGE) =>
+                    {
+                        self.version_moved = true;
                         Ok(false)
                     }
                     Err(e) => Err(e),

@@ -220,19 +220,22 @@ async fn submit_inner(
     out
 }
 
-/// Clears `running` however the writer ends, so the next submission starts a new one.
-struct Running(Arc<Queue>);
+/// Clears `running` if the writer ends early (a panic, a poisoned lock), so the next
+/// submission starts a new one. A writer that finds the queue empty clears it itself, under
+/// the lock, and disarms this: clearing it again afterwards could clear the flag of a writer
+/// started meanwhile, and a third submission would start a second writer beside it.
+struct Running(Option<Arc<Queue>>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if let Ok(mut q) = self.0.inner.lock() {
+        if let Some(Ok(mut q)) = self.0.as_ref().map(|q| q.inner.lock()) {
             q.running = false;
         }
     }
 }
 
 async fn drain(db: Db) {
-    let _running = Running(db.ledger_queue.clone());
+    let mut running = Running(Some(db.ledger_queue.clone()));
     // The writer's own connection, kept across batches and handed to the next writer.
     let (mut conn, mut mirror) = db
         .ledger_queue
@@ -250,6 +253,7 @@ async fn drain(db: Db) {
             if q.jobs.is_empty() && q.key_uses.is_empty() {
                 q.running = false;
                 q.conn = conn.map(|c| (c, mirror));
+                running.0 = None;
                 return;
             }
             let n = q.jobs.len().min(MAX_BATCH);
@@ -312,7 +316,7 @@ async fn run(
         let version = mirror.as_ref().map_or(0, |m| m.version);
         let m = &db.ledger_queue.metrics;
         match mirrored(db, conn, jobs, key_uses, book, version).await? {
-            Some((answers, book)) => {
+            Mirrored::Committed(answers, book) => {
                 m.mirrored.inc();
                 if let Some(mi) = mirror.as_mut() {
                     mi.absorb(&book, &wanted);
@@ -322,10 +326,14 @@ async fn run(
                 }
                 return Ok(answers);
             }
-            None => {
+            // The database moved: decided again on rows read, in a new epoch.
+            Mirrored::Stale => {
                 m.mirror_stale.inc();
                 *mirror = None;
             }
+            // A row guard stopped it (an authorize under an id already taken): the mirror
+            // is still exact; the batch is decided again on rows read.
+            Mirrored::RowMoved => {}
         }
     }
     let mut locked = db.backend == Backend::Sqlite;
@@ -355,8 +363,17 @@ fn retryable(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if matches!(d.code().as_deref(), Some("40P01" | "40001")))
 }
 
+/// How a batch decided on the mirror ended.
+enum Mirrored {
+    Committed(Vec<Answer>, Box<Book>),
+    /// Another connection committed since the mirror's version: nothing committed.
+    Stale,
+    /// A write changed fewer rows than it must: nothing committed.
+    RowMoved,
+}
+
 /// SQLite: one attempt on the mirror's rows, written behind the guard that the database is
-/// still at `version`: `Ok(None)` when it moved (nothing committed).
+/// still at `version`.
 async fn mirrored(
     db: &Db,
     conn: &mut Conn,
@@ -364,16 +381,24 @@ async fn mirrored(
     key_uses: &KeyUses,
     mut book: Book,
     version: i64,
-) -> Result<Option<(Vec<Answer>, Book)>, sqlx::Error> {
+) -> Result<Mirrored, sqlx::Error> {
     let _turn = db.writer_turn().await;
     let mut txn = Txn::begin(db.backend, conn, true).await?;
     txn.expect_version(version);
     let answers = decide_each(&mut book, jobs, db.ledger_queue.epoch());
     match write(&mut txn, &book, key_uses).await {
-        Ok(true) => Ok(Some((settled_balances(&book, answers), book))),
+        Ok(true) => Ok(Mirrored::Committed(
+            settled_balances(&book, answers),
+            Box::new(book),
+        )),
         Ok(false) => {
+            let stale = txn.version_moved();
             txn.rollback().await?;
-            Ok(None)
+            Ok(if stale {
+                Mirrored::Stale
+            } else {
+                Mirrored::RowMoved
+            })
         }
         Err(e) => {
             txn.rollback().await?;
@@ -739,10 +764,11 @@ fn outcome_vals(u: &UsageLine) -> [Val<'_>; 7] {
 /// back and retries.
 async fn write(txn: &mut Txn<'_>, book: &Book, key_uses: &KeyUses) -> Result<bool, sqlx::Error> {
     let mut stmts = Vec::new();
-    // Last uses of user API keys: a key revoked or deleted meanwhile changes no row.
+    // Last uses of user API keys: a key revoked or deleted meanwhile changes no row (a call
+    // refused after the revocation records no use).
     for (digest, at) in key_uses {
         stmts.push(Stmt {
-            sql: "UPDATE api_keys SET last_used_at = $1 WHERE digest = $2 \
+            sql: "UPDATE api_keys SET last_used_at = $1 WHERE digest = $2 AND revoked_at IS NULL \
                   AND (last_used_at IS NULL OR last_used_at < $1)"
                 .into(),
             vals: vec![Val::Int(*at), Val::Text(digest)],

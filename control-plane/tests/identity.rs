@@ -422,6 +422,8 @@ async fn credential_lookup_for_the_filter() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     assert_eq!(last_used, Some(T0));
+    // Written on the ledger writer's connection, but not counted as a ledger batch.
+    assert_eq!(db.db.ledger_batches(), (0, 0));
 
     // A revoked key is unknown at once: to the lookup and to authorize.
     let key_id = keys::list_api_keys(&db.db, Some("alice")).await.unwrap()[0]

@@ -261,9 +261,12 @@ async fn drain(db: Db) {
         };
         let (jobs, replies): (Vec<Job>, Vec<Reply>) = batch.into_iter().unzip();
         let m = &db.ledger_queue.metrics;
-        m.batches.inc();
-        m.jobs.inc_by(jobs.len() as u64);
-        m.batch_size.observe(jobs.len() as f64);
+        // A batch of key uses alone is not a ledger batch (it would skew the jobs per batch).
+        if !jobs.is_empty() {
+            m.batches.inc();
+            m.jobs.inc_by(jobs.len() as u64);
+            m.batch_size.observe(jobs.len() as f64);
+        }
         let started = std::time::Instant::now();
         let outcome = match conn.as_mut() {
             Some(c) => run(&db, c, &mut mirror, &jobs, &key_uses).await,
@@ -317,7 +320,9 @@ async fn run(
         let m = &db.ledger_queue.metrics;
         match mirrored(db, conn, jobs, key_uses, book, version).await? {
             Mirrored::Committed(answers, book) => {
-                m.mirrored.inc();
+                if !jobs.is_empty() {
+                    m.mirrored.inc();
+                }
                 if let Some(mi) = mirror.as_mut() {
                     mi.absorb(&book, &wanted);
                     if mi.too_large() {

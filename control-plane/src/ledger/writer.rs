@@ -628,10 +628,66 @@ async fn read(
             owners.insert((h.org_id.clone(), h.user_id.clone()));
         }
     }
-    for r in txn.fetch(rows_named(&owners, &windows, &order)).await? {
+    let keys = named_keys_json(&owners, &windows);
+    let stmts = if pg_lock {
+        rows_named(&owners, &windows, &order)
+    } else {
+        vec![Stmt {
+            sql: ROWS_NAMED_PG.into(),
+            vals: keys.iter().map(|k| Val::Text(k)).collect(),
+            expect: 0,
+        }]
+    };
+    for r in txn.fetch(stmts).await? {
         take(book, &r)?;
     }
     Ok(None)
+}
+
+/// PostgreSQL, optimistic attempt: the quota windows, organisations and allocations named,
+/// in one round trip — one statement whose text never changes (prepared once per connection,
+/// planned once), the keys passed as JSON (`named_keys_json`), each row tagged and widened to
+/// the union's columns. (A `UNION ALL` of statements sized to the batch was tried: planned
+/// afresh for every batch, it doubled the backends' CPU.) Plans checked with a generic plan on
+/// 200,000 quota windows, 5,000 organisations and 50,000 allocations: index lookups for each
+/// (the organisations through `= ANY(ARRAY(…))`, which a join on the JSON's rows turned into
+/// a scan of the whole table). The locked attempt reads with `rows_named`, which orders the
+/// rows it locks.
+const ROWS_NAMED_PG: &str = "\
+SELECT 'q' AS t, NULL::text AS id, q.user_id, q.kind, q.window_start, q.used, q.reserved, \
+       NULL::bigint AS credits_total, NULL::bigint AS credits_used, NULL::bigint AS credits_held, \
+       NULL::text AS org_id, NULL::bigint AS allocated, NULL::bigint AS held \
+FROM json_to_recordset($1::json) AS k(user_id text, kind text, window_start bigint) \
+JOIN quota_usage q ON q.user_id = k.user_id AND q.kind = k.kind AND q.window_start = k.window_start \
+UNION ALL \
+SELECT 'o', o.id, NULL, NULL, NULL, NULL, NULL, o.credits_total, o.credits_used, o.credits_held, \
+       NULL, NULL, NULL \
+FROM organizations o WHERE o.id = ANY(ARRAY(SELECT json_array_elements_text($2::json))) \
+UNION ALL \
+SELECT 'a', NULL, a.user_id, NULL, NULL, a.used, NULL, NULL, NULL, NULL, a.org_id, a.allocated, a.held \
+FROM json_to_recordset($3::json) AS k(org_id text, user_id text) \
+JOIN allocations a ON a.org_id = k.org_id AND a.user_id = k.user_id";
+
+/// The keys [`ROWS_NAMED_PG`] reads, as JSON (any character an id may hold is safe): the
+/// quota windows, the organisations, the (organisation, user) allocations.
+fn named_keys_json(
+    owners: &BTreeSet<(String, String)>,
+    windows: &BTreeSet<QuotaKey>,
+) -> [String; 3] {
+    let w: Vec<serde_json::Value> = windows
+        .iter()
+        .map(|(u, k, s)| serde_json::json!({"user_id": u, "kind": k.as_str(), "window_start": s}))
+        .collect();
+    let orgs: BTreeSet<&str> = owners.iter().map(|(o, _)| o.as_str()).collect();
+    let a: Vec<serde_json::Value> = owners
+        .iter()
+        .map(|(o, u)| serde_json::json!({"org_id": o, "user_id": u}))
+        .collect();
+    [
+        serde_json::Value::from(w).to_string(),
+        serde_json::json!(orgs).to_string(),
+        serde_json::Value::from(a).to_string(),
+    ]
 }
 
 /// Reads of the quota windows, organisations and allocations named, each row tagged.

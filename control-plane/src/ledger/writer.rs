@@ -441,11 +441,10 @@ async fn attempt(
     match decided {
         Ok(Some((answers, read))) => {
             if let Some((version, wanted)) = read {
-                let mi = match mirror.take() {
+                let mut mi = match mirror.take() {
                     Some(m) if m.version == version => m,
                     _ => Mirror::new(version),
                 };
-                let mut mi = mi;
                 mi.absorb(&book, &wanted);
                 *mirror = (!mi.too_large()).then_some(mi);
             }

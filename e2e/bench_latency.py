@@ -30,7 +30,20 @@ BLOCK = 50
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Extract company info from this text: Acme Corp, San Francisco"}]}
 
 
-def with_baseline_listener(config: str, port: int, fake_port: int) -> str:
+FLOOR_WASM = os.environ.get("OPSGATE_FLOOR_WASM", "")
+
+
+# The exchange-floor filter's shapes (bench/exchange-floor): the path's name, its plugin
+# configuration, what it is.
+FLOORS = [("floor1", "request", "one empty exchange before each call"),
+          ("floor2", "request,response", "the loop's skeleton: an empty exchange before each call and one its response waits for")]
+
+
+def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, str]]) -> str:
+    """Adds the baseline listener (Envoy alone: straight to the fake provider, no filter) and
+    a listener per floor (name, port, shape): the same route behind the exchange-floor
+    filter, which only holds each request (and response) for an empty exchange with the
+    control plane."""
     listener = f"""
   - name: baseline
     address:
@@ -53,22 +66,60 @@ def with_baseline_listener(config: str, port: int, fake_port: int) -> str:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 """
+    for name, floor_port, shape in floors:
+        listener += f"""
+  - name: {name}
+    address:
+      socket_address: {{ address: 127.0.0.1, port_value: {floor_port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: {name}
+          route_config:
+            virtual_hosts:
+            - name: {name}
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: fake_provider, timeout: 600s }}
+          http_filters:
+          - name: envoy.filters.http.wasm
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                allow_on_headers_stop_iteration: true
+                vm_config:
+                  vm_id: {name}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: {FLOOR_WASM} }} }}
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: "{shape}"
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
     return config.replace("\n  clusters:", listener + "\n  clusters:", 1)
 
 
 class BenchStack(Stack):
     def start(self):
         self.baseline_port = free_port()
-        original = conftest.render
+        self.floors = [(name, free_port(), shape) for name, shape, _ in FLOORS] if FLOOR_WASM else []
+        original = conftest.e2e_envoy_config
 
-        def render(template, values):
-            return with_baseline_listener(original(template, values), self.baseline_port, values["FAKE_PORT"])
+        def e2e_envoy_config(config, idp):
+            return with_baseline_listener(original(config, idp), self.baseline_port, self.floors)
 
-        conftest.render = render
+        conftest.e2e_envoy_config = e2e_envoy_config
         try:
             return super().start()
         finally:
-            conftest.render = original
+            conftest.e2e_envoy_config = original
 
 
 def cpu_seconds(pid: int) -> float:
@@ -184,10 +235,12 @@ def main():
             gw_url = f"{stack.api}/chat/completions"
             base_h = {"Authorization": f"Bearer {PROVIDER_KEY}"}
             gw_h = {"Authorization": f"Bearer {SERVICE_KEY}"}
+            floor_urls = {name: f"http://127.0.0.1:{port}/v1/chat/completions" for name, port, _ in stack.floors}
             base, gw = [], []
+            floor = {name: [] for name in floor_urls}
             envoy = next(p.pid for p in stack.procs if "envoy" in str(p.args[0]))
             cp = next(p.pid for p in stack.procs if str(p.args[0]).endswith("opsgate"))
-            cpu = {"base_envoy": 0.0, "gw_envoy": 0.0, "base_cp": 0.0, "gw_cp": 0.0, "base_pg": 0.0, "gw_pg": 0.0}
+            cpu = {f"{k}_{p}": 0.0 for k in ("base", "gw", *floor_urls) for p in ("envoy", "cp", "pg")}
             pg_cpu = postgres_cpu_seconds if ON_POSTGRES else (lambda: 0.0)
 
             def block(kind, url, headers):
@@ -202,18 +255,23 @@ def main():
             with httpx.Client(timeout=30) as c:
                 measure(c, base_url, base_h, 50)  # warm up both paths (V8, connections)
                 measure(c, gw_url, gw_h, 50)
+                for url in floor_urls.values():
+                    measure(c, url, base_h, 50)
                 for _ in range(REQUESTS // BLOCK):
                     base += block("base", base_url, base_h)
                     gw += block("gw", gw_url, gw_h)
+                    for name, url in floor_urls.items():
+                        floor[name] += block(name, url, base_h)
             jwt = jwt_costs(stack, envoy)
             thr = {}
-            rounds = {"base": [], "gw": []}
+            rounds = {"base": [], "gw": [], **{name: [] for name in floor_urls}}
+            paths = [("base", base_url, base_h), ("gw", gw_url, gw_h)] + [(name, url, base_h) for name, url in floor_urls.items()]
             if shutil.which("wrk") and WRK_ROUNDS > 0:
                 # Alternating rounds, each path measured WRK_ROUNDS times: the median of each
                 # figure, and the spread of the throughput ratio, are reported (a shared 2-core
                 # machine moves single runs by a quarter).
                 for _ in range(WRK_ROUNDS):
-                    for kind, url, headers in (("base", base_url, base_h), ("gw", gw_url, gw_h)):
+                    for kind, url, headers in paths:
                         e0, c0, l0, p0 = cpu_seconds(envoy), cpu_seconds(cp), ledger_batches(stack.cp_port), pg_cpu()
                         rps, n_req = wrk(url, headers, Path(tmp))
                         time.sleep(0.5)
@@ -223,7 +281,8 @@ def main():
                                              (l1[2] - l0[2]) / max(1, l1[0] - l0[0]), (l1[3] - l0[3]) / n_req,
                                              (l1[4] - l0[4]) / n_req))
                 for kind, runs in rounds.items():
-                    thr[kind] = tuple(statistics.median(r[i] for r in runs) for i in range(8))
+                    if runs:
+                        thr[kind] = tuple(statistics.median(r[i] for r in runs) for i in range(8))
         finally:
             stack.stop()
     b50, g50 = statistics.median(base), statistics.median(gw)
@@ -242,6 +301,11 @@ def main():
     if ON_POSTGRES:
         print(f"CPU per call, PostgreSQL backends         opsgate {cpu['gw_pg'] / n * 1e6:7.0f} µs "
               f"(control plane + backends: {(cpu['gw_cp'] + cpu['gw_pg']) / n * 1e6:.0f} µs)")
+    for name, shape, what in FLOORS:
+        if floor.get(name):
+            f50, fe = statistics.median(floor[name]), cpu[f"{name}_envoy"] / n * 1e6
+            print(f"{name} ({what}): p50 {f50 * 1e3:.3f} ms ({f50 / b50:.2f}x); "
+                  f"Envoy CPU per call {fe:.0f} µs ({fe / be:.2f}x the baseline)")
     base_key = jwt["service key"] or 1.0  # a short run can measure 0 ticks
     print(f"Envoy CPU per request answered at the edge ({JWT_REQUESTS} each; jwt_authn verifies JWTs):")
     for kind, us in jwt.items():
@@ -261,6 +325,13 @@ def main():
         if not ON_POSTGRES:
             print(f"SQLite at c{WRK_CONNECTIONS}: batches decided on the writer's mirror {mirrored:6.1%}; "
                   f"calls whose caller was kept {min(kept, 1.0):6.1%} (read again as stale: {stale:.2%})")
+        for name, shape, what in FLOORS:
+            if name in thr:
+                frps, fe8, fc8 = thr[name][:3]
+                fratios = sorted(f[0] / b[0] for b, f in zip(rounds["base"], rounds[name]))
+                print(f"{name} at c{WRK_CONNECTIONS} ({what}; bench/exchange-floor): "
+                      f"{frps:.0f} req/s ({frps / brps:.2f}x; rounds {fratios[0]:.2f}x to {fratios[-1]:.2f}x); "
+                      f"Envoy {fe8:.0f} µs per call ({fe8 / be8:.2f}x the baseline); control plane {fc8:.0f} µs")
     else:
         print("throughput: skipped (wrk not installed: apt-get install wrk; or OPSGATE_BENCH_WRK_ROUNDS=0)")
 

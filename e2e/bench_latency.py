@@ -39,38 +39,13 @@ FLOORS = [("floor1", "request", "one empty exchange before each call"),
           ("floor2", "request,response", "the loop's skeleton: an empty exchange before each call and one its response waits for")]
 
 
-def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, str]]) -> str:
-    """Adds the baseline listener (Envoy alone: straight to the fake provider, no filter) and
-    a listener per floor (name, port, shape): the same route behind the exchange-floor
-    filter, which only holds each request (and response) for an empty exchange with the
-    control plane."""
-    listener = f"""
-  - name: baseline
-    address:
-      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
-    filter_chains:
-    - filters:
-      - name: envoy.filters.network.http_connection_manager
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
-          stat_prefix: baseline
-          route_config:
-            virtual_hosts:
-            - name: baseline
-              domains: ["*"]
-              routes:
-              - match: {{ prefix: "/" }}
-                route: {{ cluster: fake_provider, timeout: 600s }}
-          http_filters:
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
-"""
-    for name, floor_port, shape in floors:
-        listener += f"""
+def listener_yaml(name: str, port: int, filters: str = "") -> str:
+    """A listener routing everything straight to the fake provider, with `filters` (YAML
+    http_filters entries) before the router."""
+    return f"""
   - name: {name}
     address:
-      socket_address: {{ address: 127.0.0.1, port_value: {floor_port} }}
+      socket_address: {{ address: 127.0.0.1, port_value: {port} }}
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -85,6 +60,15 @@ def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, 
               - match: {{ prefix: "/" }}
                 route: {{ cluster: fake_provider, timeout: 600s }}
           http_filters:
+{filters}          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+"""
+
+
+def floor_filter_yaml(name: str, shape: str) -> str:
+    """The exchange-floor filter in its own VM, in `shape` (its plugin configuration)."""
+    return f"""\
           - name: envoy.filters.http.wasm
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
@@ -99,10 +83,17 @@ def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, 
                 configuration:
                   "@type": type.googleapis.com/google.protobuf.StringValue
                   value: "{shape}"
-          - name: envoy.filters.http.router
-            typed_config:
-              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
 """
+
+
+def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, str]]) -> str:
+    """Adds the baseline listener (Envoy alone: straight to the fake provider, no filter) and
+    a listener per floor (name, port, shape): the same route behind the exchange-floor
+    filter, which only holds each request (and response) for an empty exchange with the
+    control plane."""
+    listener = listener_yaml("baseline", port)
+    for name, floor_port, shape in floors:
+        listener += listener_yaml(name, floor_port, floor_filter_yaml(name, shape))
     return config.replace("\n  clusters:", listener + "\n  clusters:", 1)
 
 

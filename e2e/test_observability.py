@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from conftest import BIN_DIR, SERVICE_KEY, auth
+from conftest import BIN_DIR, INTERNAL_TOKEN, SERVICE_KEY, auth
 
 QUICKSTART = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Trace me"}]}
 
@@ -56,6 +56,32 @@ def test_one_request_id_names_the_call_everywhere(stack, client):
     assert entries, "Envoy's access log has no line with the request id"
     assert entries[0]["status"] == 200 and entries[0]["path"] == "/api/v1/llm/chat/completions"
     assert entries[0]["upstream_path"] == "/v1/chat/completions"
+
+
+def test_a_settlement_batch_names_each_of_its_calls(stack):
+    """A batch of several settlements (calls that ended together share one) has no single
+    x-request-id, so the control plane logs one line naming every call it carried; an id
+    that could forge a log line is logged as "-"."""
+    ids = ["req_e2e_batch_a", "req_e2e_batch_b", "req bad\nid"]
+    usage = {"prompt_tokens": 1, "completion_tokens": 1}
+    batch = {"settlements": [{"hold_id": i, "outcome": "failed", "usage": usage, "upstream_status": 0,
+                              "latency_ms": 1} for i in ids]}
+    r = httpx.post(f"http://127.0.0.1:{stack.cp_port}/internal/v1/settle", json=batch,
+                   headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"})
+    assert r.status_code == 200, r.text
+    # No such holds: failed calls whose authorize never landed, released with nothing charged.
+    assert all(x["charged_mc"] == 0 for x in r.json()["results"]), r.text
+    deadline = time.time() + 5
+    while True:
+        lines = [l for l in json_lines(stack.logs["control-plane"])
+                 if "req_e2e_batch_a" in str(l.get("request_ids", ""))]
+        if lines or time.time() > deadline:
+            break
+        time.sleep(0.1)
+    assert lines, "no control-plane line names the batch's calls"
+    [line] = lines
+    assert line["request_ids"] == "req_e2e_batch_a,req_e2e_batch_b,-"
+    assert line["settlements"] == 3 and line["level"] == "INFO"
 
 
 def test_control_plane_metrics_have_latency_histograms(stack, client):

@@ -53,8 +53,13 @@ impl Who {
 /// A request id is logged only when it looks like one: short, and printable ASCII.
 fn request_id(req: &Request) -> Option<String> {
     let v = req.headers().get("x-request-id")?.as_bytes();
-    (!v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic()))
-        .then(|| String::from_utf8_lossy(v).into_owned())
+    loggable_id(v).then(|| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Whether an id may go into a log line as it is: short, and printable ASCII (no spaces, no
+/// line breaks, nothing a text log could be forged with).
+pub(super) fn loggable_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
 }
 
 pub(super) async fn observe(

@@ -86,7 +86,7 @@ def floor_filter_yaml(name: str, shape: str) -> str:
 """
 
 
-def with_baseline_listener(config: str, port: int, floors: list[tuple[str, int, str]]) -> str:
+def with_bench_listeners(config: str, port: int, floors: list[tuple[str, int, str]]) -> str:
     """Adds the baseline listener (Envoy alone: straight to the fake provider, no filter) and
     a listener per floor (name, port, shape): the same route behind the exchange-floor
     filter, which only holds each request (and response) for an empty exchange with the
@@ -104,7 +104,7 @@ class BenchStack(Stack):
         original = conftest.e2e_envoy_config
 
         def e2e_envoy_config(config, idp):
-            return with_baseline_listener(original(config, idp), self.baseline_port, self.floors)
+            return with_bench_listeners(original(config, idp), self.baseline_port, self.floors)
 
         conftest.e2e_envoy_config = e2e_envoy_config
         try:
@@ -292,7 +292,7 @@ def main():
     if ON_POSTGRES:
         print(f"CPU per call, PostgreSQL backends         opsgate {cpu['gw_pg'] / n * 1e6:7.0f} µs "
               f"(control plane + backends: {(cpu['gw_cp'] + cpu['gw_pg']) / n * 1e6:.0f} µs)")
-    for name, shape, what in FLOORS:
+    for name, _, what in FLOORS:
         if floor.get(name):
             f50, fe = statistics.median(floor[name]), cpu[f"{name}_envoy"] / n * 1e6
             print(f"{name} ({what}): p50 {f50 * 1e3:.3f} ms ({f50 / b50:.2f}x); "
@@ -316,7 +316,7 @@ def main():
         if not ON_POSTGRES:
             print(f"SQLite at c{WRK_CONNECTIONS}: batches decided on the writer's mirror {mirrored:6.1%}; "
                   f"calls whose caller was kept {min(kept, 1.0):6.1%} (read again as stale: {stale:.2%})")
-        for name, shape, what in FLOORS:
+        for name, _, what in FLOORS:
             if name in thr:
                 frps, fe8, fc8 = thr[name][:3]
                 fratios = sorted(f[0] / b[0] for b, f in zip(rounds["base"], rounds[name]))

@@ -80,6 +80,24 @@ impl Call {
             }
         }
     }
+
+    /// Holds the stream (buffering what arrives) until its end, then asks.
+    fn ask_at_end(&self, end_of_stream: bool) -> Action {
+        if end_of_stream {
+            self.ask()
+        } else {
+            Action::Pause
+        }
+    }
+
+    /// The response is held and asked about only in the `request,response` shape.
+    fn on_response(&self, end_of_stream: bool) -> Action {
+        if self.response {
+            self.ask_at_end(end_of_stream)
+        } else {
+            Action::Continue
+        }
+    }
 }
 
 impl Context for Call {
@@ -94,35 +112,19 @@ impl Context for Call {
 
 impl HttpContext for Call {
     fn on_http_request_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
-        if end_of_stream {
-            self.ask()
-        } else {
-            Action::Pause
-        }
+        self.ask_at_end(end_of_stream)
     }
 
     fn on_http_request_body(&mut self, _: usize, end_of_stream: bool) -> Action {
-        if end_of_stream {
-            self.ask()
-        } else {
-            Action::Pause
-        }
+        self.ask_at_end(end_of_stream)
     }
 
     fn on_http_response_headers(&mut self, _: usize, end_of_stream: bool) -> Action {
         self.in_response = true;
-        match (self.response, end_of_stream) {
-            (false, _) => Action::Continue,
-            (true, true) => self.ask(),
-            (true, false) => Action::Pause,
-        }
+        self.on_response(end_of_stream)
     }
 
     fn on_http_response_body(&mut self, _: usize, end_of_stream: bool) -> Action {
-        match (self.response, end_of_stream) {
-            (false, _) => Action::Continue,
-            (true, true) => self.ask(),
-            (true, false) => Action::Pause,
-        }
+        self.on_response(end_of_stream)
     }
 }

@@ -60,8 +60,8 @@ def test_one_request_id_names_the_call_everywhere(stack, client):
 
 def test_a_settlement_batch_names_each_of_its_calls(stack):
     """A batch of several settlements (calls that ended together share one) has no single
-    x-request-id, so the control plane logs one line naming every call it carried; an id
-    that could forge a log line is logged as "-"."""
+    x-request-id, so the control plane's request line for it names every call it carried; an
+    id that could forge a log line is logged as "-"."""
     ids = ["req_e2e_batch_a", "req_e2e_batch_b", "req bad\nid"]
     usage = {"prompt_tokens": 1, "completion_tokens": 1}
     batch = {"settlements": [{"hold_id": i, "outcome": "failed", "usage": usage, "upstream_status": 0,
@@ -82,6 +82,7 @@ def test_a_settlement_batch_names_each_of_its_calls(stack):
     [line] = lines
     assert line["request_ids"] == "req_e2e_batch_a,req_e2e_batch_b,-"
     assert line["settlements"] == 3 and line["level"] == "INFO"
+    assert line["route"] == "/internal/v1/settle" and line["status"] == 200
 
 
 def test_control_plane_metrics_have_latency_histograms(stack, client):

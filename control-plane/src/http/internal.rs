@@ -3,7 +3,7 @@
 
 use super::extract::{body_first, parse};
 use super::identity::Internal;
-use super::observe::{loggable_id, Who};
+use super::observe::Who;
 use super::Routes;
 use crate::accounts;
 use crate::callers;
@@ -193,10 +193,15 @@ fn principal_kind(p: &Principal) -> &'static str {
 async fn settle(
     State(state): State<AppState>,
     _: Internal,
+    Extension(who): Extension<Who>,
     body: Bytes,
 ) -> AppResult<Json<SettleResponse>> {
     let started = Instant::now();
     let batch: SettleBatch = parse(&body)?;
+    // A batch of one carries its call's id as `x-request-id`; a larger one names its calls.
+    if batch.settlements.len() > 1 {
+        who.calls(batch.settlements.iter().map(|s| s.hold_id.as_str()));
+    }
     let now = state.clock.now();
     let m = &state.metrics;
     m.settle_batch_size.observe(batch.settlements.len() as f64);
@@ -227,30 +232,7 @@ async fn settle(
         }
     }
     m.settle_seconds.observe(started.elapsed().as_secs_f64());
-    log_batch_calls(&batch);
     Ok(Json(SettleResponse { results }))
-}
-
-/// A batch of several settlements carries no one call's `x-request-id`, so its request line
-/// names none: this line names every call it settled (each hold id is its call's id, the
-/// `x-request-id` Envoy and the provider saw), so an operator's search for a call's id finds
-/// its settlement. A batch of one is named by its own request line.
-fn log_batch_calls(batch: &SettleBatch) {
-    if batch.settlements.len() < 2 {
-        return;
-    }
-    let ids: Vec<&str> = batch
-        .settlements
-        .iter()
-        .map(|s| s.hold_id.as_str())
-        .map(|id| if loggable_id(id.as_bytes()) { id } else { "-" })
-        .collect();
-    tracing::info!(
-        target: "opsgate::settle",
-        request_ids = %ids.join(","),
-        settlements = ids.len(),
-        "settlement batch"
-    );
 }
 
 /// This surface's entries in the OpenAPI document (`/openapi.json`).

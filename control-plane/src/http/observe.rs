@@ -23,17 +23,39 @@ struct Caller {
     kind: &'static str,
     id: String,
     org: String,
+    /// The calls a request acted on when it carries no one call's `x-request-id`.
+    calls: Option<Calls>,
+}
+
+/// The call ids of a settlement batch, as the request line writes them.
+struct Calls {
+    ids: String,
+    count: usize,
 }
 
 impl Who {
     /// Notes the caller (kind: `service`, `user`, `admin`, `filter`, …).
     pub fn note(&self, kind: &'static str, id: &str, org: &str) {
         if let Ok(mut c) = self.0.lock() {
-            *c = Caller {
-                kind,
-                id: id.to_string(),
-                org: org.to_string(),
-            };
+            c.kind = kind;
+            c.id = id.to_string();
+            c.org = org.to_string();
+        }
+    }
+
+    /// Notes the calls a request acts on when it carries no one call's `x-request-id` (a
+    /// batch of settlements, each hold id its call's id): the request line names them all in
+    /// `request_ids` (comma separated; an id that is not loggable is written `-`) and their
+    /// number in `settlements`, so a search for a call's id finds its settlement.
+    pub fn calls<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+        let ids: Vec<&str> = ids
+            .map(|id| if loggable_id(id.as_bytes()) { id } else { "-" })
+            .collect();
+        if let Ok(mut c) = self.0.lock() {
+            c.calls = Some(Calls {
+                ids: ids.join(","),
+                count: ids.len(),
+            });
         }
     }
 
@@ -58,7 +80,7 @@ fn request_id(req: &Request) -> Option<String> {
 
 /// Whether an id may go into a log line as it is: short, and printable ASCII (no spaces, no
 /// line breaks, nothing a text log could be forged with).
-pub(super) fn loggable_id(v: &[u8]) -> bool {
+fn loggable_id(v: &[u8]) -> bool {
     !v.is_empty() && v.len() <= 128 && v.iter().all(|b| b.is_ascii_graphic())
 }
 
@@ -81,8 +103,14 @@ pub(super) async fn observe(
     let took = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.route(&method, &route, status, took);
-    let caller = who.0.lock().map(|c| (c.kind, c.id.clone(), c.org.clone()));
-    let (caller_kind, caller_id, org) = caller.unwrap_or_default();
+    let caller = who.0.lock().map(|mut c| {
+        let calls = c.calls.take();
+        (c.kind, c.id.clone(), c.org.clone(), calls)
+    });
+    let (caller_kind, caller_id, org, calls) = caller.unwrap_or_default();
+    // Written only when noted (`Who::calls`).
+    let request_ids = calls.as_ref().map(|c| c.ids.as_str());
+    let settlements = calls.as_ref().map(|c| c.count);
     macro_rules! line {
         ($level:expr) => {
             tracing::event!(
@@ -96,6 +124,8 @@ pub(super) async fn observe(
                 caller_kind,
                 caller_id = %caller_id,
                 org = %org,
+                request_ids,
+                settlements,
                 "request"
             )
         };
